@@ -1,0 +1,1 @@
+"""Researcher, checker, engineer (trainer + debugger), analyst, judge, LLM backends and the loop."""
