@@ -1,0 +1,394 @@
+"""training.ops against step-by-step recurrences (written here) and, where installed, fla's
+pure-PyTorch references (fla/ops/*/naive.py, loaded by file path so fla's Triton code is not run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training import ops
+
+ATOL = RTOL = 1e-4
+
+# (B, H, L, Dk, Dv, chunk): L not divisible by the chunk, L < chunk, several chunks, chunk 16/64
+SHAPES = [
+    (2, 2, 50, 8, 12, 16),
+    (1, 3, 130, 16, 8, 64),
+    (2, 1, 64, 8, 8, 16),
+    (1, 2, 10, 4, 6, 64),
+    (1, 1, 200, 8, 4, 64),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is as fast and shares the 2-core machine better."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# recurrent references: one step per position, the literal definition of each op
+# ------------------------------------------------------------------------------------------------
+
+
+def ref_recurrent(q, k, v, scale=None, decay_fn=None, beta=None, normalize=False):
+    """Generic step-by-step recurrence over S [B, H, Dk, Dv].
+
+    decay_fn(t) returns the multiplicative decay of step t broadcastable to S (or None);
+    with beta the update is the (gated) delta rule, else the additive one.
+    """
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    scale = Dk ** -0.5 if scale is None else scale
+    S = q.new_zeros(B, H, Dk, Dv)
+    z = q.new_zeros(B, H, Dk)
+    outs = []
+    for t in range(L):
+        a = decay_fn(t) if decay_fn is not None else None
+        if a is not None:
+            S = a * S
+        kt, vt = k[:, :, t], v[:, :, t]
+        if beta is None:
+            S = S + kt.unsqueeze(-1) * vt.unsqueeze(-2)
+        else:
+            pred = (S * kt.unsqueeze(-1)).sum(-2)  # S^T k
+            S = S + beta[:, :, t, None, None] * kt.unsqueeze(-1) * (vt - pred).unsqueeze(-2)
+        qt = q[:, :, t] * scale
+        o = (qt.unsqueeze(-1) * S).sum(-2)
+        if normalize:
+            z = z + kt
+            o = o / ((qt * z).sum(-1, keepdim=True) + 1e-6)
+        outs.append(o)
+    return torch.stack(outs, dim=2)
+
+
+def rand_inputs(B, H, L, Dk, Dv, seed=0, dtype=torch.float64, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, Dk, generator=g, dtype=dtype)
+    k = torch.randn(B, H, L, Dk, generator=g, dtype=dtype)
+    v = torch.randn(B, H, L, Dv, generator=g, dtype=dtype)
+    beta = torch.rand(B, H, L, generator=g, dtype=dtype)
+    g_head = -torch.rand(B, H, L, generator=g, dtype=dtype) * 0.5
+    g_chan = F.logsigmoid(torch.randn(B, H, L, Dk, generator=g, dtype=dtype)) / 4
+    tensors = dict(q=q, k=k, v=v, beta=beta, g_head=g_head, g_chan=g_chan)
+    for t in tensors.values():
+        t.requires_grad_(requires_grad)
+    return tensors
+
+
+def close(a, b):
+    torch.testing.assert_close(a.double(), b.double(), atol=ATOL, rtol=RTOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# forward: ours (fp32) against the recurrence (fp64)
+# ------------------------------------------------------------------------------------------------
+
+
+def _cases(t):
+    """(our op in fp32, reference) pairs for each op, built on the same inputs ``t``."""
+    q, k, v, beta, gh, gc = (t[n] for n in ("q", "k", "v", "beta", "g_head", "g_chan"))
+    kn = lambda: ops.l2_norm(k)  # noqa: E731  (rebuilt per call: each side gets its own graph)
+    H = q.shape[1]
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(H, dtype=q.dtype))
+    f = lambda x: x.float()  # noqa: E731
+    return {
+        "linear_attention": (
+            lambda C: ops.linear_attention(f(q), f(k), f(v), chunk_size=C),
+            lambda: ref_recurrent(q, k, v),
+        ),
+        "linear_attention_normalized": (
+            lambda C: ops.linear_attention(f(q.exp()), f(k.exp()), f(v), normalize=True, chunk_size=C),
+            lambda: ref_recurrent(q.exp(), k.exp(), v, normalize=True),
+        ),
+        "linear_attention_scale": (
+            lambda C: ops.linear_attention(f(q), f(k), f(v), scale=0.3, chunk_size=C),
+            lambda: ref_recurrent(q, k, v, scale=0.3),
+        ),
+        "retention": (
+            lambda C: ops.retention(f(q), f(k), f(v), f(gamma), chunk_size=C),
+            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gamma.view(1, H, 1, 1)),
+        ),
+        "simple_gla": (
+            lambda C: ops.simple_gla(f(q), f(k), f(v), f(gh), chunk_size=C),
+            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gh[:, :, s].exp()[..., None, None]),
+        ),
+        "gated_linear_attention": (
+            lambda C: ops.gated_linear_attention(f(q), f(k), f(v), f(gc), chunk_size=C),
+            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gc[:, :, s].exp()[..., None]),
+        ),
+        "delta_rule": (
+            lambda C: ops.delta_rule(f(q), f(kn()), f(v), f(beta), chunk_size=C),
+            lambda: ref_recurrent(q, kn(), v, beta=beta),
+        ),
+        "gated_delta_rule": (
+            lambda C: ops.gated_delta_rule(f(q), f(kn()), f(v), f(beta), f(gh), chunk_size=C),
+            lambda: ref_recurrent(q, kn(), v, beta=beta, decay_fn=lambda s: gh[:, :, s].exp()[..., None, None]),
+        ),
+    }
+
+
+OP_NAMES = list(_cases(rand_inputs(1, 1, 2, 2, 2)).keys())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_forward_matches_recurrence(name, shape):
+    B, H, L, Dk, Dv, C = shape
+    ours, ref = _cases(rand_inputs(B, H, L, Dk, Dv, seed=L))[name]
+    out = ours(C)
+    assert out.shape == (B, H, L, Dv) and out.dtype == torch.float32
+    close(out, ref())
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_chunk_size_does_not_change_result(name):
+    t = rand_inputs(1, 2, 70, 8, 8, seed=3)
+    ours, _ = _cases(t)[name]
+    close(ours(16), ours(64))
+
+
+def test_gla_strong_decay_is_stable():
+    """Cumulative log decays down to about -2000 inside a chunk: no inf/NaN, still exact."""
+    t = rand_inputs(1, 2, 96, 8, 8, seed=5)
+    g = -torch.rand(1, 2, 96, 8, dtype=torch.float64) * 40.0
+    g[..., :2] = 0.0  # some channels keep everything
+    out = ops.gated_linear_attention(t["q"].float(), t["k"].float(), t["v"].float(), g.float(), chunk_size=64)
+    assert torch.isfinite(out).all()
+    ref = ref_recurrent(t["q"], t["k"], t["v"], decay_fn=lambda s: g[:, :, s].exp()[..., None])
+    close(out, ref)
+    q, k, v, gg = (x.float().requires_grad_() for x in (t["q"], t["k"], t["v"], g))
+    ops.gated_linear_attention(q, k, v, gg).sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v, gg))
+
+
+def test_gated_delta_strong_decay_is_stable():
+    t = rand_inputs(1, 2, 80, 8, 8, seed=6)
+    g = -torch.rand(1, 2, 80, dtype=torch.float64) * 30.0
+    kn = ops.l2_norm(t["k"])
+    out = ops.gated_delta_rule(t["q"].float(), kn.float(), t["v"].float(), t["beta"].float(), g.float())
+    ref = ref_recurrent(t["q"], kn, t["v"], beta=t["beta"], decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
+    assert torch.isfinite(out).all()
+    close(out, ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# gradients: ours against autograd through the recurrence, on small shapes
+# ------------------------------------------------------------------------------------------------
+
+
+GRAD_SHAPES = [(1, 2, 37, 4, 6, 16), (2, 1, 20, 8, 4, 64)]
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_gradients_match_recurrence(name, shape):
+    B, H, L, Dk, Dv, C = shape
+    leaves = rand_inputs(B, H, L, Dk, Dv, seed=11 + L, requires_grad=True)
+    ours, ref = _cases(leaves)[name]
+    weight = torch.randn(B, H, L, Dv, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grads(fn):
+        for t in leaves.values():
+            t.grad = None
+        (fn() * weight).sum().backward()
+        return {n: (t.grad.clone() if t.grad is not None else None) for n, t in leaves.items()}
+
+    g_ours = grads(lambda: ours(C).double())
+    g_ref = grads(ref)
+    used = [n for n, gr in g_ref.items() if gr is not None]
+    assert {"q", "k", "v"} <= set(used)
+    for n in used:
+        assert g_ours[n] is not None, f"{name}: no gradient reached {n}"
+        torch.testing.assert_close(g_ours[n], g_ref[n], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name} d{n}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
+# conv, norms, feature maps
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_short_conv_matches_loop(activation):
+    x = torch.randn(2, 9, 5)
+    w = torch.randn(5, 4)
+    b = torch.randn(5)
+    y = ops.short_conv(x, w, b, activation=activation)
+    ref = torch.zeros_like(x)
+    for t in range(9):
+        for i in range(4):  # tap i looks back K-1-i positions
+            s = t - (3 - i)
+            if s >= 0:
+                ref[:, t] += w[:, i] * x[:, s]
+    ref = ref + b
+    if activation == "silu":
+        ref = F.silu(ref)
+    close(y, ref)
+
+
+def test_short_conv_is_causal_and_module_works():
+    conv = ops.ShortConvolution(6, kernel_size=4)
+    assert conv.weight.shape == (6, 4)
+    x = torch.randn(1, 12, 6)
+    y = conv(x)
+    x2 = x.clone()
+    x2[:, 7:] += 5.0
+    y2 = conv(x2)
+    assert torch.equal(y[:, :7], y2[:, :7])
+    assert not torch.allclose(y[:, 7:], y2[:, 7:])
+    with pytest.raises(ValueError):
+        ops.short_conv(x, torch.randn(5, 4))
+
+
+def test_norms():
+    x = torch.randn(3, 7, 16)
+    gate = torch.randn(3, 7, 16)
+    w = torch.rand(16) + 0.5
+    rms = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    close(ops.rms_norm(x, w), rms)
+    close(ops.gated_rms_norm(x, gate, w), rms * F.silu(gate))
+    close(ops.l2_norm(x).norm(dim=-1), torch.ones(3, 7))
+    close(ops.l2_norm(x, dim=1).norm(dim=1), torch.ones(3, 16))
+    m, gm = ops.RMSNorm(16), ops.GatedRMSNorm(16)
+    assert m.weight.shape == gm.weight.shape == (16,)
+    close(m(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    close(gm(x, gate), ops.gated_rms_norm(x, gate))
+
+
+def test_feature_maps():
+    x = torch.linspace(-3, 3, 13).view(1, 13)
+    expected = {
+        "identity": x,
+        "elu_plus_one": F.elu(x) + 1,
+        "relu": F.relu(x),
+        "silu": F.silu(x),
+        "softmax_head": torch.softmax(x, -1),
+        "squared_relu": F.relu(x) ** 2,
+    }
+    assert set(expected) == set(ops.FEATURE_MAPS)
+    for name, want in expected.items():
+        close(ops.feature_map(name)(x), want)
+    with pytest.raises(ValueError, match="unknown feature map"):
+        ops.feature_map("nope")
+
+
+def test_shape_errors_are_clear():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="beta"):
+        ops.delta_rule(q, q, q, torch.rand(1, 2, 7))
+    with pytest.raises(ValueError, match=r"\[B, H, L, Dk\]"):
+        ops.linear_attention(q, q[..., :3], q)
+    with pytest.raises(ValueError, match="decay"):
+        ops.retention(q, q, q, torch.rand(3))
+
+
+# ------------------------------------------------------------------------------------------------
+# fla's pure-PyTorch references, loaded by file path (no fla/triton import)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fla_root() -> Path | None:
+    spec = importlib.util.find_spec("fla")  # does not execute fla/__init__.py
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_fla_naive(sub: str):
+    """fla/ops/<sub>/naive.py as a module of its own, or skip with the reason."""
+    root = _fla_root()
+    if root is None:
+        pytest.skip("fla (flash-linear-attention) is not installed")
+    path = root / "ops" / sub / "naive.py"
+    if not path.exists():
+        pytest.skip(f"this fla version has no {path.relative_to(root)}")
+    spec = importlib.util.spec_from_file_location(f"_fla_naive_{sub}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # a naive.py that needs fla itself (and so triton)
+        pytest.skip(f"{path.name} of fla/ops/{sub} needs more than torch to import: {exc}")
+    return module
+
+
+def bthd(x):
+    return x.transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("L", [64, 100])
+def test_fla_naive_linear_attn(L):
+    m = load_fla_naive("linear_attn")
+    t = rand_inputs(1, 2, L, 8, 8, seed=21, dtype=torch.float32)
+    q, k, v = t["q"], t["k"], t["v"]
+    ref, _ = m.naive_recurrent_linear_attn(bthd(q), bthd(k), bthd(v))
+    close(ops.linear_attention(q, k, v), bthd(ref))
+    qe, ke = q.exp(), k.exp()
+    ref_n, _ = m.naive_recurrent_linear_attn(bthd(qe), bthd(ke), bthd(v), normalize=True)
+    close(ops.linear_attention(qe, ke, v, normalize=True), bthd(ref_n))
+    if L % 64 == 0:  # fla's naive chunked version needs whole chunks of 64
+        close(ops.linear_attention(q, k, v), bthd(m.naive_chunk_linear_attn(bthd(q), bthd(k), bthd(v))))
+
+
+def test_fla_naive_retention():
+    m = load_fla_naive("retention")
+    t = rand_inputs(2, 4, 90, 8, 8, seed=22, dtype=torch.float32)
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(4.0))
+    close(ops.retention(t["q"], t["k"], t["v"], gamma, chunk_size=32), m.naive_retention(t["q"], t["k"], t["v"]))
+
+
+def test_fla_naive_simple_gla():
+    m = load_fla_naive("simple_gla")
+    t = rand_inputs(1, 2, 100, 8, 8, seed=23, dtype=torch.float32)
+    q, k, v, g = t["q"], t["k"], t["v"], t["g_head"]
+    ref, _ = m.naive_chunk_simple_gla(bthd(q), bthd(k), bthd(v), bthd(g))
+    close(ops.simple_gla(q, k, v, g, chunk_size=16), bthd(ref))
+
+
+def test_fla_naive_gla():
+    m = load_fla_naive("gla")
+    t = rand_inputs(2, 2, 75, 8, 6, seed=24, dtype=torch.float32)
+    q, k, v, g = t["q"], t["k"], t["v"], t["g_chan"]
+    ref, _ = m.naive_recurrent_gla(bthd(q), bthd(k), bthd(v), bthd(g))
+    close(ops.gated_linear_attention(q, k, v, g), bthd(ref))
+
+
+def test_fla_naive_delta_rule():
+    m = load_fla_naive("delta_rule")
+    t = rand_inputs(1, 2, 64, 8, 8, seed=25, dtype=torch.float32)
+    q, k, v, beta = t["q"], ops.l2_norm(t["k"]), t["v"], t["beta"]
+    ours = ops.delta_rule(q, k, v, beta, chunk_size=32)
+    ref, _ = m.delta_rule_recurrence(q, k, v, beta)
+    close(ours, ref)
+    ref_chunk, _ = m.delta_rule_chunkwise(q, k, v, beta, chunk_size=32)
+    close(ours, ref_chunk)
+
+
+def test_fla_naive_gated_delta_rule():
+    m = load_fla_naive("gated_delta_rule")
+    t = rand_inputs(2, 2, 90, 8, 8, seed=26, dtype=torch.float32)
+    q, k, v, beta, g = t["q"], ops.l2_norm(t["k"]), t["v"], t["beta"], t["g_head"]
+    ours = ops.gated_delta_rule(q, k, v, beta, g)
+    ref, _ = m.naive_recurrent_gated_delta_rule(bthd(q), bthd(k), bthd(v), bthd(beta), bthd(g))
+    close(ours, bthd(ref))
+    ref_chunk, _ = m.naive_chunk_gated_delta_rule(bthd(q), bthd(k), bthd(v), bthd(g), bthd(beta))
+    close(ours, bthd(ref_chunk))
+
+
+def test_fla_dispatch_is_cuda_only(monkeypatch):
+    """On CPU tensors the pure-PyTorch path runs, and fla is not even imported to decide so."""
+    def must_not_import():
+        raise AssertionError("fla import attempted for a CPU tensor")
+
+    monkeypatch.setattr(ops, "_fla_ops", must_not_import)
+    x = torch.randn(1, 1, 4, 2)
+    assert not ops._use_fla(x)
+    assert ops.linear_attention(x, x, x).shape == x.shape

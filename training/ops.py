@@ -1,0 +1,577 @@
+"""Reference token-mixing ops: the building blocks candidate mixers may import.
+
+Everything here is pure PyTorch and runs on the CPU. The recurrent ops are computed in *chunks*
+(the "chunkwise parallel" form of Yang et al., GLA 2023 / DeltaNet 2024): inside a chunk of ``C``
+positions the work is a few ``C x C`` matrix products, and a ``Dk x Dv`` state is carried from one
+chunk to the next, so the cost is O(L * C) in the length ``L`` instead of the O(L^2) of attention
+and without the Python loop over every position of a naive recurrence.
+
+Layout (see docs/CONTRACTS.md, "training.ops"): ``q, k: [B, H, L, Dk]``, ``v: [B, H, L, Dv]``,
+outputs ``[B, H, L, Dv]``. ``q`` is multiplied by ``scale`` inside an op; ``scale=None`` means
+``Dk ** -0.5`` (as in flash-linear-attention, "fla"). Lengths that are not a multiple of the chunk
+size are zero-padded at the end (which changes no earlier output: the ops are causal).
+
+On CUDA, when ``fla`` imports, the chunked ops dispatch to fla's Triton kernels (fla uses
+``[B, T, H, D]``; the transposes are done here). fla picks its own chunk size there.
+
+Recurrences computed (``S`` is the ``[Dk, Dv]`` state, ``o_t = (scale * q_t) S_t``):
+
+- linear attention:   S_t = S_{t-1} + k_t v_t^T
+- retention:          S_t = gamma_h S_{t-1} + k_t v_t^T                 (fixed per-head decay)
+- simple GLA:         S_t = exp(g_t) S_{t-1} + k_t v_t^T                (data-dependent, per head)
+- GLA:                S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T          (data-dependent, per channel)
+- delta rule:         S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T
+- gated delta rule:   S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T, a_t = exp(g_t)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "linear_attention",
+    "retention",
+    "simple_gla",
+    "gated_linear_attention",
+    "delta_rule",
+    "gated_delta_rule",
+    "short_conv",
+    "ShortConvolution",
+    "rms_norm",
+    "gated_rms_norm",
+    "l2_norm",
+    "RMSNorm",
+    "GatedRMSNorm",
+    "feature_map",
+    "FEATURE_MAPS",
+    "fla_available",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# fla dispatch (CUDA only)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _fla_ops() -> Any | None:
+    """Import fla's chunk kernels once; ``None`` when fla (or triton) is not importable."""
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gla import chunk_gla
+        from fla.ops.linear_attn import chunk_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception:  # ImportError, or triton failing to initialise without a GPU
+        return None
+    return {
+        "linear_attn": chunk_linear_attn,
+        "simple_gla": chunk_simple_gla,
+        "gla": chunk_gla,
+        "delta_rule": chunk_delta_rule,
+        "gated_delta_rule": chunk_gated_delta_rule,
+    }
+
+
+def fla_available() -> bool:
+    """True when fla's Triton chunk kernels can be imported (they are used for CUDA tensors)."""
+    return _fla_ops() is not None
+
+
+def _use_fla(x: torch.Tensor) -> bool:
+    return x.is_cuda and _fla_ops() is not None
+
+
+def _btHd(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, ...] <-> [B, L, H, ...] (fla's layout); the swap is its own inverse."""
+    return x.transpose(1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"{name}: expected q, k of shape [B, H, L, Dk] and v of shape [B, H, L, Dv], got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+
+def _pad_len(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Zero-pad dim 2 (the length) of a [B, H, L, ...] tensor to a multiple of ``chunk_size``."""
+    pad = (-x.shape[2]) % chunk_size
+    if pad == 0:
+        return x
+    widths = [0, 0] * (x.dim() - 3) + [0, pad]
+    return F.pad(x, widths)
+
+
+def _chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[B, H, L, ...] -> [B, H, N, C, ...] after padding L to N * C."""
+    x = _pad_len(x, chunk_size)
+    b, h, l = x.shape[:3]
+    return x.reshape(b, h, l // chunk_size, chunk_size, *x.shape[3:])
+
+
+def _unchunk(x: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, H, N, C, D] -> [B, H, L, D] with the padding cut off."""
+    b, h, n, c = x.shape[:4]
+    return x.reshape(b, h, n * c, *x.shape[4:])[:, :, :length]
+
+
+def _tril_mask(c: int, device: torch.device, diagonal: int = 0) -> torch.Tensor:
+    return torch.ones(c, c, dtype=torch.bool, device=device).tril(diagonal)
+
+
+def _pairwise_decay(G: torch.Tensor) -> torch.Tensor:
+    """exp(G_i - G_j) for j <= i, 0 above the diagonal. ``G: [..., C]`` cumulative log decays.
+
+    The upper triangle is masked *before* the exp, so no positive exponent is ever evaluated.
+    """
+    c = G.shape[-1]
+    diff = G.unsqueeze(-1) - G.unsqueeze(-2)
+    diff = diff.masked_fill(~_tril_mask(c, G.device), float("-inf"))
+    return diff.exp()
+
+
+# --------------------------------------------------------------------------------------------
+# linear attention family
+# --------------------------------------------------------------------------------------------
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    normalize: bool = False,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Causal linear attention ``o_t = sum_{s<=t} (scale q_t . k_s) v_s``.
+
+    With ``normalize`` the output is divided by ``sum_{s<=t} scale q_t . k_s + eps`` (only sensible
+    with a positive feature map). Feature maps are applied by the caller (see :func:`feature_map`).
+    Shapes: ``q, k [B, H, L, Dk]``, ``v [B, H, L, Dv]`` -> ``[B, H, L, Dv]``. O(L * chunk_size).
+    """
+    _check_qkv("linear_attention", q, k, v)
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["linear_attn"](_btHd(q), _btHd(k), _btHd(v), scale=s, normalize=normalize)
+        return _btHd(o)
+    length = q.shape[2]
+    qs = q * s
+    qc, kc, vc = _chunks(qs, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
+    kv = kc.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv] per-chunk contributions
+    # state entering chunk n = sum of the contributions of chunks 0..n-1 (exclusive prefix sum)
+    state = torch.cat([torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1]], dim=2).cumsum(2)
+    attn = (qc @ kc.transpose(-1, -2)).masked_fill(~_tril_mask(qc.shape[3], q.device), 0.0)
+    o = _unchunk(qc @ state + attn @ vc, length)
+    if normalize:
+        z = (qs * k.cumsum(2)).sum(-1, keepdim=True)
+        o = o / (z + eps)
+    return o
+
+
+def _scalar_decay_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t S_t; ``g: [B, H, L]`` (<= 0), q pre-scaled."""
+    length = q.shape[2]
+    qc, kc, vc = _chunks(q, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
+    G = _chunks(g, chunk_size).cumsum(-1)  # [B, H, N, C] log decay from chunk start to i
+    attn = (qc @ kc.transpose(-1, -2)) * _pairwise_decay(G)
+    o_intra = attn @ vc
+    q_in = qc * G.exp().unsqueeze(-1)  # queries see the entering state decayed to their position
+    G_last = G[..., -1:]
+    k_out = kc * (G_last - G).exp().unsqueeze(-1)  # keys decayed to the chunk's end
+    kv = k_out.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv]: each chunk's write to the state
+    states = _carry_states(kv, G_last.exp().unsqueeze(-1))
+    return _unchunk(o_intra + q_in @ states, length)
+
+
+def _carry_states(kv: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """States entering each chunk: ``S_0 = 0``, ``S_{n+1} = carry_n * S_n + kv_n``.
+
+    ``kv: [B, H, N, Dk, Dv]``, ``carry`` broadcastable to it (the decay over a whole chunk). The only
+    sequential loop of the decayed ops: one multiply-add per chunk. ``unbind`` (not indexing) keeps
+    the backward linear in the number of chunks.
+    """
+    state = torch.zeros_like(kv[:, :, 0])
+    states = []
+    for kv_n, carry_n in zip(kv.unbind(2), carry.expand(*kv.shape[:3], *carry.shape[3:]).unbind(2)):
+        states.append(state)
+        state = carry_n * state + kv_n
+    return torch.stack(states, dim=2)
+
+
+def retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay: torch.Tensor,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Retention (RetNet): ``S_t = gamma_h S_{t-1} + k_t v_t^T``, ``o_t = scale q_t S_t``.
+
+    ``decay: [H]`` (tensor or sequence), the per-head gamma in (0, 1), fixed (not data-dependent).
+    RetNet uses ``gamma = 1 - 2 ** (-5 - arange(H))``. Shapes as :func:`linear_attention`.
+    """
+    _check_qkv("retention", q, k, v)
+    decay = torch.as_tensor(decay, device=q.device).float()  # fp32 even under autocast: 1 - 2^-12 != 1
+    if decay.shape != (q.shape[1],):
+        raise ValueError(f"retention: decay must have shape [H]=[{q.shape[1]}], got {tuple(decay.shape)}")
+    log_gamma = decay.log()
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g_gamma=log_gamma, scale=s)
+        return _btHd(o)
+    g = log_gamma.view(1, -1, 1).expand(q.shape[0], -1, q.shape[2])
+    return _scalar_decay_attention(q * s, k, v, g, chunk_size)
+
+
+def simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Linear attention with a data-dependent *per-head* decay (Mamba-2 / "simple GLA").
+
+    ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``; ``log_decay = g: [B, H, L]``, values <= 0.
+    """
+    _check_qkv("simple_gla", q, k, v)
+    if log_decay.shape != q.shape[:3]:
+        raise ValueError(f"simple_gla: log_decay must be [B, H, L]={tuple(q.shape[:3])}, got {tuple(log_decay.shape)}")
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
+        return _btHd(o)
+    return _scalar_decay_attention(q * s, k, v, log_decay, chunk_size)
+
+
+def gated_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Gated linear attention (GLA): ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``.
+
+    ``log_decay = g: [B, H, L, Dk]`` (<= 0), a data-dependent decay per key channel. Computed
+    stably: only differences of cumulative log decays ``G_i - G_j`` with ``i`` after ``j`` are
+    exponentiated (never a positive number); see ``_gla_intra_chunk`` for the intra-chunk part.
+    """
+    _check_qkv("gated_linear_attention", q, k, v)
+    if log_decay.shape != q.shape:
+        raise ValueError(
+            f"gated_linear_attention: log_decay must have q's shape {tuple(q.shape)}, got {tuple(log_decay.shape)}"
+        )
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
+        return _btHd(o)
+    length, C = q.shape[2], chunk_size
+    qc, kc, vc = _chunks(q * s, C), _chunks(k, C), _chunks(v, C)
+    G = _chunks(log_decay, C).cumsum(3)  # [B, H, N, C, Dk]
+    attn = _gla_intra_chunk(qc, kc, G)
+    o_intra = attn @ vc
+    q_in = qc * G.exp()
+    G_last = G[:, :, :, -1:]  # [B, H, N, 1, Dk]
+    k_out = kc * (G_last - G).exp()
+    kv = k_out.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv]
+    states = _carry_states(kv, G_last.exp().transpose(-1, -2))  # per-row (key channel) decay
+    return _unchunk(o_intra + q_in @ states, length)
+
+
+def _gla_intra_chunk(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor, split: int = 4, leaf: int = 4) -> torch.Tensor:
+    """A_ij = sum_d q_id k_jd exp(G_id - G_jd) for j <= i, else 0: ``[..., C, Dk] -> [..., C, C]``.
+
+    The block is cut into ``split`` sub-blocks. A sub-block pair (a, b) with a after b factors through
+    the cumulative decay at the end of key block b, G_ref: ``(q_i exp(G_i - G_ref)) . (k_j exp(G_ref -
+    G_j))``, two factors with exponents <= 0, so it is one stable matrix product (fla's trick). The
+    diagonal sub-blocks recurse; blocks of at most ``leaf`` positions are computed elementwise. The
+    exponents that would be positive belong to acausal pairs: they are clamped to 0 before the exp
+    and those pairs are zeroed afterwards, so no exp ever overflows.
+    """
+    *lead, C, dk = q.shape
+    if C <= leaf or C % split:
+        # exponents are > 0 only for acausal pairs (j > i): clamp them, then zero those pairs
+        decay = (G.unsqueeze(-2) - G.unsqueeze(-3)).clamp(max=0.0).exp()  # [..., C(i), C(j), Dk]
+        A = (q.unsqueeze(-2) * k.unsqueeze(-3) * decay).sum(-1)
+        return A.masked_fill(~_tril_mask(C, q.device), 0.0)
+    m, c = split, C // split
+    qs, ks, Gs = (x.reshape(*lead, m, c, dk) for x in (q, k, G))
+    diag = _gla_intra_chunk(qs, ks, Gs, split, leaf)  # [..., m, c, c]
+    G_ref = Gs[..., -1, :]  # [..., m(b), Dk]
+    k_rel = ks * (G_ref.unsqueeze(-2) - Gs).exp()  # exponent <= 0
+    q_exp = Gs.unsqueeze(-3) - G_ref.unsqueeze(-2).unsqueeze(-4)  # [..., m(a), m(b), c, Dk]
+    q_rel = qs.unsqueeze(-3) * q_exp.clamp(max=0.0).exp()  # clamped only where a <= b (unused)
+    off = torch.einsum("...abid,...bjd->...abij", q_rel, k_rel)
+    later = torch.ones(m, m, device=q.device).tril(-1).to(q.dtype)  # keep a > b
+    eye = torch.eye(m, dtype=q.dtype, device=q.device)
+    blocks = off * later.view(m, m, 1, 1) + eye.view(m, m, 1, 1) * diag.unsqueeze(-3)  # [..., a, b, i, j]
+    return blocks.transpose(-3, -2).reshape(*lead, C, C)
+
+
+# --------------------------------------------------------------------------------------------
+# delta rule family (chunked WY / UT form)
+# --------------------------------------------------------------------------------------------
+
+
+def _chunk_delta(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    g: torch.Tensor | None,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Chunked (gated) delta rule; q pre-scaled, ``beta, g: [B, H, L]``.
+
+    Inside a chunk the sequential updates collapse (the UT transform) into one unit lower-triangular
+    solve: with ``A = strict_tril(diag(beta) (K K^T * Gamma))`` and ``Gamma_ij = exp(G_i - G_j)``,
+    ``u = (I + A)^{-1} diag(beta) V`` and ``w = (I + A)^{-1} diag(beta) diag(exp(G)) K``; then the
+    state entering the chunk corrects the values, ``v_new = u - w S``, exactly like one big delta
+    step. ``torch.linalg.solve_triangular`` replaces fla's Python-loop inverse (2.8x faster here).
+    """
+    length, C = q.shape[2], chunk_size
+    qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)
+    bc = _chunks(beta, C).unsqueeze(-1)  # [B, H, N, C, 1]
+    kb = kc * bc
+    kk = kb @ kc.transpose(-1, -2)  # [B, H, N, C, C]: beta_i k_i . k_j
+    qk = qc @ kc.transpose(-1, -2)
+    if g is None:
+        G = None
+        qk = qk.masked_fill(~_tril_mask(C, q.device), 0.0)
+        rhs_k = kb
+    else:
+        G = _chunks(g, C).cumsum(-1)  # [B, H, N, C]
+        gamma = _pairwise_decay(G)
+        kk = kk * gamma
+        qk = qk * gamma
+        rhs_k = kb * G.exp().unsqueeze(-1)
+    eye = torch.eye(C, dtype=torch.float32, device=q.device)
+    lower = kk.tril(-1).float() + eye
+    dv = v.shape[-1]
+    rhs = torch.cat([vc * bc, rhs_k], dim=-1).float()
+    uw = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True).to(q.dtype)
+    u, w = uw[..., :dv], uw[..., dv:]
+    if G is None:
+        q_in, k_out, carry = qc, kc, [None] * qc.shape[2]
+    else:
+        G_last = G[..., -1:]
+        q_in = qc * G.exp().unsqueeze(-1)
+        k_out = kc * (G_last - G).exp().unsqueeze(-1)
+        carry = G_last.exp().unsqueeze(-1).unbind(2)  # N x [B, H, 1, 1]
+    # the sequential part: per chunk, correct the values by what the entering state predicts
+    state = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], dv)
+    states, v_news = [], []
+    for u_n, w_n, kT_n, carry_n in zip(u.unbind(2), w.unbind(2), k_out.transpose(-1, -2).unbind(2), carry):
+        v_new = u_n - w_n @ state
+        states.append(state)
+        v_news.append(v_new)
+        state = (state if carry_n is None else carry_n * state) + kT_n @ v_new
+    o = q_in @ torch.stack(states, dim=2) + qk @ torch.stack(v_news, dim=2)
+    return _unchunk(o, length)
+
+
+def delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """DeltaNet: ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``, ``o_t = scale q_t S_t``.
+
+    ``beta: [B, H, L]`` in (0, 1); ``k`` should be L2-normalised by the caller (see
+    :func:`l2_norm`), otherwise the recurrence can diverge. Shapes as :func:`linear_attention`.
+    """
+    _check_qkv("delta_rule", q, k, v)
+    if beta.shape != q.shape[:3]:
+        raise ValueError(f"delta_rule: beta must be [B, H, L]={tuple(q.shape[:3])}, got {tuple(beta.shape)}")
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["delta_rule"](_btHd(q), _btHd(k), _btHd(v), _btHd(beta), scale=s)
+        return _btHd(o)
+    return _chunk_delta(q * s, k, v, beta, None, chunk_size)
+
+
+def gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Gated DeltaNet: ``S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T``, ``a_t = exp(g_t)``.
+
+    ``beta: [B, H, L]`` in (0, 1), ``log_decay = g: [B, H, L]`` (<= 0), ``k`` L2-normalised.
+    """
+    _check_qkv("gated_delta_rule", q, k, v)
+    if beta.shape != q.shape[:3] or log_decay.shape != q.shape[:3]:
+        raise ValueError(
+            f"gated_delta_rule: beta and log_decay must be [B, H, L]={tuple(q.shape[:3])}, got "
+            f"{tuple(beta.shape)} and {tuple(log_decay.shape)}"
+        )
+    s = _scale(q, scale)
+    if _use_fla(q):
+        o, _ = _fla_ops()["gated_delta_rule"](
+            _btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), beta=_btHd(beta), scale=s
+        )
+        return _btHd(o)
+    return _chunk_delta(q * s, k, v, beta, log_decay, chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
+# short causal convolution
+# --------------------------------------------------------------------------------------------
+
+
+def short_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """Causal depthwise convolution over the length: ``y_t = sum_i w[:, i] * x_{t-K+1+i}``.
+
+    ``x: [B, L, D]``, ``weight: [D, K]`` (the last tap multiplies the current position),
+    ``bias: [D]`` or None; ``activation`` is ``"silu"`` or None. Returns ``[B, L, D]``.
+    """
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"short_conv: expected x [B, L, D] and weight [D, K], got {tuple(x.shape)}, {tuple(weight.shape)}")
+    d, kernel = weight.shape
+    y = F.conv1d(F.pad(x.transpose(1, 2), (kernel - 1, 0)), weight.unsqueeze(1), bias, groups=d)
+    y = y.transpose(1, 2)
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"short_conv: unknown activation {activation!r} (use 'silu' or None)")
+    return y
+
+
+class ShortConvolution(nn.Module):
+    """Module form of :func:`short_conv`: ``[B, L, d] -> [B, L, d]``, ``d * kernel_size`` weights."""
+
+    def __init__(self, d: int, kernel_size: int = 4, activation: str | None = "silu", bias: bool = False):
+        super().__init__()
+        self.d, self.kernel_size, self.activation = d, kernel_size, activation
+        bound = 1.0 / math.sqrt(kernel_size)  # nn.Conv1d's default for a depthwise conv
+        self.weight = nn.Parameter(torch.empty(d, kernel_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return short_conv(x, self.weight, self.bias, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, kernel_size={self.kernel_size}, activation={self.activation}"
+
+
+# --------------------------------------------------------------------------------------------
+# norms and feature maps
+# --------------------------------------------------------------------------------------------
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim: ``x / sqrt(mean(x^2) + eps) * weight`` (fp16/bf16 upcast to fp32)."""
+    xf = _upcast(x)
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return y if weight is None else y * weight
+
+
+def gated_rms_norm(
+    x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6
+) -> torch.Tensor:
+    """``rms_norm(x, weight) * silu(gate)`` (fla's FusedRMSNormGated, the swish output gate)."""
+    return rms_norm(x, weight, eps) * F.silu(gate)
+
+
+def l2_norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(sum(x^2) + eps)`` along ``dim`` (fla's l2norm)."""
+    xf = _upcast(x)
+    return (xf * torch.rsqrt(xf.pow(2).sum(dim, keepdim=True) + eps)).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable gain (initialised to 1)."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(x) * silu(gate)`` with a learnable gain (initialised to 1)."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return gated_rms_norm(x, gate, self.weight, self.eps)
+
+
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1.0
+
+
+def _softmax_head(x: torch.Tensor) -> torch.Tensor:
+    return x.softmax(-1)
+
+
+def _squared_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).pow(2)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+FEATURE_MAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": _identity,
+    "elu_plus_one": _elu_plus_one,
+    "relu": F.relu,
+    "silu": F.silu,
+    "softmax_head": _softmax_head,  # softmax over the head dim (Hedgehog-style, positive)
+    "squared_relu": _squared_relu,
+}
+
+
+def feature_map(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The elementwise feature map called ``name`` (one of :data:`FEATURE_MAPS`)."""
+    try:
+        return FEATURE_MAPS[name]
+    except KeyError:
+        raise ValueError(f"unknown feature map {name!r}; choose one of {', '.join(FEATURE_MAPS)}") from None
