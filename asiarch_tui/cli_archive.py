@@ -1,0 +1,205 @@
+"""Archive commands: ``init``, ``status``, ``show ID``, ``reindex``, ``log``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from archive.config import ConfigError
+from archive.embed import EmbedderUnavailable
+from archive.lab import Lab, LabError
+from archive.lineage import lineage_tree, sparkline
+from archive.lock import LabBusyError
+from archive.record import RecordError
+from archive.store import ArchiveError
+
+console = Console()
+err_console = Console(stderr=True)
+
+_ERRORS = (LabError, ConfigError, ArchiveError, LabBusyError, EmbedderUnavailable, RecordError)
+LAB_OPTION = typer.Option(Path(os.environ.get("ASIARCH_LAB", "lab")), "--lab", "-l",
+                          help="The lab folder (default ./lab, or $ASIARCH_LAB).")
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except _ERRORS as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _open(lab: Path) -> Lab:
+    opened = Lab.open(lab)
+    for line in opened.recovered:
+        err_console.print(f"[yellow]recovered:[/] {escape(line)}", highlight=False)
+    return opened
+
+
+def _resolve_id(lab: Lab, ref: str) -> str:
+    ref = ref.strip()
+    if ref.isdigit():
+        return f"{int(ref):04d}"
+    name = ref if ref.startswith("exp/") else "exp/" + ref
+    for e in lab.store.entries():
+        if e.tag == name or e.tag.startswith(name):
+            return e.id
+    raise ArchiveError(f"no experiment {ref!r} in {lab.path} (give an id like 3 or 0003, or a tag)")
+
+
+def init(lab: Path = typer.Argument(Path("lab"), help="Folder to create the lab in."),
+         full: bool = typer.Option(False, "--full", help="Use the config defaults (explore scale) instead of the quick demo settings.")) -> None:
+    """Create a lab: a commented asiarch.toml, the git archive with the seed DeltaNet, the indexes."""
+    with _user_errors():
+        t = time.perf_counter()
+        new = Lab.init(lab, demo=not full)
+        seed = new.store.get("0000")
+        p = escape(str(new.path))
+        console.print(f"[green]created lab[/] {p} in {time.perf_counter() - t:.1f} s")
+        console.print(f"  config    {p}/asiarch.toml (scale {new.config.loop.scale}; every setting is documented there)")
+        console.print(f"  archive   {p}/archive  seed {seed.id} {seed.name} ({seed.tag}), not measured yet")
+        for line in new.recovered:
+            err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        console.print(f"  lineage   git --git-dir {p}/archive log --graph --oneline --all")
+        new.close()
+
+
+def status(lab: Path = LAB_OPTION,
+           last: int = typer.Option(10, "--last", "-n", help="How many recent experiments to list.")) -> None:
+    """Counts, the best experiment, the last experiments and a fitness sparkline."""
+    with _user_errors():
+        opened = _open(lab)
+        docs = opened.index.all()
+        counts = opened.index.counts()
+        best = max((d for d in docs if d["status"] == "accepted" and d["fitness"] is not None),
+                   key=lambda d: d["fitness"], default=None)
+        console.print(f"[bold]{escape(str(opened.path))}[/]  {len(docs)} experiments: "
+                      f"[green]{counts.get('accepted', 0)} accepted[/], [red]{counts.get('failed', 0)} failed[/], "
+                      f"[yellow]{counts.get('rejected', 0)} rejected[/]   scale {opened.config.loop.scale}, mode {opened.config.loop.mode}")
+        if best:
+            console.print(f"best: [cyan]{best['id']}[/] {escape(best['name'])}  fitness [magenta]{best['fitness']:.3f}[/]  ({best['tag']})")
+        else:
+            console.print("best: none measured yet (the loop evaluates the seed first)")
+        fits = [d["fitness"] if d["status"] == "accepted" else None for d in docs]
+        console.print(f"fitness  [magenta]{sparkline(fits)}[/]  (last {min(len(fits), 60)} experiments, · = none)")
+        table = Table(box=None, header_style="bold")
+        for col in ("id", "name", "status", "fitness", "parent", "scale", "created"):
+            table.add_column(col)
+        for d in docs[-last:][::-1]:
+            st = {"accepted": "green", "failed": "red", "rejected": "yellow"}.get(d["status"], "")
+            table.add_row(d["id"], Text(d["name"]), f"[{st}]{d['status']}[/]",
+                          "–" if d["fitness"] is None else f"{d['fitness']:.3f}", d["parent"] or "–",
+                          d["scale"] or "–", d["created"])
+        console.print(table)
+        opened.close()
+
+
+def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."), lab: Path = LAB_OPTION,
+         code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
+         as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
+    """One experiment: its record, code (highlighted) and metrics."""
+    with _user_errors():
+        opened = _open(lab)
+        rec = opened.store.get(_resolve_id(opened, exp))
+        if as_json:
+            print(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
+            opened.close()
+            return
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column()
+        comps = rec.fitness_components or {}
+        fit = "–" if rec.fitness is None else f"{rec.fitness:.4f}"
+        if comps:
+            fit += "  (" + ", ".join(f"{k} {v:.3f}" for k, v in comps.items() if isinstance(v, (int, float))) + ")"
+        for k, v in (("id", rec.id), ("tag", rec.tag), ("commit", opened.store.commit_of(rec.id)[:12]),
+                     ("status", rec.status), ("fitness", fit), ("parent", rec.parent or "–"),
+                     ("references", ", ".join(rec.references) or "–"), ("scale", rec.scale or "–"),
+                     ("researcher", rec.researcher), ("created", rec.created),
+                     ("operators", ", ".join(rec.operators) or "–"), ("problem", rec.problem or "–")):
+            head.add_row(k, Text(str(v)))
+        parts: list = [Panel(head, title=escape(f"{rec.id} {rec.name}"), border_style="cyan"),
+                       Panel(Text(rec.motivation.strip() or "–"), title="motivation")]
+        if rec.analysis.strip():
+            parts.append(Panel(Text(rec.analysis.strip()), title="analysis"))
+        if rec.metrics:
+            mt = Table(box=None, header_style="bold")
+            mt.add_column("metric")
+            mt.add_column("value", justify="right")
+            for k, v in rec.metrics.items():
+                if k in ("loss_curve",):
+                    continue
+                if isinstance(v, dict):
+                    for kk, vv in v.items():
+                        mt.add_row(Text(f"{k}.{kk}"), Text(_fmt(vv)))
+                else:
+                    mt.add_row(Text(k), Text(_fmt(v)))
+            parts.append(Panel(mt, title="metrics"))
+        else:
+            parts.append(Panel("not measured", title="metrics"))
+        if code:
+            parts.append(Panel(Syntax(rec.code, "python", line_numbers=True, theme="ansi_dark"), title="mixer.py"))
+        console.print(Group(*parts))
+        opened.close()
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def reindex(lab: Path = LAB_OPTION,
+            novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation).")) -> None:
+    """Rebuild index.json (and novelty.hnsw) from the archive."""
+    with _user_errors():
+        opened = _open(lab)
+        out = opened.reindex(novelty=novelty)
+        msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
+        if novelty:
+            msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
+        console.print(f"[green]rebuilt[/] {msg}")
+        opened.close()
+
+
+def log(lab: Path = LAB_OPTION,
+        root: Optional[str] = typer.Option(None, "--from", help="Show only this experiment's descendants."),
+        max_depth: int = typer.Option(24, "--depth", help="Deepest branching shown before summarising.")) -> None:
+    """The lineage tree (parent → children), from git."""
+    with _user_errors():
+        opened = _open(lab)
+        start = _resolve_id(opened, root) if root else None
+        best = opened.store.best()
+        tree = lineage_tree(opened.index.all(), opened.store.children_map(), root=start,
+                            best_id=best.id if best else None, max_depth=max_depth)
+        console.print(tree)
+        opened.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the archive commands to the ``asiarch-tui`` app."""
+    app.command("init")(init)
+    app.command("status")(status)
+    app.command("show")(show)
+    app.command("reindex")(reindex)
+    app.command("log")(log)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(_app)
+    _app(args=sys.argv[1:])
