@@ -1,0 +1,338 @@
+"""The Engineer (check, then evaluate, in the sandbox) with the Debugger (DESIGN.md steps 4–6).
+
+``Engineer.develop`` runs the check; a failure goes to the Debugger with the code, the error and
+the log tail, and its repaired code is re-checked (bounded rounds, ``debug_rounds``). A passing
+check may wait for the user (supervised mode, through the ``approval`` callback) and is then
+evaluated; a training error goes to the Debugger too, and its repair is re-checked and
+re-evaluated. The idea is kept, not discarded; every round is in the outcome (and so in the
+record).
+
+The check and the evaluation run through an ``Executor``; ``SandboxExecutor`` uses
+``training.sandbox.run_sandboxed`` (child process, the parent never imports candidate code).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from agents import prompts
+from agents.llm import CallRecorder, ChatBackend, LLMError, LLMUnavailable, chat_json
+from agents.researcher import validate_code
+
+__all__ = [
+    "StepResult",
+    "Executor",
+    "SandboxExecutor",
+    "Debugger",
+    "LLMDebugger",
+    "BuiltinDebugger",
+    "Decision",
+    "DevelopOutcome",
+    "Engineer",
+    "scale_spec",
+]
+
+LineFn = Callable[[str], None]
+
+
+@dataclass
+class StepResult:
+    """The result of a check or an evaluation.
+
+    ``ok``: passed / trained. ``checks``: the check list (dicts: name, passed, value, reason).
+    ``metrics``: the evaluation dict (evaluate only). ``error``: why it failed. ``log_tail``: the
+    end of the log.
+    """
+
+    ok: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    error: str = ""
+    log_tail: str = ""
+    seconds: float = 0.0
+
+
+class Executor(Protocol):
+    """Runs checks and evaluations of a mixer file (in a sandbox)."""
+
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+        """Static and dynamic checks of the file at ``path``."""
+        ...
+
+    def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
+                 on_line: LineFn | None = None) -> StepResult:
+        """The evaluation ladder at the executor's scale."""
+        ...
+
+
+def scale_spec(scale: Any, as_dict: bool = False) -> Any:
+    """A scale (name or ``training.scales.Scale``) as the sandbox payload carries it: the name of
+    a standard scale (unless ``as_dict``), else the Scale as a JSON-able dict."""
+    import dataclasses
+
+    from training.scales import SCALES, get_scale
+
+    s = get_scale(scale)
+    if not as_dict and SCALES.get(s.name) == s:
+        return s.name
+    return json.loads(json.dumps(dataclasses.asdict(s), default=str))
+
+
+def _tail(path: Path | None, n: int = 40) -> str:
+    if path is None:
+        return ""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class SandboxExecutor:
+    """Check and evaluate through ``training.sandbox.run_sandboxed`` at a given scale.
+
+    ``scale`` is a scale name or a ``Scale`` (e.g. ``training.scales.scaled_down("probe")`` for
+    tests); ``limits`` is passed to the sandbox.
+    """
+
+    def __init__(self, scale: Any = "probe", limits: Any = None) -> None:
+        self.scale = scale
+        self.limits = limits
+
+    def _payload(self, path: Path, as_dict: bool, **more: Any) -> dict[str, Any]:
+        return {"path": str(path), "scale": scale_spec(self.scale, as_dict), **more}
+
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+        """``training.checker.check_file``: static checks here, dynamic ones in the sandbox."""
+        from training.checker import CheckError, check_file
+
+        from training.sandbox import SandboxError
+
+        t0 = time.perf_counter()
+        try:
+            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line, limits=self.limits)
+        except (CheckError, SandboxError) as exc:
+            return StepResult(False, [], None, str(exc), "", time.perf_counter() - t0)
+        checks = [c.to_dict() for c in rep.checks]
+        error = ""
+        if not rep.passed:
+            bad = rep.first_failure()
+            error = f"{bad.name}: {bad.reason}" if bad is not None else (rep.sandbox_reason or "check failed")
+        tail = _tail(Path(rep.log_path)) if rep.log_path else ""
+        return StepResult(rep.passed, checks, None, error, tail, time.perf_counter() - t0)
+
+    def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
+                 on_line: LineFn | None = None) -> StepResult:
+        from training.sandbox import SandboxError, run_sandboxed
+
+        t0 = time.perf_counter()
+        try:
+            res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline), run_dir,
+                                limits=self.limits, on_line=on_line)
+        except SandboxError as exc:
+            return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
+        result = res.result if isinstance(res.result, dict) else None
+        metrics = result.get("metrics", result) if result is not None else None
+        metrics = metrics if isinstance(metrics, dict) and "status" in metrics else None
+        ok = bool(res.ok and metrics is not None and metrics.get("status") == "ok")
+        error = ""
+        if not ok:
+            error = ((metrics or {}).get("error") or (metrics or {}).get("stop_reason") or res.reason
+                     or "evaluation failed")
+        return StepResult(ok, [], metrics, error, _tail(res.log_path), time.perf_counter() - t0)
+
+
+class Debugger(Protocol):
+    """Repairs failing code; returns ``(code, explanation)`` or None when it cannot."""
+
+    spec: str
+
+    def repair(self, code: str, error: str, log_tail: str, stage: str, motivation: str,
+               recorder: CallRecorder) -> tuple[str, str] | None:
+        """A repaired file and what changed, or None."""
+        ...
+
+
+class BuiltinDebugger:
+    """The no-LLM debugger: mechanical repairs only (strip markdown fences, tabs); else None."""
+
+    spec = "builtin"
+
+    def repair(self, code: str, error: str, log_tail: str, stage: str, motivation: str,
+               recorder: CallRecorder) -> tuple[str, str] | None:
+        """Fix what needs no understanding of the design; None when nothing applies."""
+        t0 = time.perf_counter()
+        fixed = code
+        m = re.match(r"^\s*```(?:python|py)?\s*\n(.*?)\n```\s*$", code, re.S)
+        if m:
+            fixed = m.group(1)
+        fixed = fixed.replace("\t", "    ")
+        changed = fixed != code
+        recorder.record("debugger", "builtin", f"{stage}: {error[:300]}",
+                        "mechanical repair" if changed else "no builtin repair applies",
+                        time.perf_counter() - t0, None, None)
+        return (fixed, "removed markdown fences / tabs") if changed else None
+
+
+class LLMDebugger:
+    """The Debugger backed by a chat model (the builtin one when the server is unavailable)."""
+
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.fallback = BuiltinDebugger()
+
+    def repair(self, code: str, error: str, log_tail: str, stage: str, motivation: str,
+               recorder: CallRecorder) -> tuple[str, str] | None:
+        """Ask the model for ``{explanation, code}`` (the code must parse and define Mixer)."""
+        msgs = prompts.debugger_messages(code, error, log_tail, stage, motivation)
+        try:
+            obj = chat_json(self.backend, "debugger", msgs, prompts.DEBUGGER_SCHEMA, recorder,
+                            validate=lambda o: validate_code(str(o.get("code", ""))),
+                            retries=self.retries, backoff_s=self.backoff_s)
+        except LLMUnavailable as exc:
+            recorder.warn(f"debugger: {exc}; using the builtin debugger for this step", source="debugger")
+            return self.fallback.repair(code, error, log_tail, stage, motivation, recorder)
+        except LLMError:
+            return None
+        return str(obj["code"]), str(obj["explanation"])
+
+
+@dataclass
+class Decision:
+    """The user's answer to an approval request: ``approve``, ``reject`` (with ``reason``) or
+    ``edit`` (with the new ``code``, which is re-checked and then evaluated)."""
+
+    action: str
+    reason: str = ""
+    code: str | None = None
+
+
+@dataclass
+class DevelopOutcome:
+    """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | rejected``),
+    the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
+    ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``."""
+
+    status: str
+    code: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    error: str = ""
+    log_tail: str = ""
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    edited: bool = False
+
+
+class Engineer:
+    """Runs check → (approval) → evaluate with bounded Debugger repair rounds."""
+
+    def __init__(self, executor: Executor, debugger: Debugger, debug_rounds: int = 3) -> None:
+        self.executor = executor
+        self.debugger = debugger
+        self.debug_rounds = debug_rounds
+
+    def develop(
+        self,
+        code: str,
+        run_dir: Path,
+        motivation: str = "",
+        seed: int = 0,
+        baseline: dict[str, Any] | None = None,
+        recorder: CallRecorder | None = None,
+        approval: Callable[[str, list[dict[str, Any]]], Decision] | None = None,
+        on_stage: Callable[[str, str, str], None] | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+    ) -> DevelopOutcome:
+        """Check, get approval (if ``approval`` is given), evaluate; repair failures.
+
+        ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
+        and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
+        """
+        rec = recorder or CallRecorder()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stage_cb = on_stage or (lambda s, st, d: None)
+        line_cb = on_line or (lambda src, line: None)
+        out = DevelopOutcome(status="check_failed", code=code)
+        repairs = 0
+        # a redo after a crash numbers its attempts after the earlier ones (fresh folders: a
+        # sandbox child orphaned by the crash may still be writing into the old ones)
+        attempt = len(list(run_dir.glob("mixer_r*.py")))
+        approved = approval is None
+        while True:
+            attempt += 1
+            path = run_dir / f"mixer_r{attempt}.py"
+            path.write_text(out.code, encoding="utf-8")
+            (run_dir / "mixer.py").write_text(out.code, encoding="utf-8")
+            stage_cb("check", "started", f"attempt {attempt}")
+            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l))
+            out.timings["check"] = out.timings.get("check", 0.0) + chk.seconds
+            out.checks = chk.checks
+            stage_cb("check", "finished" if chk.ok else "failed", chk.error)
+            if not chk.ok:
+                failure = ("check", chk.error, chk.log_tail)
+            else:
+                if not approved:
+                    dec = approval(out.code, chk.checks)  # type: ignore[misc]
+                    if dec.action == "reject":
+                        out.status, out.error = "rejected", dec.reason or "rejected by the user"
+                        return out
+                    if dec.action == "edit" and dec.code is not None and dec.code != out.code:
+                        out.code = dec.code
+                        out.edited = True
+                        out.rounds.append({"round": 0, "stage": "approval", "error": "",
+                                           "log_tail": "", "explanation": "edited by the user", "passed": None})
+                        approved = True
+                        continue
+                    approved = True
+                stage_cb("evaluate", "started", "")
+                ev = self.executor.evaluate(path, run_dir / f"eval_r{attempt}", seed, baseline,
+                                            on_line=lambda l: line_cb("train", l))
+                out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
+                out.metrics = ev.metrics
+                out.log_tail = ev.log_tail
+                stage_cb("evaluate", "finished" if ev.ok else "failed", ev.error)
+                if ev.ok:
+                    out.status, out.error = "ok", ""
+                    if out.rounds:
+                        out.rounds[-1]["passed"] = True
+                    return out
+                # a run stopped by the monitor (too slow, diverging, leak) is a result, not a bug
+                if ev.metrics is not None and ev.metrics.get("status") == "stopped":
+                    out.status, out.error = "eval_failed", ev.error
+                    return out
+                failure = ("evaluate", ev.error, ev.log_tail)
+            stage, error, log_tail = failure
+            if out.rounds and out.rounds[-1]["passed"] is None:
+                out.rounds[-1]["passed"] = False
+            if repairs >= self.debug_rounds:
+                out.status = "check_failed" if stage == "check" else "eval_failed"
+                out.error = error
+                out.log_tail = log_tail
+                return out
+            repairs += 1
+            stage_cb("debug", "started", f"round {repairs}: {error[:200]}")
+            t0 = time.perf_counter()
+            fixed = self.debugger.repair(out.code, error, log_tail, stage, motivation, rec)
+            out.timings["debug"] = out.timings.get("debug", 0.0) + time.perf_counter() - t0
+            item = {"round": repairs, "stage": stage, "error": error, "log_tail": log_tail[-2000:],
+                    "explanation": fixed[1] if fixed else "", "passed": None, "debugger": self.debugger.spec}
+            out.rounds.append(item)
+            if fixed is None or fixed[0] == out.code:
+                item["passed"] = False
+                stage_cb("debug", "failed", "no repair")
+                out.status = "check_failed" if stage == "check" else "eval_failed"
+                out.error = error
+                out.log_tail = log_tail
+                return out
+            stage_cb("debug", "finished", fixed[1][:200])
+            out.code = fixed[0]

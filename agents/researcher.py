@@ -1,0 +1,145 @@
+"""The Researcher: proposes the next experiment from a parent, references, cognition and failures.
+
+Any researcher implements ``propose(ctx: ResearchContext) -> Proposal``. ``LLMResearcher`` asks a
+chat model (``agents.llm``) with the prompt of ``agents.prompts.researcher_messages``; the
+built-in evolutionary researcher (``agents.builtin``) plugs in through the same interface and is
+found by :func:`builtin_researcher`.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from agents.llm import CallRecorder, ChatBackend, chat_json
+from agents import prompts
+
+__all__ = [
+    "Proposal",
+    "Rejection",
+    "ResearchContext",
+    "Researcher",
+    "LLMResearcher",
+    "ResearchError",
+    "validate_code",
+    "builtin_researcher",
+]
+
+
+class ResearchError(RuntimeError):
+    """The researcher could not produce a usable proposal for this step."""
+
+
+@dataclass
+class Proposal:
+    """A proposed experiment: ``name``, ``motivation`` (markdown), ``code`` (a mixer file).
+
+    ``extra`` carries anything the record should keep: ``genome``, ``operators``, ``cognition``
+    (ids of cognition entries used) are copied into the record's fields of the same names, the
+    rest into ``record.extra``.
+    """
+
+    name: str
+    motivation: str
+    code: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rejection:
+    """A proposal sent back (not novel, rejected by the user) with the reason and the neighbour."""
+
+    proposal: Proposal
+    reason: str
+    neighbour_id: str | None = None
+    neighbour_name: str = ""
+    neighbour_motivation: str = ""
+    similarity: float | None = None
+
+
+@dataclass
+class ResearchContext:
+    """Everything the Researcher sees for one step (DESIGN.md step 2).
+
+    ``parent``, ``references`` and ``failures`` are ``archive.record.ExperimentRecord``s;
+    ``cognition`` is ``[(corpus.schema.Entry, score), ...]`` for the parent's problem statement;
+    ``rejections`` the proposals already sent back in this step (novelty rounds, user
+    rejections), newest last; ``history`` all earlier records (for a learning researcher);
+    ``lab`` the open ``archive.lab.Lab`` (or None in unit tests).
+    """
+
+    exp_id: str
+    parent: Any
+    references: list[Any] = field(default_factory=list)
+    cognition: list[tuple[Any, float]] = field(default_factory=list)
+    failures: list[Any] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    history: list[Any] = field(default_factory=list)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scale: str = "probe"
+    param_budget: int | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    recorder: CallRecorder = field(default_factory=CallRecorder)
+    lab: Any = None
+
+
+@runtime_checkable
+class Researcher(Protocol):
+    """The interface every researcher implements."""
+
+    #: Shown in the record's ``researcher`` field, e.g. ``builtin`` or ``ollama:qwen3``.
+    spec: str
+
+    def propose(self, ctx: ResearchContext) -> Proposal:
+        """A new proposal for ``ctx``; raises ``ResearchError`` (or ``LLMError``) on failure."""
+        ...
+
+
+def validate_code(code: str) -> str | None:
+    """A quick static check of a mixer file: parses, defines ``class Mixer``. Error text or None."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        return f"the code does not parse: {exc.msg} (line {exc.lineno})"
+    if not any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body):
+        return "the code defines no top-level `class Mixer(nn.Module)`"
+    return None
+
+
+def _validate_proposal(obj: dict[str, Any]) -> str | None:
+    for key in ("name", "motivation", "code"):
+        if not isinstance(obj.get(key), str):
+            return f"the field {key!r} must be a string"
+    return validate_code(obj["code"])
+
+
+class LLMResearcher:
+    """A researcher backed by a chat model (Ollama or OpenAI-compatible)."""
+
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def propose(self, ctx: ResearchContext) -> Proposal:
+        """Build the prompt, ask the model, validate the reply (one correction round)."""
+        messages = prompts.researcher_messages(ctx)
+        obj = chat_json(self.backend, "researcher", messages, prompts.RESEARCHER_SCHEMA, ctx.recorder,
+                        validate=_validate_proposal, retries=self.retries, backoff_s=self.backoff_s)
+        name = " ".join(str(obj["name"]).split())[:80] or "unnamed"
+        cited = [str(e.id) for e, _ in ctx.cognition]
+        return Proposal(name=name, motivation=str(obj["motivation"]).strip(), code=str(obj["code"]),
+                        extra={"cognition": cited})
+
+
+def builtin_researcher(seed: int = 0) -> Researcher | None:
+    """The built-in evolutionary researcher if it is installed (``agents.builtin.researcher``
+    exposing ``BuiltinResearcher(seed=...)``), else None."""
+    try:
+        from agents.builtin.researcher import BuiltinResearcher  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return BuiltinResearcher(seed=seed)

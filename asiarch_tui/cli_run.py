@@ -1,0 +1,241 @@
+"""``asiarch-tui run LAB --headless``: the research loop without the console, with a rich progress
+display and a final table. Ctrl-C stops after the current stage (the experiment in flight is
+redone at the next start)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+class _Display:
+    """Keeps the state shown while the loop runs (fed with events from the worker thread)."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.t0 = time.monotonic()
+        self.budget = budget
+        self.state = "starting"
+        self.current: dict[str, Any] = {}
+        self.finished: list[Any] = []
+        self.warnings: list[str] = []
+        self.tokens = 0
+        self.lock = threading.Lock()
+
+    def on_event(self, ev: Any) -> str | None:
+        """Update from one event; returns a plain line worth printing in non-interactive mode."""
+        kind = type(ev).kind
+        with self.lock:
+            if kind == "LoopStateChanged":
+                self.state = ev.state
+                return f"loop: {ev.state}" + (f" ({ev.detail})" if ev.detail else "")
+            if kind == "ExperimentStarted":
+                self.current = {"id": ev.exp_id, "parent": ev.parent, "stage": "sample", "line": "",
+                                "started": time.monotonic()}
+                return f"{ev.exp_id}: started from {ev.parent}" + (" (redo after a crash)" if ev.redo else "")
+            if kind == "StageChanged":
+                if ev.exp_id and ev.exp_id == self.current.get("id"):
+                    self.current["stage"] = ev.stage + ("" if ev.status == "started" else f" {ev.status}")
+                if ev.stage == "baseline":
+                    self.current = {"id": "baseline", "parent": "", "stage": f"baseline {ev.detail}",
+                                    "line": "", "started": time.monotonic()}
+                if ev.status == "failed":
+                    return f"{ev.exp_id or ''}: {ev.stage} failed: {ev.detail}"
+                if ev.status == "started" and ev.stage != "sample":
+                    return f"{ev.exp_id or '----'}: {ev.stage}" + (f" {ev.detail}" if ev.detail else "")
+                return None
+            if kind == "LogLine":
+                self.current["line"] = ev.line[-100:]
+                return None
+            if kind == "AgentMessage":
+                if ev.message == "delta":
+                    self.tokens += 1
+                elif ev.message == "reply":
+                    return f"{ev.exp_id}: {ev.role} ({ev.model}) replied in {ev.duration_s or 0:.1f} s"
+                return None
+            if kind == "Warning":
+                self.warnings.append(ev.message)
+                return f"warning: {ev.message}"
+            if kind == "ApprovalRequested":
+                return f"{ev.exp_id}: waiting for approval (not possible headless; use the console)"
+            if kind == "ExperimentFinished":
+                self.finished.append(ev)
+                f = f"{ev.fitness:.3f}" if ev.fitness is not None else "n/a"
+                return f"{ev.exp_id}: {ev.name} {ev.status}, fitness {f}" + (f" ({ev.reason})" if ev.reason else "")
+        return None
+
+    def render(self) -> Group:
+        with self.lock:
+            el = time.monotonic() - self.t0
+            done = sum(1 for f in self.finished if f.reason != "seed measured")
+            head = Text.assemble(("asiarch ", "bold"), (f"{self.state}", "cyan"),
+                                 f"  experiments {done}" + (f"/{self.budget}" if self.budget else ""),
+                                 f"  elapsed {el / 60:.1f} min")
+            cur = self.current
+            lines = [head]
+            if cur:
+                secs = time.monotonic() - cur.get("started", time.monotonic())
+                lines.append(Text(f"  {cur.get('id')} ← {cur.get('parent') or '-'}  stage: {cur.get('stage')} "
+                                  f"({secs:.0f} s)", style="bold"))
+                if cur.get("line"):
+                    lines.append(Text("  " + cur["line"], style="dim"))
+            for w in self.warnings[-2:]:
+                lines.append(Text("  ! " + w[:150], style="yellow"))
+            if self.finished:
+                lines.append(_table(self.finished[-8:]))
+            return Group(*lines)
+
+
+def _table(finished: list[Any]) -> Table:
+    t = Table(show_header=True, header_style="bold", expand=False)
+    for col in ("id", "name", "status", "fitness", "probe mean", "val bpb", "time"):
+        t.add_column(col)
+    for ev in finished:
+        m = ev.metrics or {}
+        style = {"accepted": "green", "failed": "red", "rejected": "yellow"}.get(ev.status, "")
+        t.add_row(ev.exp_id or "", ev.name[:40], Text(ev.status, style=style),
+                  f"{ev.fitness:.3f}" if ev.fitness is not None else "-",
+                  f"{m['probe_mean']:.3f}" if isinstance(m.get("probe_mean"), (int, float)) else "-",
+                  f"{m['val_bpb']:.3f}" if isinstance(m.get("val_bpb"), (int, float)) else "-",
+                  f"{ev.duration_s:.0f} s" if ev.duration_s else "-")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``run`` command."""
+
+    @app.command("run")
+    def run(
+        lab: Path = typer.Argument(Path("lab"), help="The lab folder (created as a demo lab if missing)."),
+        headless: bool = typer.Option(False, "--headless", help="Run without the console (required for now)."),
+        experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=0,
+                                                  help="Stop after N experiments (0 = no limit; default: the lab's config)."),
+        hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="Stop after H hours (0 = no limit)."),
+        mode: Optional[str] = typer.Option(None, "--mode", help="autonomous or supervised (default: the lab's config)."),
+        llm: Optional[str] = typer.Option(None, "--llm",
+                                          help="Backend of every agent: builtin, ollama:MODEL\\[@HOST] or openai:MODEL@URL "
+                                               "(default: the lab's \\[llm] config)."),
+        scale: Optional[str] = typer.Option(None, "--scale", help="probe, explore or verify (default: the lab's config)."),
+        scale_factor: float = typer.Option(1.0, "--scale-factor", min=0.001, max=1.0,
+                                           help="Multiply every training step count by this (quick smoke runs)."),
+        baselines: Optional[str] = typer.Option(None, "--baselines",
+                                                help="Comma-separated reference mixers to measure (default: all)."),
+        timeout: float = typer.Option(300.0, "--llm-timeout", help="Seconds to wait for an LLM server."),
+    ) -> None:
+        """Run the research loop on LAB headless: sample, research, check, evaluate, analyse, commit."""
+        from agents.llm import parse_llm_spec
+        from agents.loop import Loop
+        from agents.researcher import builtin_researcher
+        from archive.config import ConfigError
+        from archive.embed import EmbedderUnavailable
+        from archive.lab import Lab, LabError
+        from archive.lock import LabBusyError
+
+        if not headless:
+            _fail("`run` needs --headless for now; the interactive console is `asiarch-tui LAB`.")
+        if mode is not None and mode not in ("autonomous", "supervised"):
+            _fail(f"--mode {mode!r} is not understood: use autonomous or supervised.")
+        if mode == "supervised":
+            _fail("--mode supervised waits for approve / reject / edit, which needs the console "
+                  "(`asiarch-tui LAB`); headless runs are autonomous.")
+        if llm is not None:
+            try:
+                parse_llm_spec(llm)
+            except ValueError as exc:
+                _fail(str(exc))
+        scale_obj: Any = scale
+        if scale is not None or scale_factor != 1.0:
+            from training.scales import SCALES, scaled_down
+
+            if scale is not None and scale not in SCALES:
+                _fail(f"--scale {scale!r} is not one of {', '.join(SCALES)}.")
+        try:
+            if Lab.is_lab(lab):
+                opened = Lab.open(lab)
+            else:
+                console.print(f"creating a demo lab at {lab}", highlight=False)
+                opened = Lab.init(lab, demo=True)
+            if mode is None and opened.config.loop.mode == "supervised":
+                console.print("the lab's mode is supervised, which needs the console; running autonomous "
+                              "headless", highlight=False)
+                mode = "autonomous"
+            if scale_factor != 1.0:
+                scale_obj = scaled_down(scale or opened.config.loop.scale, scale_factor)
+            names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines else None
+            if names:
+                from training.mixers import REFERENCE_MIXERS
+
+                unknown = [n for n in names if n not in REFERENCE_MIXERS]
+                if unknown:
+                    _fail(f"--baselines: unknown reference mixer(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(REFERENCE_MIXERS)}.")
+            loop = Loop(opened, llm=llm, mode=mode, scale=scale_obj, experiments=experiments, hours=hours,
+                        baselines=names, timeout_s=timeout, lock_timeout=5.0)
+        except (LabError, ConfigError, EmbedderUnavailable, LabBusyError, ValueError) as exc:
+            _fail(str(exc))
+        if loop.researcher is None and builtin_researcher() is None:
+            _fail("the built-in researcher is not installed in this version, and the lab's researcher is "
+                  "`builtin`. Give an LLM with --llm ollama:MODEL (a running Ollama server) or "
+                  "--llm openai:MODEL@URL, or set [llm] researcher in the lab's asiarch.toml.")
+        display = _Display(loop.budget_experiments or None)
+        interactive = console.is_terminal
+        q = loop.event_queue()
+        stop_requested = {"n": 0}
+
+        def _sigint(signum: int, frame: Any) -> None:
+            stop_requested["n"] += 1
+            if stop_requested["n"] == 1:
+                console.print("[yellow]stopping after the current stage (Ctrl-C again to quit now)[/]")
+                loop.stop()
+            else:
+                raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGINT, _sigint)
+        loop.start()
+        try:
+            if interactive:
+                with Live(display.render(), console=console, refresh_per_second=4, transient=True) as live:
+                    while True:
+                        try:
+                            ev = q.get(timeout=0.25)
+                        except Exception:
+                            live.update(display.render())
+                            continue
+                        if ev is None:
+                            break
+                        display.on_event(ev)
+                        live.update(display.render())
+            else:
+                while True:
+                    ev = q.get()
+                    if ev is None:
+                        break
+                    line = display.on_event(ev)
+                    if line:
+                        console.print(line, highlight=False, soft_wrap=True)
+        finally:
+            signal.signal(signal.SIGINT, old)
+            loop.join(10)
+        summary = loop.summary
+        if display.finished:
+            console.print(_table(display.finished))
+        console.print(f"{len(summary.experiments)} experiment(s) in {summary.seconds / 60:.1f} min; "
+                      f"loop {summary.state}.", highlight=False)
+        if summary.state == "error":
+            raise typer.Exit(1)
