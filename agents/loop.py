@@ -804,8 +804,7 @@ class Loop:
                     break
                 self.poll()
                 with stage("novelty") as st:
-                    with self._novelty_lock:
-                        novel, near = self.lab.novelty.check(proposal.motivation)
+                    novel, near = self._novelty(proposal)
                     if not novel and near is not None:
                         st.fail(f"too close to {near[0]} (similarity {near[1]:.2f})")
                 if novel or near is None:
@@ -988,6 +987,21 @@ class Loop:
 
     def _history(self) -> list[Any]:
         return list(self.lab.store.all())
+
+    def _novelty(self, proposal: Proposal) -> tuple[bool, tuple[str, float] | None]:
+        """DESIGN.md step 3. A proposal that carries a genome (the built-in researcher's) is a
+        structured design: it is a rehash exactly when an earlier experiment has the same genome.
+        Its motivation is written from a template, so embedding similarity between two different
+        genomes' motivations runs at 0.7-0.96 and would reject genuinely new designs. Free-text
+        proposals (LLM researchers) are judged by motivation similarity against the threshold."""
+        genome = (proposal.extra or {}).get("genome")
+        if genome:
+            for rec in self.lab.store.all():
+                if rec.genome == genome:
+                    return False, (rec.id, 1.0)
+            return True, None
+        with self._novelty_lock:
+            return self.lab.novelty.check(proposal.motivation)
 
     def _recent_failures(self, n: int = 3) -> list[Any]:
         fails = [r for r in self.lab.store.all() if r.status == "failed"]

@@ -55,7 +55,7 @@ class LoopConfig:
     hours: float = 0.0
     novelty_threshold: float = 0.80
     novelty_rounds: int = 3
-    debug_rounds: int = 2
+    debug_rounds: int = 3
     seed: int = 0
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from agents.builtin.genome import REFERENCE_GENOMES, SEED_GENOME, Genome, GenomeError
 from agents.builtin.search import CognitionHit, HistoryItem, genome_key, propose
 from agents.researcher import Proposal, ResearchContext, ResearchError
+from archive.record import SEED_ID
 
 
 def record_genome(record: Any) -> Genome | None:
@@ -28,7 +29,8 @@ def record_genome(record: Any) -> Genome | None:
         except (GenomeError, TypeError):
             return None
     parent = record.get("parent") if isinstance(record, dict) else getattr(record, "parent", None)
-    if parent is None:  # the seed of the lab: DeltaNet
+    extra = (record.get("extra") if isinstance(record, dict) else getattr(record, "extra", None)) or {}
+    if parent is None or extra.get("measures") == SEED_ID:  # the seed of the lab (DeltaNet), or its measurement
         return SEED_GENOME
     return None
 
