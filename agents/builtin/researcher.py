@@ -39,7 +39,7 @@ def _first_sentence(text: str, limit: int = 220) -> str:
     text = " ".join(text.split())
     cut = text.find(". ")
     out = text[: cut + 1] if 0 < cut < limit else text[:limit]
-    return out
+    return out.rstrip(". ")
 
 
 def _hits(cognition: Iterable[tuple[Any, float]]) -> list[CognitionHit]:

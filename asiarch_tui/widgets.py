@@ -1,0 +1,298 @@
+"""Widgets of the research console: lineage tree, experiment tabs, running panel, plots, status bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import (
+    DataTable,
+    Label,
+    Markdown,
+    ProgressBar,
+    RichLog,
+    Static,
+    TabbedContent,
+    TabPane,
+    Tree,
+)
+from textual_plotext import PlotextPlot
+
+STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "running": "cyan"}
+
+
+def fmt_fitness(value: float | None) -> str:
+    """A fitness for display: three decimals, or an em dash when unmeasured."""
+    return "—" if value is None else f"{value:.3f}"
+
+
+def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
+    """The tree label of one experiment: id, name, fitness, coloured by status, best starred."""
+    status = rec.get("status", "accepted")
+    text = Text()
+    if rec.get("id") == best_id:
+        text.append("★ ", style="bold yellow")
+    text.append(f"{rec.get('id', '?')} ", style="dim")
+    text.append(str(rec.get("name", "?")), style=STATUS_STYLE.get(status, "white"))
+    text.append(" · ", style="dim")
+    text.append(fmt_fitness(rec.get("fitness")), style="bold" if status == "accepted" else "dim")
+    if status != "accepted":
+        text.append(f" ({status})", style="dim " + STATUS_STYLE.get(status, ""))
+    return text
+
+
+class LineageTree(Tree):
+    """The lineage of every experiment in the lab; each node's ``data`` is the experiment id."""
+
+    DEFAULT_CSS = """
+    LineageTree { width: 40%; max-width: 64; min-width: 28; border: round $primary; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("lab", **kwargs)
+        self.border_title = "lineage"
+        self.guide_depth = 2
+        self.show_root = False
+        self._exp_nodes: dict[str, Any] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self.best_id: str | None = None
+
+    def load(self, records: Iterable[Mapping[str, Any]], best_id: str | None) -> None:
+        """Rebuild the tree from experiment summaries (dicts with id, name, parent, status, fitness)."""
+        self.clear()
+        self._exp_nodes.clear()
+        self._records = {}
+        self.best_id = best_id
+        pending = sorted((dict(r) for r in records), key=lambda r: str(r.get("id")))
+        for rec in pending:
+            self.add_record(rec, refresh_best=False)
+        self.root.expand_all()
+
+    def add_record(self, rec: Mapping[str, Any], refresh_best: bool = True) -> None:
+        """Add (or update) one experiment node under its parent (the root if the parent is unknown)."""
+        rec = dict(rec)
+        exp_id = str(rec["id"])
+        self._records[exp_id] = rec
+        if exp_id in self._exp_nodes:
+            self._exp_nodes[exp_id].set_label(node_label(rec, self.best_id))
+        else:
+            parent = self._exp_nodes.get(str(rec.get("parent"))) if rec.get("parent") else None
+            node = (parent or self.root).add(node_label(rec, self.best_id), data=exp_id, expand=True)
+            self._exp_nodes[exp_id] = node
+            (parent or self.root).expand()
+        if refresh_best:
+            self.set_best(self.best_id)
+
+    def set_best(self, best_id: str | None) -> None:
+        """Mark ``best_id`` with a star (relabels the old and the new best)."""
+        old, self.best_id = self.best_id, best_id
+        for i in {old, best_id} - {None}:
+            if i in self._exp_nodes:
+                self._exp_nodes[i].set_label(node_label(self._records[i], self.best_id))
+
+    def select_id(self, exp_id: str) -> None:
+        """Move the cursor to the node of ``exp_id``."""
+        node = self._exp_nodes.get(exp_id)
+        if node is not None:
+            self.move_cursor(node)
+
+    @property
+    def selected_id(self) -> str | None:
+        """The experiment id under the cursor."""
+        node = self.cursor_node
+        return node.data if node is not None else None
+
+
+class ExperimentTabs(Vertical):
+    """The selected experiment: motivation, code, analysis, metrics, transcript."""
+
+    DEFAULT_CSS = """
+    ExperimentTabs { width: 1fr; }
+    ExperimentTabs TabbedContent { height: 1fr; }
+    ExperimentTabs TabPane { padding: 0; }
+    ExperimentTabs #code-scroll { height: 1fr; }
+    ExperimentTabs Markdown { margin: 0; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="tabbed"):
+            with TabPane("Motivation", id="tab-motivation"):
+                with VerticalScroll():
+                    yield Markdown("", id="motivation")
+            with TabPane("Code", id="tab-code"):
+                with VerticalScroll(id="code-scroll"):
+                    yield Static("", id="code-view")
+            with TabPane("Analysis", id="tab-analysis"):
+                with VerticalScroll():
+                    yield Markdown("", id="analysis")
+            with TabPane("Metrics", id="tab-metrics"):
+                yield DataTable(id="metrics", zebra_stripes=True)
+            with TabPane("Transcript", id="tab-transcript"):
+                yield RichLog(id="transcript-view", wrap=True, markup=False)
+
+    def show(self, rec: Mapping[str, Any] | None, parent: Mapping[str, Any] | None,
+             baselines: Mapping[str, Mapping[str, Any]]) -> None:
+        """Fill every tab from an experiment record (dict), its parent and the baselines."""
+        if rec is None:
+            return
+        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness(rec.get('fitness'))}"
+        self.query_one("#motivation", Markdown).update(title + "\n\n" + (rec.get("motivation") or "_no motivation_"))
+        code = rec.get("code") or ""
+        self.query_one("#code-view", Static).update(Syntax(code, "python", line_numbers=True, word_wrap=False))
+        self.query_one("#analysis", Markdown).update(rec.get("analysis") or "_not analysed yet_")
+        table = self.query_one("#metrics", DataTable)
+        table.clear(columns=True)
+        cols = ["metric", "this", "parent", *baselines.keys()]
+        table.add_columns(*cols)
+        for key, label in metric_rows(rec.get("metrics") or {}):
+            row = [label, metric_value(rec.get("metrics"), key), metric_value(parent.get("metrics") if parent else None, key)]
+            row += [metric_value(b, key) for b in baselines.values()]
+            table.add_row(*row)
+        comps = rec.get("fitness_components") or {}
+        for comp in ("s_loss", "s_score", "s_judge"):
+            if comp in comps:
+                table.add_row(comp, f"{comps[comp]:.3f}", "", *["" for _ in baselines])
+        log = self.query_one("#transcript-view", RichLog)
+        log.clear()
+        for call in rec.get("transcript") or []:
+            log.write(Text(f"── {call.get('role')} · {call.get('model')} · {call.get('duration_s') or 0:.1f}s", style="bold cyan"))
+            if call.get("prompt"):
+                log.write(Text(str(call["prompt"])[:4000], style="dim"))
+            log.write(Text(str(call.get("reply", ""))[:8000]))
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (key, label) rows of the metrics table: losses, speed, then each probe."""
+    rows = [("val_bpb", "val bits/byte"), ("val_loss", "val loss"), ("probe_mean", "probe mean"),
+            ("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s")]
+    rows += [(f"probes.{p}", f"probe {p}") for p in sorted((metrics.get("probes") or {}).keys())]
+    return rows
+
+
+def metric_value(metrics: Mapping[str, Any] | None, key: str) -> str:
+    """Look up a dotted key in a metrics dict and format it."""
+    cur: Any = metrics or {}
+    for part in key.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return "—"
+        cur = cur[part]
+    if cur is None:
+        return "—"
+    if isinstance(cur, float):
+        return f"{cur:.4g}"
+    return str(cur)
+
+
+class RunningPanel(Vertical):
+    """The experiment in flight: stage, training progress, log tail and the streaming transcript."""
+
+    DEFAULT_CSS = """
+    RunningPanel { height: 1fr; border: round $secondary; }
+    RunningPanel #stage { height: 1; }
+    RunningPanel ProgressBar { height: 1; }
+    RunningPanel Horizontal { height: 1fr; }
+    RunningPanel RichLog { width: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label("idle", id="stage")
+        yield ProgressBar(total=100, show_eta=True, id="train-progress")
+        with Horizontal():
+            yield RichLog(id="train-log", max_lines=500, wrap=False, markup=False, auto_scroll=True)
+            yield RichLog(id="agent-log", max_lines=2000, wrap=True, markup=False, auto_scroll=True)
+
+    def on_mount(self) -> None:
+        self.border_title = "running"
+
+
+class PlotPanel(Vertical):
+    """Discovery curve (best and each fitness vs experiment) and the running loss curve."""
+
+    DEFAULT_CSS = """
+    PlotPanel { width: 1fr; height: 1fr; }
+    PlotPanel PlotextPlot { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield PlotextPlot(id="discovery-plot")
+        yield PlotextPlot(id="loss-plot")
+
+    def draw_discovery(self, fitnesses: list[float | None]) -> None:
+        """Plot each experiment's fitness and the running best."""
+        plot = self.query_one("#discovery-plot", PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("discovery: fitness per experiment")
+        xs = [i for i, f in enumerate(fitnesses) if f is not None]
+        ys = [f for f in fitnesses if f is not None]
+        if ys:
+            best, run = [], float("-inf")
+            for y in ys:
+                run = max(run, y)
+                best.append(run)
+            plt.scatter(xs, ys, marker="dot", label="fitness")
+            plt.plot(xs, best, label="best")
+        plot.refresh()
+
+    def draw_loss(self, points: list[tuple[int, float]]) -> None:
+        """Plot the running experiment's training loss."""
+        plot = self.query_one("#loss-plot", PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("training loss (running)")
+        if points:
+            plt.plot([p[0] for p in points], [p[1] for p in points])
+        plot.refresh()
+
+
+class StatusBar(Static):
+    """Mode, loop state, experiments done, best fitness, elapsed, LLM backend and health."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; background: $boost; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("", **kwargs)
+        self.values: dict[str, Any] = {"mode": "autonomous", "state": "idle", "done": 0, "best": None,
+                                       "llm": "builtin", "llm_ok": True, "started": time.monotonic(),
+                                       "frozen_elapsed": None}
+
+    def set(self, **values: Any) -> None:
+        """Update some fields and re-render."""
+        self.values.update(values)
+        self.update(self.render_status())
+
+    def render_status(self) -> Text:
+        """The status line as rich Text."""
+        v = self.values
+        elapsed = v["frozen_elapsed"] if v["frozen_elapsed"] is not None else time.monotonic() - v["started"]
+        h, rem = divmod(int(elapsed), 3600)
+        m, s = divmod(rem, 60)
+        state_style = {"running": "green", "paused": "yellow", "waiting_approval": "magenta"}.get(v["state"], "white")
+        t = Text()
+        t.append(f" {v['mode']} ", style="bold reverse")
+        t.append(f"  {v['state']}", style=f"bold {state_style}")
+        t.append(f"  · {v['done']} done · best {fmt_fitness(v['best'])} · {h:d}:{m:02d}:{s:02d}")
+        t.append(f" · llm {v['llm']} ")
+        t.append("●" if v["llm_ok"] else "○ unreachable", style="green" if v["llm_ok"] else "red")
+        return t
+
+
+def checks_table(checks: Iterable[Mapping[str, Any]]) -> Table:
+    """A rich table of check results (name, pass, value, reason)."""
+    table = Table(box=None, expand=True)
+    for col in ("check", "", "value", "reason"):
+        table.add_column(col)
+    for c in checks:
+        ok = c.get("passed")
+        table.add_row(str(c.get("name")), Text("✔" if ok else "✘", style="green" if ok else "red"),
+                      str(c.get("value", "")), str(c.get("reason", "")))
+    return table
