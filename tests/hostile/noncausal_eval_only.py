@@ -1,0 +1,16 @@
+"""Causal while training, leaks the future in eval mode (where validation loss is measured)."""
+import torch
+import torch.nn as nn
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.proj(x)
+        n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
+        if self.training:
+            return v.cumsum(1) / n
+        return v.flip(1).cumsum(1).flip(1) / n.flip(1)

@@ -1,0 +1,248 @@
+"""The checker: static allow-list, and each dynamic check stopping the right hostile or broken
+candidate with the right reason (tests/hostile/ holds the candidates)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from training.checker import CHECK_NAMES, check_file
+from training.sandbox import Limits
+from training.static_check import static_check
+
+HOSTILE = Path(__file__).parent / "hostile"
+# cheaper timing check for the hostile candidates (the reference mixers use the defaults)
+FAST = {"lengths": [256, 512, 1024], "time_budget_s": 1.5}
+STOP = {**FAST, "keep_going": False}
+
+
+def _check(name: str, tmp_path: Path, **kw):
+    return check_file(HOSTILE / f"{name}.py", "probe", run_dir=tmp_path / "run",
+                      limits=kw.pop("limits", Limits(wall_s=90)), options=kw.pop("options", FAST), **kw)
+
+
+def _by_name(report):
+    return {c.name: c for c in report.checks}
+
+
+# ------------------------------------------------------------------ static (no child process)
+
+@pytest.mark.parametrize("name, check, needle", [
+    ("syntax_error", "contract", "line 6: syntax error"),
+    ("bad_contract", "contract", "Mixer must subclass nn.Module"),
+    ("escape_import_os", "imports", "line 2: import os"),
+    ("escape_socket", "imports", "line 2: import socket"),
+    ("escape_open_file", "imports", "line 8: open: `open` is not allowed"),
+    ("escape_builtins_getattr", "imports", "__builtins__"),
+    ("escape_class_chain", "imports", ".__subclasses__"),
+    ("escape_runtime", "imports", ".os"),
+])
+def test_static_rejections_name_line_and_construct(name, check, needle, tmp_path):
+    report = _check(name, tmp_path)
+    assert not report.passed
+    c = _by_name(report)[check]
+    assert not c.passed and needle in c.reason, c.reason
+    # no child was started: the dynamic checks did not run, and no run folder was made
+    assert all(x.reason.startswith("not run") for x in report.checks[2:])
+    assert report.isolation is None and not (tmp_path / "run").exists()
+    assert [x.name for x in report.checks] == list(CHECK_NAMES)
+
+
+@pytest.mark.parametrize("src, needle", [
+    ("x = __import__('os')", "__import__"),
+    ("eval('1')", "`eval`"),
+    ("exec('1')", "`exec`"),
+    ("compile('1', 'f', 'exec')", "`compile`"),
+    ("g = globals()", "`globals`"),
+    ("import torch\ntorch.save({}, 'f')", "'save'"),
+    ("import torch\nt = torch._C", "'_C'"),
+    ("from torch import os", "from torch import os"),
+    ("import training.ops", "binds the whole"),
+    ("from training import loader", "only `training.ops`"),
+    ("from . import x", "relative imports"),
+    ("import numpy", "import numpy"),
+    ("x = (1).__class__", ".__class__"),
+    ("f = lambda: 0\nf.__globals__", ".__globals__"),
+    ("import torch\nm = torch.nn.Module\nd = getattr(m, '__dict__')", "getattr"),
+    ("s = '{0.__class__}'", "string constants naming dunders"),
+    ("import torch\ntorch.isfinite = abs", "monkeypatching"),
+    ("def g():\n    yield 1", "generators"),
+    ("T = type('T', (), {})", "type(name, bases, dict)"),
+    ("import torch\nx = torch.nn.modules.module.register_module_forward_hook", "process-wide hook"),
+])
+def test_static_check_refuses(src, needle):
+    rep = static_check(src)
+    assert not rep.imports_ok
+    text = "; ".join(str(v) for v in rep.violations)
+    assert needle in text, text
+    assert all(v.line >= 1 for v in rep.violations)
+
+
+def test_static_check_allows_the_contract_idioms():
+    src = '''"""Docstrings may mention __init__ and __class__."""
+from __future__ import annotations
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from training import ops
+from training.ops import delta_rule
+from typing import Optional
+from dataclasses import dataclass
+from functools import partial
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, expand: float = 1.0, **kwargs):
+        super().__init__()
+        nn.Module.__init__(self)
+        self.h = n_heads
+        setattr(self, "proj0", nn.Linear(d_model, d_model))
+        self._cache = None
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None) -> torch.Tensor:
+        act = getattr(F, "silu")
+        return act(getattr(self, "proj0")(x)) * math.sqrt(1.0)
+
+
+if __name__ == "__main__":
+    print(Mixer(8, 2))
+'''
+    rep = static_check(src)
+    assert rep.ok, rep.summary()
+
+
+def test_static_check_contract_details():
+    rep = static_check("import torch.nn as nn\nclass Mixer(nn.Module):\n    def __init__(self, d_model, n_heads):\n"
+                       "        super().__init__()\n")
+    text = "; ".join(str(v) for v in rep.contract_errors)
+    assert "must accept **kwargs" in text and "missing `forward(self, x)`" in text
+    assert not static_check("x = 1").contract_ok
+    assert not static_check(b"\xff\xfe").parse_ok
+    assert not static_check("x = (" * 500 + ")" * 500).parse_ok
+
+
+# ------------------------------------------------------------------ dynamic (in the sandbox)
+
+def test_valid_candidate_passes_every_check(tmp_path):
+    seen = []
+    report = _check("valid_cummean", tmp_path, on_check=seen.append)
+    assert report.passed, [(c.name, c.reason) for c in report.checks if not c.passed]
+    assert [c.name for c in report.checks] == list(CHECK_NAMES)
+    assert [c.name for c in seen] == list(CHECK_NAMES)  # streamed as they finish
+    checks = _by_name(report)
+    assert checks["build"].value == 2 * (64 * 64 + 64)  # two Linear layers at d_model=64
+    assert checks["causality"].value <= 1e-5
+    assert checks["subquadratic"].details["time_exponent"] <= 1.35
+    assert checks["subquadratic"].details["memory_exponent"] <= 1.35
+    assert "asiarch_candidate" not in sys.modules  # the parent never imported the candidate
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("noncausal_global_sum", "not causal"),
+    ("noncausal_next_token", "not causal"),
+    ("noncausal_reverse_cumsum", "not causal"),
+    ("batch_mixing", "samples are not independent"),
+    ("noncausal_eval_only", "eval mode"),
+])
+def test_non_causal_designs_fail_causality(name, needle, tmp_path):
+    report = _check(name, tmp_path, options=STOP)
+    c = _by_name(report)["causality"]
+    assert not report.passed and not c.passed
+    assert needle in c.reason and c.value > 1e-5, c.reason
+    assert _by_name(report)["forward_backward"].passed
+    assert _by_name(report)["subquadratic"].reason.startswith("not run: causality failed")
+
+
+def test_quadratic_design_fails_subquadratic(tmp_path):
+    report = _check("quadratic_attention", tmp_path)
+    checks = _by_name(report)
+    assert checks["causality"].passed  # it is causal; only its cost is wrong
+    c = checks["subquadratic"]
+    assert not c.passed and c.value > 1.35 and "super-linear" in c.reason
+    assert c.details["memory_exponent"] > 1.35  # it keeps L x L scores for backward
+
+
+@pytest.mark.parametrize("name, check, needle", [
+    ("over_budget", "build", "exceed the budget of 32,768"),
+    ("wrong_shape", "forward_backward", "output shape (2, 32, 128) != input shape (2, 32, 64)"),
+    ("nan_output", "forward_backward", "NaN or infinite"),
+    ("tensor_subclass", "forward_backward", "plain torch.Tensor"),
+    ("monkeypatch_alias", "build", "modified torch.isfinite"),
+    ("escape_dynamic_getattr", "build", "sandbox: getattr(..., 'os') is not allowed"),
+])
+def test_broken_candidates_stop_at_the_right_check(name, check, needle, tmp_path):
+    report = _check(name, tmp_path, options=STOP)
+    assert not report.passed
+    first = report.first_failure()
+    assert first is not None and first.name == check and needle in first.reason, (first.name, first.reason)
+
+
+def test_reference_seed_passes_and_softmax_fails_check_6(tmp_path):
+    from training.mixers import REFERENCE_MIXERS
+
+    good = check_file(REFERENCE_MIXERS["deltanet"], "probe", run_dir=tmp_path / "d")
+    assert good.passed, [(c.name, c.reason) for c in good.checks if not c.passed]
+    bad = check_file(REFERENCE_MIXERS["softmax_attention"], "probe", run_dir=tmp_path / "s")
+    failed = [c.name for c in bad.checks if not c.passed]
+    assert failed == ["subquadratic"], failed
+    assert "time exponent" in bad.checks[5].reason and bad.checks[5].value > 1.35
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["linear_attention", "retnet", "gla", "gated_deltanet"])
+def test_other_reference_mixers_pass(name, tmp_path):
+    from training.mixers import REFERENCE_MIXERS
+
+    report = check_file(REFERENCE_MIXERS[name], "probe", run_dir=tmp_path / "r")
+    assert report.passed, [(c.name, c.reason) for c in report.checks if not c.passed]
+
+
+# ------------------------------------------------------------------ CLI
+
+def _app():
+    import typer
+
+    from asiarch_tui import cli_check
+
+    app = typer.Typer()
+    cli_check.register(app)
+
+    @app.command("noop")
+    def _noop() -> None:  # a second command keeps typer from collapsing the group
+        pass
+
+    return app
+
+
+def test_cli_check_json_and_exit_codes(tmp_path):
+    runner = CliRunner()
+    app = _app()
+    res = runner.invoke(app, ["check", str(HOSTILE / "escape_import_os.py"), "--json"])
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
+    assert data["passed"] is False and data["checks"][1]["name"] == "imports"
+    assert "import os" in data["checks"][1]["reason"]
+    res = runner.invoke(app, ["check", str(tmp_path / "missing.py")])
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["check", str(HOSTILE / "syntax_error.py")])
+    assert res.exit_code == 1 and "syntax error" in res.stdout
+    res = runner.invoke(app, ["check", str(HOSTILE / "valid_cummean.py"), "--scale", "nope"])
+    assert res.exit_code == 2 and "unknown scale" in res.output
+
+
+@pytest.mark.slow
+def test_hidden_quadratic_backward_is_measured_not_guessed(tmp_path):
+    """Two Python-loop recurrences that look alike: indexing a[:, t] makes backward O(L^2)
+    (select's backward allocates a full-size zero tensor per step); unbind() keeps it linear."""
+    good = check_file(HOSTILE / "valid_recurrent_unbind.py", "probe", run_dir=tmp_path / "g")
+    assert good.passed, [(c.name, c.reason) for c in good.checks if not c.passed]
+    bad = check_file(HOSTILE / "quadratic_index_loop.py", "probe", run_dir=tmp_path / "b")
+    c = _by_name(bad)["subquadratic"]
+    assert [x.name for x in bad.checks if not x.passed] == ["subquadratic"]
+    assert c.details["time_exponent"] > 1.35 and c.details["memory_exponent"] <= 1.35

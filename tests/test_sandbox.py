@@ -1,0 +1,242 @@
+"""The sandbox: limits end runaway children with a clear reason, escapes make no file outside the
+run folder and no connection, and the evaluate task streams its log."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.sandbox import Limits, SandboxError, namespace_prefix, run_sandboxed
+from training.checker import _scale_config
+
+HOSTILE = Path(__file__).parent / "hostile"
+SCALE = _scale_config("probe")
+FAST = {"lengths": [256, 512, 1024], "time_budget_s": 1.0}
+
+
+def _listener() -> socket.socket:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.5)
+    return srv
+
+
+def _assert_no_connection(srv: socket.socket) -> None:
+    with pytest.raises(socket.timeout):
+        conn, _ = srv.accept()
+        conn.close()
+
+
+def _candidate(tmp_path: Path, name: str, escape_dir: Path | None = None, port: int | None = None) -> Path:
+    src = (HOSTILE / f"{name}.py").read_text()
+    if escape_dir is not None:
+        src = src.replace("ESCAPE_DIR", str(escape_dir))
+    if port is not None:
+        src = src.replace("45678", str(port))
+    path = tmp_path / f"{name}.py"
+    path.write_text(src)
+    return path
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+MODES = ["guard"] + (["namespace"] if namespace_prefix() is not None else [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_runtime_escapes_make_no_file_and_no_connection(mode, tmp_path):
+    """escape_runtime.py gets past the static wall (turned off here) and tries os.system, the real
+    open() (absolute and ../relative), os.open, raw and high-level sockets and subprocess."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    srv = _listener()
+    try:
+        cand = _candidate(tmp_path, "escape_runtime", outside, srv.getsockname()[1])
+        before = _tree(tmp_path)
+        res = run_sandboxed("check", {"path": str(cand), "scale": SCALE, "static_check": False, "options": FAST},
+                            tmp_path / "run", limits=Limits(network=mode, wall_s=90))
+        _assert_no_connection(srv)
+    finally:
+        srv.close()
+    assert res.isolation == mode
+    assert not res.ok and res.reason and "sandbox:" in res.reason, res.reason
+    assert list(outside.iterdir()) == []
+    new = {p for p in _tree(tmp_path) - before if not p.startswith("run")}
+    assert new == set(), new  # nothing appeared outside the run folder
+    log = res.log_path.read_text()
+    assert "root:" not in log
+    for what in ("os.system", "pwned_relative", "os_open", "socket.__new__", "network access", "subprocess.Popen",
+                 "reading /etc/passwd"):
+        assert what in log, what
+    checks = {e["check"]["name"]: e["check"] for e in res.events if e.get("event") == "check"}
+    assert not checks["build"]["passed"] and "sandbox:" in checks["build"]["reason"]
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("escape_socket", "sandbox: importing 'socket' is not allowed"),
+])
+def test_static_escapes_are_also_stopped_at_runtime(name, needle, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    srv = _listener()
+    try:
+        cand = _candidate(tmp_path, name, outside, srv.getsockname()[1])
+        res = run_sandboxed("check", {"path": str(cand), "scale": SCALE, "static_check": False, "options": FAST},
+                            tmp_path / "run", limits=Limits(wall_s=90, network="guard"))
+        _assert_no_connection(srv)
+    finally:
+        srv.close()
+    assert not res.ok and needle in res.reason, res.reason
+    assert list(outside.iterdir()) == []
+
+
+def test_infinite_loop_is_killed_at_the_wall_time(tmp_path):
+    res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE},
+                        tmp_path / "run", limits=Limits(wall_s=12, cpu_s=200))
+    assert not res.ok and res.reason == "killed after 12 s wall time"
+    assert res.result is None and res.returncode == -9
+    started = [e["name"] for e in res.events if e.get("event") == "start"]
+    assert started[-1] == "forward_backward"  # the parent knows which check was running
+
+
+def test_cpu_limit_gives_a_clear_reason(tmp_path):
+    res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE},
+                        tmp_path / "run", limits=Limits(cpu_s=4, wall_s=120))
+    assert not res.ok and res.reason == "exceeded 4 s CPU time", res.reason
+
+
+def test_memory_bomb_exceeds_the_address_space(tmp_path):
+    res = run_sandboxed("check", {"path": str(HOSTILE / "memory_bomb.py"), "scale": SCALE},
+                        tmp_path / "run", limits=Limits(address_space_gib=2, wall_s=90))
+    assert not res.ok
+    checks = {e["check"]["name"]: e["check"] for e in res.events if e.get("event") == "check"}
+    assert checks["forward_backward"]["reason"] == "exceeded 2 GiB address space"
+    assert "exceeded 2 GiB address space" in res.reason
+
+
+def test_check_streams_lines_and_keeps_files_in_the_run_folder(tmp_path):
+    lines: list[str] = []
+    events: list[dict] = []
+    cand = _candidate(tmp_path, "valid_cummean")
+    before = _tree(tmp_path)
+    res = run_sandboxed("check", {"path": str(cand), "scale": SCALE, "options": FAST}, tmp_path / "run",
+                        on_line=lines.append, on_event=events.append, limits=Limits(wall_s=90))
+    assert res.ok, res.reason
+    assert [c["name"] for c in res.result["checks"]] == ["build", "forward_backward", "causality",
+                                                         "subquadratic", "determinism"]
+    assert any(line.startswith("[check] causality: pass") for line in lines)
+    assert res.log_path.read_text().splitlines() == lines
+    assert [e["check"]["name"] for e in events if e["event"] == "check"] == [c["name"] for c in res.result["checks"]]
+    assert {p for p in _tree(tmp_path) - before if not p.startswith("run")} == set()
+    assert (tmp_path / "run" / "mixer.py").read_text() == cand.read_text()
+    assert "asiarch_candidate" not in sys.modules
+
+
+def test_evaluate_task_streams_the_training_log(tmp_path):
+    lines: list[str] = []
+    events: list[dict] = []
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "valid_cummean.py"), "scale": "probe",
+                                     "scale_factor": 0.02, "seed": 0},
+                        tmp_path / "run", on_line=lines.append, on_event=events.append, limits=Limits(wall_s=120))
+    assert res.ok, res.reason
+    metrics = res.result["metrics"]
+    assert metrics["status"] == "ok" and metrics["mixer_params"] == 2 * (64 * 64 + 64)
+    assert set(metrics["probes"]) and all(0.0 <= v <= 1.0 for v in metrics["probes"].values())
+    assert any("[mqar]" in line for line in lines)
+    assert any(e.get("event") == "progress" for e in events)
+
+
+def test_static_check_is_enforced_inside_the_child_too(tmp_path):
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "escape_socket.py"), "scale": "probe",
+                                     "scale_factor": 0.02}, tmp_path / "run", limits=Limits(wall_s=90))
+    assert not res.ok and "static check failed" in res.reason and "import socket" in res.reason
+
+
+def test_bad_requests_raise_sandbox_error(tmp_path):
+    with pytest.raises(SandboxError, match="unknown sandbox task"):
+        run_sandboxed("train", {}, tmp_path)
+    with pytest.raises(SandboxError, match="does not exist"):
+        run_sandboxed("check", {"path": str(tmp_path / "nope.py")}, tmp_path)
+
+
+@pytest.mark.skipif(namespace_prefix() is None, reason="this kernel does not allow network/mount namespaces here")
+def test_namespace_alone_has_no_network_and_a_read_only_root(tmp_path):
+    """The OS-level walls by themselves (no in-process guard): inside the namespaces a connect to a
+    port the test listens on fails and a write outside the run folder fails, while the run
+    folder stays writable."""
+    import subprocess
+
+    from training.sandbox import _MOUNT_SCRIPT
+
+    run = tmp_path / "run"
+    run.mkdir()
+    srv = _listener()
+    port = srv.getsockname()[1]
+    code = (
+        "import socket, sys\n"
+        "out = []\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); out.append('connected')\n"
+        "except OSError as e:\n"
+        "    out.append('noconn')\n"
+        "try:\n"
+        f"    open({str(tmp_path / 'outside.txt')!r}, 'w').write('x'); out.append('wrote-outside')\n"
+        "except OSError:\n"
+        "    out.append('ro')\n"
+        f"open({str(run / 'inside.txt')!r}, 'w').write('x'); out.append('wrote-inside')\n"
+        "print(' '.join(out))\n"
+    )
+    try:
+        proc = subprocess.run([*namespace_prefix(), "--", "/bin/sh", "-c", _MOUNT_SCRIPT, "sandbox", str(run),
+                               sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+        _assert_no_connection(srv)
+    finally:
+        srv.close()
+    assert proc.stdout.split() == ["noconn", "ro", "wrote-inside"], proc.stdout + proc.stderr
+    assert not (tmp_path / "outside.txt").exists() and (run / "inside.txt").exists()
+
+
+def test_limits_for_evaluation_scale_with_the_budget():
+    from training.scales import get_scale
+
+    lim = Limits.for_evaluation("probe")
+    assert lim.wall_s == 1.5 * get_scale("probe").time_budget_s + 60.0
+    assert lim.cpu_s > lim.wall_s and lim.threads == 2
+    assert Limits.for_evaluation("explore").wall_s > lim.wall_s
+
+
+def test_cancel_event_kills_the_child(tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    started = threading.Event()
+
+    def on_event(msg: dict) -> None:
+        if msg.get("event") == "start" and msg.get("name") == "forward_backward":
+            started.set()
+            cancel.set()
+
+    res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE}, tmp_path / "run",
+                        limits=Limits(wall_s=120), on_event=on_event, cancel=cancel)
+    assert started.is_set() and not res.ok and res.reason == "cancelled by the caller"
+    assert res.returncode == -9
+
+
+def test_evaluate_accepts_a_scale_as_a_dict(tmp_path):
+    """The engineer sends non-standard scales (e.g. scaled_down copies) as dataclass dicts."""
+    import dataclasses
+    import json
+
+    from training.sandbox_child import scale_from_spec
+    from training.scales import get_scale, scaled_down
+
+    small = scaled_down("probe", 0.02)
+    spec = json.loads(json.dumps(dataclasses.asdict(small), default=str))
+    assert scale_from_spec(spec) == small and scale_from_spec("explore") == get_scale("explore")
+    assert Limits.for_evaluation(spec).wall_s == 1.5 * small.time_budget_s + 60.0

@@ -1,0 +1,589 @@
+"""The checker: is a candidate mixer file well-formed, safe, causal and sub-quadratic? Measured, not
+asked.
+
+:func:`check_file` runs the static checks (1-2) in the calling process - they only parse - and, if
+they pass, the dynamic checks (3-7) inside the sandbox child (:mod:`training.sandbox`), where
+:func:`run_dynamic_checks` executes them. Every check has a name, a pass/fail, a measured value
+and a one-line reason:
+
+1. ``contract``: parses; defines ``class Mixer(nn.Module)`` with ``__init__(self, d_model,
+   n_heads, **kwargs)`` and ``forward(self, x)``;
+2. ``imports``: imports and constructs within the allow-list (:mod:`training.static_check`);
+3. ``build``: builds at the scale's width and heads; parameter count within the scale's budget
+   (counted by walking the module tree ourselves, not by calling the candidate's methods);
+4. ``forward_backward``: forward and backward on a tiny batch: output is a plain tensor of the
+   input's shape, outputs and gradients finite, the output depends on the input;
+5. ``causality``: for several positions t and random inputs, replacing token t and everything
+   after it (and, separately, token t alone) changes no output before t beyond 1e-5, in train
+   mode with the RNG reseeded (so dropout is identical) at two lengths (one not a multiple of 64),
+   plus a gradient test (d out[:t] / d x[t:] = 0); and batch independence (changing one sample
+   changes no other sample's output);
+6. ``subquadratic``: time of forward+backward at L, 2L, 4L (512, 1024, 2048; batch 1),
+   interleaved rounds, medians, least-squares slope of log time on log L; and the activation
+   memory autograd keeps for backward at each length (bytes of the tensors saved through
+   ``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded), which is
+   exact and immune to timer noise. Both exponents must be <= 1.35. A slope near the threshold
+   triggers more rounds. (Why saved tensors: tracemalloc does not see torch's allocator, ru_maxrss
+   is monotonic within a process, and the CPU profiler's memory events proved unreliable here;
+   activation memory is what grows with L in training, and a pure-PyTorch quadratic design keeps
+   its L x L scores for backward. A fused kernel that keeps no L x L tensor still fails on time.)
+7. ``determinism``: building and running twice under the same seed gives identical outputs and
+   gradients.
+
+A check that could not run because an earlier one failed is reported as failed with the reason
+"not run: ...". The dynamic checks also fail on any sandbox violation (even one the candidate
+caught) and on monkeypatching of torch/einops/math/training.ops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from training.static_check import static_check
+
+CHECK_NAMES = ("contract", "imports", "build", "forward_backward", "causality", "subquadratic", "determinism")
+CAUSALITY_TOL = 1e-5
+EXPONENT_MAX = 1.35
+DEFAULT_LENGTHS = (512, 1024, 2048)
+
+
+@dataclass
+class CheckResult:
+    """One check: its name, pass/fail, a measured value and a one-line reason."""
+
+    name: str
+    passed: bool
+    value: Any
+    reason: str
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@dataclass
+class CheckReport:
+    """The verdict on one candidate file: ``passed`` only when every check passed."""
+
+    passed: bool
+    checks: list[CheckResult]
+    scale: str = "probe"
+    isolation: str | None = None
+    duration_s: float = 0.0
+    sandbox_reason: str | None = None
+    log_path: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able form (the CLI's ``--json``)."""
+        return {"passed": self.passed, "scale": self.scale, "isolation": self.isolation,
+                "duration_s": round(self.duration_s, 3), "sandbox_reason": self.sandbox_reason,
+                "log_path": self.log_path, "checks": [c.to_dict() for c in self.checks]}
+
+    def first_failure(self) -> CheckResult | None:
+        """The first failed check (what a debugger should fix first)."""
+        return next((c for c in self.checks if not c.passed), None)
+
+
+class CheckError(Exception):
+    """The file to check cannot be read (a user error, not a failed check)."""
+
+
+def _scale_config(scale: Any) -> dict:
+    """The child's view of a scale: name, width, heads, budget, sequence length."""
+    if isinstance(scale, dict):
+        return dict(scale)
+    from training.scales import get_scale
+
+    s = get_scale(scale)
+    return {"name": s.name, "d_model": s.d_model, "n_heads": s.n_heads,
+            "mixer_param_budget": s.mixer_param_budget, "seq_len": s.seq_len}
+
+
+def static_results(source: str | bytes) -> tuple[list[CheckResult], bool]:
+    """Checks 1 and 2 from the source alone; returns (results, both passed)."""
+    rep = static_check(source)
+    if not rep.parse_ok:
+        return [CheckResult("contract", False, "syntax error", rep.parse_error or "does not parse"),
+                CheckResult("imports", False, None, "not run: the file does not parse")], False
+    if rep.contract_ok:
+        c1 = CheckResult("contract", True, "Mixer(nn.Module)", "parses; defines Mixer with the contract's __init__ and forward")
+    else:
+        c1 = CheckResult("contract", False, f"{len(rep.contract_errors)} problem(s)",
+                         "; ".join(str(v) for v in rep.contract_errors))
+    if rep.imports_ok:
+        c2 = CheckResult("imports", True, ", ".join(rep.imports) or "none", "imports and constructs within the allow-list")
+    else:
+        vs = sorted(rep.violations, key=lambda v: v.line)
+        c2 = CheckResult("imports", False, f"{len(vs)} violation(s)", "; ".join(str(v) for v in vs[:6])
+                         + (f"; and {len(vs) - 6} more" if len(vs) > 6 else ""),
+                         details={"violations": [str(v) for v in vs]})
+    return [c1, c2], rep.ok
+
+
+def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | None = None,
+               on_line: Callable[[str], None] | None = None, limits: Any = None,
+               on_check: Callable[[CheckResult], None] | None = None,
+               options: dict | None = None, cancel: Any = None) -> CheckReport:
+    """Check the candidate mixer file at ``path`` against ``scale`` (a name or a Scale).
+
+    Static checks run here; dynamic checks run in the sandbox child (the candidate is never
+    imported in this process). ``run_dir`` defaults to a temporary folder that is removed
+    afterwards; ``on_line`` streams the child's log lines; ``on_check`` gets each finished check;
+    ``limits`` is a :class:`training.sandbox.Limits`; ``options`` tunes the dynamic checks
+    (``lengths``, ``time_budget_s``, ``causal_len``, ``keep_going``: run the remaining checks
+    after a failure, default True); setting the ``cancel`` event (a ``threading.Event``) kills the
+    child. Raises :class:`CheckError` when the file
+    cannot be read."""
+    from training.sandbox import Limits, SandboxError, run_sandboxed
+
+    t0 = time.monotonic()
+    p = Path(path)
+    try:
+        source = p.read_bytes()
+    except OSError as exc:
+        raise CheckError(f"cannot read {p}: {exc.strerror or exc}") from None
+    cfg = _scale_config(scale)
+    checks, ok = static_results(source)
+    for c in checks:
+        if on_check:
+            on_check(c)
+    if not ok:
+        rest = [CheckResult(n, False, None, "not run: the static checks failed") for n in CHECK_NAMES[2:]]
+        return CheckReport(False, checks + rest, scale=cfg.get("name", "?"), duration_s=time.monotonic() - t0)
+    tmp = None
+    if run_dir is None:
+        tmp = tempfile.mkdtemp(prefix="asiarch-check-")
+        run_dir = tmp
+    limits = limits or Limits()
+
+    def on_event(msg: dict) -> None:
+        if msg.get("event") == "check" and on_check:
+            on_check(CheckResult(**msg["check"]))
+
+    try:
+        res = run_sandboxed("check", {"path": str(p), "scale": cfg, "options": options or {}}, run_dir,
+                            limits=limits, on_line=on_line, on_event=on_event, cancel=cancel)
+    except SandboxError as exc:
+        raise CheckError(str(exc)) from None
+    dyn: dict[str, CheckResult] = {}
+    running = None
+    for msg in res.events:
+        if msg.get("event") == "start":
+            running = msg.get("name")
+        elif msg.get("event") == "check":
+            c = CheckResult(**msg["check"])
+            dyn[c.name] = c
+            running = None
+    if res.result and isinstance(res.result.get("checks"), list):
+        for d in res.result["checks"]:
+            c = CheckResult(**d)
+            dyn[c.name] = c
+    for name in CHECK_NAMES[2:]:
+        if name in dyn:
+            checks.append(dyn[name])
+        elif name == running or (running is None and not res.ok and not dyn and name == "build"):
+            checks.append(CheckResult(name, False, None, res.reason or "the sandbox child failed"))
+            running = "<done>"
+        else:
+            why = "not run: an earlier check failed" if any(not c.passed for c in checks) else \
+                f"not run: {res.reason or 'the sandbox child stopped'}"
+            checks.append(CheckResult(name, False, None, why))
+    passed = all(c.passed for c in checks) and len(checks) == len(CHECK_NAMES)
+    log_path = None if tmp else str(res.log_path)
+    report = CheckReport(passed, checks, scale=cfg.get("name", "?"), isolation=res.isolation,
+                         duration_s=time.monotonic() - t0, sandbox_reason=res.reason, log_path=log_path)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+# --------------------------------------------------------------------------- inside the child
+
+
+def _walk_parameters(module: Any) -> list:
+    """Unique parameters of a module tree, found through ``_parameters``/``_modules`` directly
+    (a candidate could override ``parameters()``)."""
+    import torch
+
+    seen: dict[int, Any] = {}
+    stack = [module]
+    visited: set[int] = set()
+    while stack:
+        m = stack.pop()
+        if id(m) in visited:
+            continue
+        visited.add(id(m))
+        d = object.__getattribute__(m, "__dict__")
+        for p in (d.get("_parameters") or {}).values():
+            if isinstance(p, torch.Tensor):
+                seen.setdefault(id(p), p)
+        for v in d.values():  # plain tensors that need grads count too
+            if isinstance(v, torch.Tensor) and v.requires_grad:
+                seen.setdefault(id(v), v)
+        for child in (d.get("_modules") or {}).values():
+            if child is not None:
+                stack.append(child)
+    return list(seen.values())
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(max(y, 1e-12)) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    num = sum((a - mx) * (b - my) for a, b in zip(lx, ly))
+    den = sum((a - mx) ** 2 for a in lx)
+    return num / den
+
+
+class _Stage:
+    """Runs one dynamic check with uniform failure handling."""
+
+    def __init__(self, emit: Callable[[dict], None], guard: Any, watch: Any, mem_reason: str) -> None:
+        self.emit = emit
+        self.guard = guard
+        self.watch = watch
+        self.mem_reason = mem_reason
+        self.results: list[CheckResult] = []
+        self.stopped: str | None = None
+
+    def run(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult | None:
+        if self.stopped:
+            res = CheckResult(name, False, None, f"not run: {self.stopped}")
+            self.results.append(res)
+            self.emit({"event": "check", "check": res.to_dict()})
+            return res
+        self.emit({"event": "start", "name": name})
+        print(f"[check] {name} ...", flush=True)
+        n_viol = len(self.guard.violations)
+        t0 = time.perf_counter()
+        try:
+            res = fn()
+        except MemoryError:
+            res = CheckResult(name, False, None, self.mem_reason)
+        except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+            from training.sandbox_child import SandboxViolation, _memory_message
+
+            if isinstance(exc, SandboxViolation):
+                res = CheckResult(name, False, None, str(exc))
+            elif _memory_message(exc):
+                res = CheckResult(name, False, None, self.mem_reason)
+            else:
+                try:
+                    text = str(exc)
+                except BaseException:  # noqa: BLE001
+                    text = "<unprintable>"
+                res = CheckResult(name, False, None, f"raised {type(exc).__name__}: {text[:300]}")
+        if len(self.guard.violations) > n_viol and res.passed:
+            res = CheckResult(name, False, None, self.guard.violations[n_viol])
+        changed = self.watch.changes()
+        if changed:
+            res = CheckResult(name, False, None,
+                              f"candidate modified {', '.join(changed[:4])} (monkeypatching is not allowed)")
+            self.stopped = "the candidate tampered with shared modules"
+        res.details.setdefault("seconds", round(time.perf_counter() - t0, 3))
+        self.results.append(res)
+        self.emit({"event": "check", "check": res.to_dict()})
+        print(f"[check] {name}: {'pass' if res.passed else 'FAIL'} ({res.value}) {res.reason}", flush=True)
+        return res
+
+
+def run_dynamic_checks(path: str, scale: dict, guard: Any, watch: Any, emit: Callable[[dict], None],
+                       static: bool = True, options: dict | None = None) -> dict:
+    """Checks 3-7 on the candidate at ``path``, inside the sandbox child (guard active).
+
+    Returns ``{"ok", "reason", "checks": [...]}``; each finished check is also emitted as
+    ``{"event": "check", "check": {...}}`` as soon as it is known."""
+    import torch
+
+    from training.sandbox_child import CandidateError, load_candidate
+
+    options = dict(options or {})
+    torch.set_num_threads(max(1, int(options.get("threads", 1))))
+    d = int(scale.get("d_model", 64))
+    h = int(scale.get("n_heads", 2))
+    budget = int(scale.get("mixer_param_budget", 8 * d * d))
+    mem_reason = options.get("mem_reason") or "exceeded the address-space limit"
+    stage = _Stage(emit, guard, watch, mem_reason)
+    state: dict[str, Any] = {}
+
+    def build() -> CheckResult:
+        try:
+            cls = load_candidate(path, guard, static=static)
+        except CandidateError as exc:
+            return CheckResult("build", False, None, str(exc))
+        state["cls"] = cls
+        torch.manual_seed(0)
+        m = cls(d_model=d, n_heads=h)
+        if not isinstance(m, torch.nn.Module):
+            return CheckResult("build", False, None, "Mixer(...) did not return an nn.Module")
+        state["model"] = m
+        params = _walk_parameters(m)
+        n = int(sum(p.numel() for p in params))
+        if n > budget:
+            return CheckResult("build", False, n, f"{n:,} parameters exceed the budget of {budget:,} at d_model={d}, n_heads={h}")
+        return CheckResult("build", True, n, f"built at d_model={d}, n_heads={h}; {n:,} of {budget:,} parameters")
+
+    def fwd_bwd() -> CheckResult:
+        m = state["model"]
+        torch.nn.Module.train(m, True)
+        torch.manual_seed(1)
+        x = torch.randn(2, 32, d, requires_grad=True)
+        y = m(x)
+        if type(y) is not torch.Tensor:  # noqa: E721 - subclasses could lie to the checks
+            return CheckResult("forward_backward", False, type(y).__name__,
+                               "forward must return a plain torch.Tensor")
+        if tuple(y.shape) != tuple(x.shape):
+            return CheckResult("forward_backward", False, str(tuple(y.shape)),
+                               f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
+        if y.dtype != x.dtype:
+            return CheckResult("forward_backward", False, str(y.dtype), f"output dtype {y.dtype} != input dtype {x.dtype}")
+        bad = int((~torch.isfinite(y.detach())).sum())
+        if bad:
+            return CheckResult("forward_backward", False, f"{bad} non-finite",
+                               f"{bad} of {y.numel()} output values are NaN or infinite")
+        if not y.requires_grad:
+            return CheckResult("forward_backward", False, "no grad", "the output does not require grad (no backward path)")
+        g = torch.randn_like(y)
+        (y * g).sum().backward()
+        if x.grad is None or not bool(torch.isfinite(x.grad).all()):
+            return CheckResult("forward_backward", False, "input grad", "the gradient w.r.t. the input is missing or not finite")
+        if float(x.grad.abs().max()) == 0.0:
+            return CheckResult("forward_backward", False, "0", "the output does not depend on the input")
+        params = _walk_parameters(m)
+        with_grad = [p for p in params if p.grad is not None]
+        bad_p = sum(1 for p in with_grad if not bool(torch.isfinite(p.grad).all()))
+        if bad_p:
+            return CheckResult("forward_backward", False, f"{bad_p} params", f"{bad_p} parameter gradients are not finite")
+        return CheckResult("forward_backward", True, f"{tuple(y.shape)}",
+                           f"shape kept, finite outputs and gradients ({len(with_grad)}/{len(params)} parameters get gradients)")
+
+    def causality() -> CheckResult:
+        m = state["model"]
+        torch.nn.Module.train(m, True)
+        gen = torch.Generator().manual_seed(1234)
+        seed = 4321
+
+        def run(x: Any) -> Any:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                return m(x.clone())  # a forward that writes into its input cannot skew the comparison
+
+        worst = 0.0
+        where = ""
+        lengths = [int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77]
+        # train mode at both lengths (dropout identical thanks to the reseed); eval mode too, at
+        # the first length, so a design cannot switch its leak on for validation only
+        for L, training in [(lengths[0], True), (lengths[1], True), (lengths[0], False)]:
+            torch.nn.Module.train(m, training)
+            x = torch.randn(2, L, d, generator=gen)
+            y0 = run(x)
+            picks = {1, 2, L // 4, L // 2, L - 1, 63 if L > 64 else L // 3, 64 if L > 65 else L // 2 + 1}
+            picks |= {int(v) for v in torch.randint(1, L, (3,), generator=gen)}
+            if not training:
+                picks = {1, L // 2, L - 1}
+            for t in sorted(picks):
+                for mode in ("suffix", "token"):
+                    x2 = x.clone()
+                    if mode == "suffix":
+                        x2[:, t:] = torch.randn(2, L - t, d, generator=gen) * 3
+                    else:
+                        x2[:, t] = torch.randn(2, d, generator=gen) * 3
+                    y2 = run(x2)
+                    leak = float((y2[:, :t] - y0[:, :t]).abs().max())
+                    if not math.isfinite(leak):
+                        leak = float("inf")
+                    if leak > worst:
+                        what = f"tokens {t}.." if mode == "suffix" else f"token {t}"
+                        worst, where = leak, (f"changing {what} (L={L}, {'train' if training else 'eval'} mode) "
+                                              f"changed earlier outputs by {leak:.3g}")
+        torch.nn.Module.train(m, True)
+        # gradient form: d out[:, :t] / d x[:, t:] must vanish
+        L = lengths[0]
+        x = torch.randn(2, L, d, generator=gen, requires_grad=True)
+        torch.manual_seed(seed)
+        y = m(x)
+        for t in (1, L // 2, L - 1):
+            (gx,) = torch.autograd.grad(y[:, :t].sum(), x, retain_graph=True, allow_unused=True)
+            if gx is not None:
+                leak = float(gx[:, t:].abs().max())
+                if not math.isfinite(leak):
+                    leak = float("inf")
+                if leak > worst:
+                    worst, where = leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs (L={L})"
+        # batch independence (train and eval mode)
+        cross = 0.0
+        for training in (True, False):
+            torch.nn.Module.train(m, training)
+            x = torch.randn(3, 64, d, generator=gen)
+            y0 = run(x)
+            x2 = x.clone()
+            x2[1] = torch.randn(64, d, generator=gen) * 3
+            y2 = run(x2)
+            c = float(torch.cat([(y2[0] - y0[0]).abs().flatten(), (y2[2] - y0[2]).abs().flatten()]).max())
+            cross = max(cross, c if math.isfinite(c) else float("inf"))
+        torch.nn.Module.train(m, True)
+        if worst > CAUSALITY_TOL:
+            return CheckResult("causality", False, worst, f"not causal: {where}",
+                               details={"max_leak": worst, "batch_leak": cross})
+        if cross > CAUSALITY_TOL:
+            return CheckResult("causality", False, cross,
+                               f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
+                               details={"max_leak": worst, "batch_leak": cross})
+        return CheckResult("causality", True, max(worst, cross),
+                           f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) at L={lengths}; samples independent",
+                           details={"max_leak": worst, "batch_leak": cross})
+
+    def subquadratic() -> CheckResult:
+        m = state["model"]
+        torch.nn.Module.train(m, True)
+        lengths = [int(v) for v in options.get("lengths", DEFAULT_LENGTHS)]
+        budget_s = float(options.get("time_budget_s", 10.0))
+        param_ptrs = {p.data_ptr() for p in _walk_parameters(m)}
+        gen = torch.Generator().manual_seed(7)
+        xs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
+        gs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
+
+        inner = 1
+
+        def step(L: int) -> float:
+            x = xs[L].clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                y = m(x)
+                y.backward(gs[L])
+            return (time.perf_counter() - t0) / inner
+
+        def saved_bytes(L: int) -> int:
+            seen: dict[int, int] = {}
+
+            def pack(t: Any) -> Any:
+                try:
+                    st = t.untyped_storage()
+                    ptr = st.data_ptr()
+                    if ptr not in param_ptrs:
+                        seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
+                except Exception:  # noqa: BLE001 - exotic tensors have no storage
+                    pass
+                return t
+
+            x = xs[L].clone().requires_grad_(True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = m(x)
+            y.backward(gs[L])
+            return sum(seen.values())
+
+        mem = {L: saved_bytes(L) for L in lengths}
+        warm = {L: step(L) for L in lengths}
+        slow = max(warm.values())
+        if slow > float(options.get("max_step_s", 20.0)):
+            return CheckResult("subquadratic", False, None,
+                               f"one forward+backward at L={max(warm, key=warm.get)} took {slow:.1f} s (too slow to measure)")
+        # each timed sample should last >= ~25 ms at the shortest length (timer and scheduler noise)
+        inner = int(min(32, max(1, math.ceil(0.025 / max(warm[lengths[0]], 1e-6)))))
+        per_round = sum(warm.values()) * inner
+        rounds = int(min(7, max(3, budget_s / max(per_round, 1e-6))))
+        times: dict[int, list[float]] = {L: [] for L in lengths}
+
+        def more(n: int) -> None:
+            for _ in range(n):
+                for L in lengths:
+                    times[L].append(step(L))
+
+        more(rounds)
+        med = [statistics.median(times[L]) for L in lengths]
+        t_exp = _slope(lengths, med)
+        spent = per_round * rounds
+        if abs(t_exp - EXPONENT_MAX) < 0.2 and spent < 2 * budget_s:  # close call: look again
+            more(rounds)
+            med = [statistics.median(times[L]) for L in lengths]
+            t_exp = _slope(lengths, med)
+        mem_vals = [mem[L] for L in lengths]
+        m_exp = _slope(lengths, mem_vals) if all(v > 0 for v in mem_vals) else 0.0
+        details = {"lengths": lengths, "median_s": [round(v, 5) for v in med], "time_exponent": round(t_exp, 3),
+                   "saved_bytes": mem_vals, "memory_exponent": round(m_exp, 3),
+                   "rounds": len(times[lengths[0]]), "inner": inner}
+        desc = (f"time exponent {t_exp:.2f}, memory exponent {m_exp:.2f} over L={'/'.join(map(str, lengths))} "
+                f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
+        if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
+            which = "time" if t_exp > EXPONENT_MAX else "memory"
+            return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),
+                               f"super-linear {which} cost: {desc} > {EXPONENT_MAX}", details=details)
+        return CheckResult("subquadratic", True, round(t_exp, 3), desc + f" <= {EXPONENT_MAX}", details=details)
+
+    def determinism() -> CheckResult:
+        cls = state["cls"]
+
+        def once() -> tuple:
+            torch.manual_seed(123)
+            m = cls(d_model=d, n_heads=h)
+            torch.nn.Module.train(m, True)
+            torch.manual_seed(7)
+            x = torch.randn(2, 48, d, requires_grad=True)
+            y = m(x)
+            y.backward(torch.ones_like(y))
+            grads = [p.grad.detach().clone() if p.grad is not None else None for p in _walk_parameters(m)]
+            return y.detach().clone(), x.grad.detach().clone(), grads
+
+        y1, gx1, gp1 = once()
+        y2, gx2, gp2 = once()
+        diff = float((y1 - y2).abs().max())
+        diff = max(diff, float((gx1 - gx2).abs().max()))
+        if len(gp1) != len(gp2):
+            return CheckResult("determinism", False, None, "two builds under one seed have different parameters")
+        for a, b in zip(gp1, gp2):
+            if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+                return CheckResult("determinism", False, None, "gradients differ in presence or shape between runs")
+            if a is not None:
+                diff = max(diff, float((a - b).abs().max()))
+        if not math.isfinite(diff) or diff > 1e-6:
+            return CheckResult("determinism", False, diff, f"two seeded runs differ by {diff:.3g}")
+        return CheckResult("determinism", True, diff, "two seeded builds and runs give identical outputs and gradients")
+
+    stage.run("build", build)
+    if not stage.results[-1].passed:
+        stage.stopped = "the mixer did not build"
+    stage.run("forward_backward", fwd_bwd)
+    if not stage.results[-1].passed and not stage.stopped:
+        stage.stopped = "forward/backward failed"
+    keep_going = bool(options.get("keep_going", True))
+    for name, fn in (("causality", causality), ("subquadratic", subquadratic), ("determinism", determinism)):
+        stage.run(name, fn)
+        if not keep_going and not stage.results[-1].passed and not stage.stopped:
+            stage.stopped = f"{name} failed (keep_going=False)"
+    checks = [r.to_dict() for r in stage.results]
+    failed = [r for r in stage.results if not r.passed]
+    return {"ok": not failed, "reason": f"{failed[0].name}: {failed[0].reason}" if failed else None,
+            "checks": checks}
+
+
+def format_report(report: CheckReport) -> str:
+    """A plain-text table of the report (for logs and the debugger)."""
+    lines = [f"check {'PASSED' if report.passed else 'FAILED'} (scale {report.scale})"]
+    for i, c in enumerate(report.checks, 1):
+        lines.append(f"{i}. {c.name:<17} {'pass' if c.passed else 'FAIL'}  {c.value!s:<20} {c.reason}")
+    return "\n".join(lines)
+
+
+def _finite(o: Any) -> Any:
+    """Strict-JSON form: non-finite floats become strings ("inf", "nan")."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def report_json(report: CheckReport) -> str:
+    """The report as strict JSON text."""
+    return json.dumps(_finite(report.to_dict()), indent=2, default=str, allow_nan=False)

@@ -1,0 +1,594 @@
+"""The sandbox child: ``python -m training.sandbox_child --result-fd N [--request FILE]``.
+
+Started only by :func:`training.sandbox.run_sandboxed`. It reads its request (JSON) from stdin or
+``--request FILE``, then, in this order:
+
+1. applies its resource limits (address space, CPU seconds, written-file size, no core files),
+   ignores SIGXFSZ (an oversized write fails with an error instead of killing), enters the run
+   folder;
+2. pre-imports torch and every allowed module (so the guard never has to let candidate code load
+   anything new) and the task's own code;
+3. installs the runtime guard (:class:`Guard`): an audit hook that, while active, refuses sockets,
+   subprocesses, exec/fork/spawn, signals to other processes, ctypes, unpickling, writes and
+   deletions outside the run folder and reads outside the project, the Python installation and a
+   few system folders; ``socket.socket`` and friends replaced by refusing stand-ins; restricted
+   builtins for the candidate module (no open/eval/exec/compile/__import__/globals, an import
+   allow-list, getattr/setattr refusing dunders and forbidden names); a watch that notices
+   monkeypatching of torch, einops, math and training.ops;
+4. re-runs the static check (the child never executes code that fails it, unless the trusted
+   caller turned it off for a test), loads the candidate and runs the task;
+5. writes JSON lines to the result fd: intermediate ``{"event": ...}`` messages and a final
+   ``{"event": "result", "ok": ..., "reason": ..., ...}``.
+
+Candidate output goes to stdout/stderr, which the parent captures and streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+GIB = 1024 ** 3
+
+
+class ResultChannel:
+    """JSON lines to the parent over the inherited pipe fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Write one message (one line)."""
+        data = (json.dumps(msg, default=_json_default) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import math
+
+        f = float(o)
+        return f if math.isfinite(f) else str(f)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def apply_limits(limits: dict[str, Any]) -> None:
+    """Set this process's rlimits (soft = hard where raising back must be impossible)."""
+    as_bytes = int(float(limits["address_space_gib"]) * GIB)
+    cpu = max(1, int(float(limits["cpu_s"])))
+    fsize = int(float(limits["file_size_mib"]) * 1024 * 1024)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
+    # soft limit -> SIGXCPU (clear reason in the parent); hard limit a little later -> SIGKILL
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _within(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+#: Audit events refused outright while the guard is active (prefix match on "name." forms).
+_DENY_EVENTS = (
+    "socket.", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+    "os.forkpty", "os.kill", "os.killpg", "os.chdir", "os.chroot",
+    "pty.spawn", "ctypes.", "resource.setrlimit", "resource.prlimit", "sys.addaudithook",
+    "pickle.find_class", "urllib.Request", "http.client.", "ftplib.", "smtplib.", "poplib.",
+    "imaplib.", "nntplib.", "telnetlib.", "webbrowser.open", "mmap.__new__", "signal.pthread_kill",
+    "sys._current_frames", "sys._current_exceptions", "gc.get_objects", "gc.get_referrers",
+    "gc.get_referents", "code.__new__", "function.__new__", "builtins.input", "builtins.breakpoint",
+    "_posixsubprocess.", "os.startfile", "sys.setprofile", "sys.settrace", "cpython.PyInterpreterState_",
+    "sqlite3.", "syslog.", "shutil.chown", "os.setxattr", "os.removexattr", "os.chflags",
+    "os.lchflags", "os.link", "os.symlink",
+)
+#: Path-bearing events allowed only inside the run folder (index of the path arguments).
+_WRITE_PATH_EVENTS = {
+    "os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,),
+    "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
+    "shutil.copyfile": (1,), "shutil.copymode": (1,), "shutil.copystat": (1,),
+    "shutil.copytree": (1,), "shutil.rmtree": (0,), "shutil.move": (0, 1),
+    "shutil.make_archive": (0,), "shutil.unpack_archive": (1,),
+}
+_READ_PATH_EVENTS = {"os.listdir": 0, "os.scandir": 0, "glob.glob": 0, "os.walk": 0}
+
+
+class SandboxViolation(PermissionError):
+    """Raised by the guard when running code tries something the sandbox forbids."""
+
+
+class Guard:
+    """The runtime walls (audit hook, socket guard, restricted builtins, monkeypatch watch).
+
+    The audit hook is process-wide and cannot be removed; it does nothing until :attr:`active`
+    is set, which happens right before candidate code is executed."""
+
+    def __init__(self, run_dir: str, read_roots: list[str]) -> None:
+        self.run_dir = os.path.realpath(run_dir)
+        self.write_roots = (self.run_dir,)
+        self.read_roots = tuple(sorted({os.path.realpath(r) for r in read_roots if r} | {self.run_dir}))
+        self.active = False
+        self.violations: list[str] = []
+        self._busy = False
+
+    # ---------------------------------------------------------------- audit hook
+    def install(self) -> None:
+        """Install the audit hook and the socket guard (irreversible)."""
+        sys.addaudithook(self._hook)
+        self._install_socket_guard()
+
+    def _refuse(self, what: str) -> None:
+        msg = f"sandbox: {what} is not allowed"
+        if len(self.violations) < 50:
+            self.violations.append(msg)
+        print(msg, file=sys.stderr, flush=True)
+        raise SandboxViolation(msg)
+
+    def _resolve(self, p: Any) -> str | None:
+        if p is None or isinstance(p, int):
+            return None
+        try:
+            p = os.fsdecode(p)
+        except TypeError:
+            return None
+        if not os.path.isabs(p):
+            p = os.path.join(os.getcwd(), p)
+        return os.path.realpath(p)
+
+    def _hook(self, event: str, args: tuple) -> None:
+        if not self.active or self._busy:
+            return
+        self._busy = True
+        try:
+            self._check(event, args)
+        finally:
+            self._busy = False
+
+    def _check(self, event: str, args: tuple) -> None:
+        if event == "open":
+            path = self._resolve(args[0] if args else None)
+            if path is None:
+                return
+            mode = args[1] if len(args) > 1 else None
+            flags = args[2] if len(args) > 2 else 0
+            writing = False
+            if isinstance(mode, str):
+                writing = any(c in mode for c in "wax+")
+            elif isinstance(flags, int):
+                writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+            if writing:
+                if path != "/dev/null" and not _within(path, self.write_roots):
+                    self._refuse(f"writing {path} (outside the run folder)")
+            elif not _within(path, self.read_roots):
+                self._refuse(f"reading {path}")
+            return
+        for prefix in _DENY_EVENTS:
+            if event == prefix or (prefix.endswith((".", "_")) and event.startswith(prefix)) \
+                    or event.startswith(prefix + "."):
+                self._refuse(f"`{event}`")
+        if event in _WRITE_PATH_EVENTS:
+            for i in _WRITE_PATH_EVENTS[event]:
+                path = self._resolve(args[i] if len(args) > i else None)
+                if path is not None and not _within(path, self.write_roots):
+                    self._refuse(f"`{event}` on {path} (outside the run folder)")
+        elif event in _READ_PATH_EVENTS:
+            i = _READ_PATH_EVENTS[event]
+            path = self._resolve(args[i] if len(args) > i else None)
+            if path is not None and not _within(path, self.read_roots):
+                self._refuse(f"listing {path}")
+
+    def _install_socket_guard(self) -> None:
+        import socket
+
+        guard = self
+
+        class RefusedSocket(socket.socket):
+            """A socket class that refuses to be created while the guard is active."""
+
+            def __init__(self, *a: Any, **k: Any) -> None:
+                if guard.active:
+                    guard._refuse("creating a socket")
+                super().__init__(*a, **k)
+
+        def refused(*a: Any, **k: Any) -> Any:
+            guard._refuse("network access")
+
+        socket.socket = RefusedSocket  # type: ignore[misc]
+        for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
+                     "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+            if hasattr(socket, name):
+                setattr(socket, name, refused)
+
+    # ---------------------------------------------------------------- candidate builtins
+    def restricted_builtins(self, module_name: str) -> dict[str, Any]:
+        """The ``__builtins__`` dict given to the candidate module."""
+        import builtins
+
+        from training import static_check as sc
+
+        real_import = builtins.__import__
+        real_getattr = getattr
+        allowed = sc.ALLOWED_MODULES
+        forbidden_attrs = sc.FORBIDDEN_ATTRS
+
+        def module_ok(mod: types.ModuleType) -> bool:
+            name = mod.__name__
+            return name in allowed or name.startswith(("torch.", "einops.")) and not any(
+                part in forbidden_attrs for part in name.split(".")[1:])
+
+        def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+                           level: int = 0) -> Any:
+            if level:
+                self._refuse(f"relative import of {name!r}")
+            fromlist = tuple(fromlist or ())
+            if name not in allowed and not (name == "training" and fromlist == ("ops",)):
+                self._refuse(f"importing {name!r}")
+            mod = real_import(name, globals, locals, fromlist, 0)
+            for item in fromlist:
+                if item == "*":
+                    self._refuse("star import")
+                val = real_getattr(mod, item, None)
+                if isinstance(val, types.ModuleType) and not module_ok(val):
+                    self._refuse(f"importing {name}.{item}")
+                if item in forbidden_attrs or (item.startswith("_") and name != "__future__"):
+                    self._refuse(f"importing {name}.{item}")
+            return mod
+
+        def bad_name(obj: Any, name: Any) -> bool:
+            if not isinstance(name, str):
+                return True
+            if name.startswith("__") and name.endswith("__"):
+                return name != "__init__"
+            if name in forbidden_attrs:
+                return True
+            return name.startswith("_") and isinstance(obj, (types.ModuleType, type))
+
+        def guarded_getattr(obj: Any, name: Any, *default: Any) -> Any:
+            if bad_name(obj, name):
+                self._refuse(f"getattr(..., {name!r})")
+            val = real_getattr(obj, name, *default)
+            if isinstance(val, types.ModuleType) and not module_ok(val):
+                self._refuse(f"getattr(..., {name!r}) reaching module {val.__name__}")
+            return val
+
+        def guarded_hasattr(obj: Any, name: Any) -> bool:
+            if bad_name(obj, name):
+                self._refuse(f"hasattr(..., {name!r})")
+            return hasattr(obj, name)
+
+        def own_target(obj: Any) -> bool:
+            if isinstance(obj, types.ModuleType):
+                return False
+            if isinstance(obj, type):
+                return real_getattr(obj, "__module__", None) == module_name
+            return True
+
+        def guarded_setattr(obj: Any, name: Any, value: Any) -> None:
+            if bad_name(obj, name) or not own_target(obj):
+                self._refuse(f"setattr(..., {name!r})")
+            setattr(obj, name, value)
+
+        def guarded_delattr(obj: Any, name: Any) -> None:
+            if bad_name(obj, name) or not own_target(obj):
+                self._refuse(f"delattr(..., {name!r})")
+            delattr(obj, name)
+
+        removed = set(sc.FORBIDDEN_NAMES) | {"__loader__", "__spec__", "__package__", "__doc__"}
+        safe = {k: v for k, v in vars(builtins).items() if k not in removed}
+        safe.update(__import__=guarded_import, getattr=guarded_getattr, hasattr=guarded_hasattr,
+                    setattr=guarded_setattr, delattr=guarded_delattr, __name__="builtins")
+        return safe
+
+
+class MutationWatch:
+    """Remembers the attributes of the modules and classes the checker and trainer rely on, and
+    reports any that candidate code replaced or deleted (monkeypatching)."""
+
+    def __init__(self, targets: dict[str, Any]) -> None:
+        self.targets = targets
+        self.snapshot = {name: dict((k, id(v)) for k, v in vars(obj).items()) for name, obj in targets.items()}
+        self.pinned = [dict(vars(obj)) for obj in targets.values()]  # keep ids stable
+
+    def changes(self) -> list[str]:
+        """Names of replaced or deleted attributes, e.g. ``['torch.isfinite']``.
+
+        torch itself wraps a few functions when a subsystem loads lazily (importing
+        ``torch._dynamo`` replaces ``torch.manual_seed`` by a wrapper whose ``__wrapped__`` is
+        the original); a replacement whose ``__wrapped__`` is the original and whose code lives
+        in torch's own package is not counted."""
+        import torch
+
+        torch_dir = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+        out = []
+        for (name, obj), pinned in zip(self.targets.items(), self.pinned):
+            now = vars(obj)
+            for k, ident in self.snapshot[name].items():
+                if k not in now:
+                    out.append(f"{name}.{k}")
+                elif id(now[k]) != ident:
+                    new = now[k]
+                    code = getattr(new, "__code__", None)
+                    benign = getattr(new, "__wrapped__", None) is pinned.get(k) and code is not None \
+                        and os.path.realpath(code.co_filename).startswith(torch_dir)
+                    if not benign:
+                        out.append(f"{name}.{k}")
+        return out
+
+
+def default_watch() -> MutationWatch:
+    """The watch over torch, torch.nn, torch.nn.functional, torch.Tensor, nn.Module, einops,
+    math and training.ops (those that are importable)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    targets: dict[str, Any] = {"torch": torch, "torch.nn": torch.nn, "torch.nn.functional": F,
+                               "torch.Tensor": torch.Tensor, "torch.nn.Module": torch.nn.Module,
+                               "torch.nn.Linear": torch.nn.Linear, "math": math,
+                               "torch.autograd": torch.autograd}
+    try:
+        import einops
+
+        targets["einops"] = einops
+    except ImportError:
+        pass
+    try:
+        from training import ops
+
+        targets["training.ops"] = ops
+    except Exception:  # ops not built yet or broken: not the candidate's fault
+        pass
+    return MutationWatch(targets)
+
+
+CANDIDATE_MODULE = "asiarch_candidate"
+
+
+class CandidateError(Exception):
+    """The candidate failed to load or broke a sandbox rule; the message is the reason."""
+
+
+def load_candidate(path: str | Path, guard: Guard, static: bool = True) -> type:
+    """Statically check, then execute the candidate file with restricted builtins and return its
+    ``Mixer`` class. Must be called with ``guard.active`` set."""
+    from training.static_check import static_check
+
+    source = Path(path).read_text(encoding="utf-8", errors="replace")
+    if static:
+        report = static_check(source)
+        if not report.ok:
+            raise CandidateError(f"static check failed: {report.summary()}")
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    mod = types.ModuleType(CANDIDATE_MODULE)
+    mod.__dict__["__builtins__"] = guard.restricted_builtins(CANDIDATE_MODULE)
+    mod.__dict__["__file__"] = str(path)
+    sys.modules[CANDIDATE_MODULE] = mod
+    exec(code, mod.__dict__)
+    cls = mod.__dict__.get("Mixer")
+    import torch
+
+    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+        raise CandidateError("the file does not define `class Mixer(nn.Module)`")
+    return cls
+
+
+def _preimport(task: str) -> None:
+    import dataclasses  # noqa: F401
+    import functools  # noqa: F401
+    import math  # noqa: F401
+    import socket  # noqa: F401
+    import typing  # noqa: F401
+
+    import torch
+    import torch.nn  # noqa: F401
+    import torch.nn.functional  # noqa: F401
+
+    try:
+        import einops  # noqa: F401
+        import einops.layers.torch  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        import training.ops  # noqa: F401
+    except Exception as exc:  # reported when a candidate imports it
+        print(f"[sandbox] training.ops is not importable: {exc}", file=sys.stderr, flush=True)
+    # warm torch's lazily-initialised paths (autograd engine, matmul, softmax) under no guard
+    x = torch.randn(2, 8, 4, requires_grad=True)
+    (torch.nn.functional.softmax(x @ x.transpose(1, 2), -1) @ x).sum().backward()
+    if task == "check":
+        import training.checker  # noqa: F401
+    elif task == "evaluate":
+        import training.evaluate  # noqa: F401
+
+
+def _read_roots(project_root: str, extra: list[str]) -> list[str]:
+    pid = os.getpid()
+    roots = [sys.prefix, sys.base_prefix, sys.exec_prefix, project_root, f"/proc/{pid}", "/proc/self",
+             "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/kernel",
+             "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/devices/system/node", "/sys/fs/cgroup", "/dev/null",
+             "/dev/urandom", "/dev/random", "/dev/shm", "/usr/lib", "/usr/share", "/usr/local/lib",
+             "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime"]
+    roots += [p for p in sys.path if p and os.path.isdir(p)]
+    return roots + list(extra)
+
+
+def _memory_message(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text \
+        or "Cannot allocate memory" in text or "not enough memory" in text
+
+
+def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
+    """Dispatch the request to its task; returns the final result dict."""
+    task = request["task"]
+    payload = request["payload"]
+    run_dir = request["run_dir"]
+    _preimport(task)
+    guard = Guard(run_dir, _read_roots(request.get("project_root", ""), payload.get("read_roots", [])))
+    watch = default_watch()
+    guard.install()
+    # from here on everything runs under the guard: candidate objects (exceptions, tensors,
+    # modules) can run code whenever the checker touches them
+    guard.active = True
+    path = payload.get("path")
+    static = bool(payload.get("static_check", True))
+
+    def emit(msg: dict[str, Any]) -> None:
+        channel.send(msg)
+
+    if task == "check":
+        from training.checker import run_dynamic_checks
+
+        options = dict(payload.get("options") or {})
+        options.setdefault("mem_reason", f"exceeded {float(request['limits']['address_space_gib']):g} GiB address space")
+        options.setdefault("threads", request["limits"].get("threads", 1))
+        return run_dynamic_checks(path, payload.get("scale") or {}, guard=guard, watch=watch, emit=emit,
+                                  static=static, options=options)
+    if task == "evaluate":
+        return _evaluate(payload, guard, watch, emit, static)
+    return {"ok": False, "reason": f"unknown task {task!r}"}
+
+
+def scale_from_spec(spec: Any) -> Any:
+    """A ``training.scales.Scale`` from a payload's scale: a name, or a Scale turned into a dict
+    by ``dataclasses.asdict`` and JSON (nested probe specs and tuples are rebuilt)."""
+    import dataclasses
+
+    from training.probes import ProbeSpec
+    from training.scales import Scale, get_scale
+
+    if not isinstance(spec, dict):
+        return get_scale(spec)
+    names = {f.name for f in dataclasses.fields(Scale)}
+    fields = {k: v for k, v in spec.items() if k in names}
+
+    def pairs(v: Any) -> tuple:
+        return tuple(tuple(p) if isinstance(p, list) else p for p in (v or ()))
+
+    if "probes" in fields:
+        fields["probes"] = tuple(
+            ProbeSpec(**{**p, "params": pairs(p.get("params"))}) if isinstance(p, dict) else p
+            for p in fields["probes"] or ())
+    for key in ("extra",):
+        if key in fields:
+            fields[key] = pairs(fields[key])
+    if "lm_eval_tasks" in fields:
+        fields["lm_eval_tasks"] = tuple(fields["lm_eval_tasks"] or ())
+    return Scale(**fields)
+
+
+def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
+              emit: Callable[[dict[str, Any]], None], static: bool) -> dict[str, Any]:
+    """Evaluate the candidate with ``training.evaluate`` (the class loaded under the guard).
+
+    Payload: ``path``, ``scale`` (a name), optional ``scale_factor`` and ``scale_overrides``
+    (a cheaper copy via ``training.scales.scaled_down``, for tests and smoke runs), ``seed``,
+    ``baseline``, ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
+    by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``."""
+    import training.evaluate as ev
+    from training.scales import get_scale, scaled_down
+
+    path = payload["path"]
+    scale: Any = scale_from_spec(payload.get("scale", "explore"))
+    if payload.get("scale_factor") is not None or payload.get("scale_overrides"):
+        scale = scaled_down(scale, float(payload.get("scale_factor") or 1.0), **(payload.get("scale_overrides") or {}))
+    else:
+        scale = get_scale(scale)
+    seed = int(payload.get("seed", 0))
+    cls = load_candidate(path, guard, static=static)
+
+    def on_log(line: str) -> None:
+        print(line, flush=True)
+
+    def progress(fraction: float, message: str = "") -> None:
+        emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
+
+    kwargs = dict(payload.get("kwargs") or {})
+    if hasattr(ev, "evaluate_class"):
+        metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
+                                    progress=progress, **kwargs)
+    else:  # older evaluator: make its loader return the guarded class
+        import training.loader as loader
+
+        loader.load_mixer_class = lambda *a, **k: cls  # type: ignore[assignment]
+        metrics = ev.evaluate_file(path, scale=scale, seed=seed, on_log=on_log, baseline=payload.get("baseline"),
+                                   progress=progress, **kwargs)
+    changed = watch.changes()
+    if changed:
+        return {"ok": False, "reason": f"candidate modified {', '.join(changed[:5])} (monkeypatching is not allowed)"}
+    if guard.violations:
+        return {"ok": False, "reason": guard.violations[0], "metrics": metrics}
+    status = metrics.get("status", "ok") if isinstance(metrics, dict) else "error"
+    if status == "ok":
+        return {"ok": True, "reason": None, "metrics": metrics}
+    why = metrics.get("stop_reason") or metrics.get("error") or f"evaluation {status}"
+    return {"ok": False, "reason": str(why).strip().splitlines()[0][:500] if why else f"evaluation {status}",
+            "metrics": metrics}
+
+
+def _vm_peak_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmPeak:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the child."""
+    parser = argparse.ArgumentParser(prog="python -m training.sandbox_child")
+    parser.add_argument("--result-fd", type=int, required=True)
+    parser.add_argument("--request", default=None, help="request JSON file (default: stdin)")
+    args = parser.parse_args(argv)
+    channel = ResultChannel(args.result_fd)
+    try:
+        text = Path(args.request).read_text() if args.request else sys.stdin.read()
+        request = json.loads(text)
+        limits = request["limits"]
+        mem_reason = f"exceeded {float(limits['address_space_gib']):g} GiB address space"
+        apply_limits(limits)
+        os.chdir(request["run_dir"])
+    except Exception as exc:
+        channel.send({"event": "result", "ok": False, "reason": f"bad sandbox request: {exc}"})
+        return 2
+    try:
+        result = run_task(request, channel)
+    except MemoryError:
+        result = {"ok": False, "reason": mem_reason}
+    except CandidateError as exc:
+        result = {"ok": False, "reason": str(exc)}
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a reason
+        if _memory_message(exc):
+            result = {"ok": False, "reason": mem_reason}
+        else:
+            tb = traceback.format_exc(limit=8)
+            print(tb, file=sys.stderr, flush=True)
+            result = {"ok": False, "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
+    result.setdefault("vm_peak_mib", _vm_peak_mib())
+    try:
+        channel.send({"event": "result", **result})
+    except MemoryError:
+        channel.send({"event": "result", "ok": False, "reason": mem_reason})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
