@@ -1,0 +1,88 @@
+"""Tests of ``asiarch-tui eval`` and ``asiarch-tui baselines`` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from asiarch_tui.cli import app
+from engine_helpers import one_thread  # noqa: F401  (autouse fixture)
+from engine_helpers import GOOD_SOURCE, NAN_SOURCE, NO_MIXER_SOURCE, SYNTAX_ERROR_SOURCE, WRONG_SHAPE_SOURCE, tiny_scale
+from training import scales
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def tiny_scales(monkeypatch):
+    monkeypatch.setitem(scales.SCALES, "probe", tiny_scale("probe"))
+    monkeypatch.setitem(scales.SCALES, "explore", tiny_scale("explore"))
+
+
+def _write(tmp_path, source):
+    path = tmp_path / "cand.py"
+    path.write_text(source)
+    return str(path)
+
+
+def test_eval_table_and_json(tmp_path):
+    path = _write(tmp_path, GOOD_SOURCE)
+    res = runner.invoke(app, ["eval", path, "--scale", "explore"])
+    assert res.exit_code == 0, res.output
+    assert "val_bpb" in res.stdout and "probe mqar" in res.stdout
+    res = runner.invoke(app, ["eval", path, "--scale", "explore", "-v"])
+    assert res.exit_code == 0 and "[mqar] step" in res.stderr and "[lm] step" in res.stderr
+    res = runner.invoke(app, ["eval", path, "--scale", "probe", "--seed", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["status"] == "ok" and m["seed"] == 2 and m["val_bpb"] is None and len(m["probes"]) == 6
+
+
+@pytest.mark.parametrize(
+    "source,code,needle",
+    [
+        (None, 2, "does not exist"),
+        (SYNTAX_ERROR_SOURCE, 1, "yntax"),
+        (NO_MIXER_SOURCE, 1, "Mixer"),
+        (WRONG_SHAPE_SOURCE, 1, "shape"),
+        (NAN_SOURCE, 1, "non-finite"),
+    ],
+    ids=["missing", "syntax", "no-mixer", "shape", "nan"],
+)
+def test_eval_bad_input_one_paragraph(tmp_path, source, code, needle):
+    path = str(tmp_path / "missing.py") if source is None else _write(tmp_path, source)
+    res = runner.invoke(app, ["eval", path, "--scale", "probe"])
+    assert res.exit_code == code
+    assert needle in res.stderr and "Traceback" not in res.output
+    assert res.stderr.startswith("Error: ") and res.stderr.strip().count("\n") == 0  # one paragraph
+
+
+def test_eval_unknown_scale(tmp_path):
+    res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "huge"])
+    assert res.exit_code == 2 and "unknown scale" in res.stderr
+
+
+def test_gpu_scale_refused_without_gpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "verify"])
+    assert res.exit_code == 2 and "GPU" in res.stderr and "--force" in res.stderr
+
+
+def test_baselines_ranked(tmp_path):
+    out = tmp_path / "b.json"
+    res = runner.invoke(app, ["baselines", "--scale", "explore", "--seeds", "2", "--only", "deltanet,linear_attention",
+                              "--json", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ranked = json.loads(res.stdout)
+    assert [r["name"] for r in ranked] == sorted(["deltanet", "linear_attention"],
+                                                 key=lambda n: next(r["val_bpb"] for r in ranked if r["name"] == n))
+    assert all(len(r["runs"]) == 2 and r["status"] == "ok" for r in ranked)
+    assert json.loads(out.read_text()) == ranked
+    res = runner.invoke(app, ["baselines", "--scale", "probe", "--only", "gla"])
+    assert res.exit_code == 0 and "gla" in res.stdout and "Literature order" in res.stdout
+    res = runner.invoke(app, ["baselines", "--only", "mamba"])
+    assert res.exit_code == 2 and "unknown reference mixer" in res.stderr

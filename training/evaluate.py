@@ -1,0 +1,343 @@
+"""Evaluate a mixer at a scale: the probes, then (explore/verify) byte-level LM training.
+
+``evaluate_file`` loads a mixer file in-process (trusted code; untrusted candidates go through
+``training.sandbox``, whose child calls this) and returns the JSON-able metrics dict of
+docs/CONTRACTS.md. ``evaluate_class`` does the same for a class already in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from training import probes as P
+from training.data import CorpusError, batches, load_corpus, validation_batches
+from training.scales import Scale, get_scale
+from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
+
+LN2 = math.log(2.0)
+#: ``progress(fraction_done, description)``
+ProgressFn = Callable[[float, str], None]
+
+
+class EvaluationError(RuntimeError):
+    """The mixer cannot be evaluated (bad shape, failing constructor...); one-paragraph message."""
+
+
+def _device(scale: Scale) -> torch.device:
+    if scale.device == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _build_model(mixer_cls: type, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
+                 mixer_kwargs: dict | None, device: torch.device) -> torch.nn.Module:
+    from training.backbone import LanguageModel
+
+    return LanguageModel(mixer_cls, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                         n_heads=n_heads, mixer_kwargs=mixer_kwargs).to(device)
+
+
+def _count(module: torch.nn.Module) -> int:
+    try:
+        from training.backbone import count_parameters
+
+        return int(count_parameters(module))
+    except ImportError:  # pragma: no cover - backbone is part of the package
+        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def check_mixer_shape(mixer_cls: type, d_model: int, n_heads: int, mixer_kwargs: dict | None = None,
+                      length: int = 16) -> torch.nn.Module:
+    """Instantiate ``mixer_cls(d_model, n_heads)`` and run one forward on ``[2, length, d_model]``.
+
+    Returns the instance; raises :class:`EvaluationError` naming the problem (constructor error,
+    exception in forward, wrong output shape or type, non-finite output)."""
+    name = getattr(mixer_cls, "__name__", str(mixer_cls))
+    try:
+        mixer = mixer_cls(d_model, n_heads, **(mixer_kwargs or {}))
+    except Exception as exc:
+        raise EvaluationError(f"{name}({d_model}, {n_heads}) raised {type(exc).__name__}: {exc}") from exc
+    x = torch.randn(2, length, d_model, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            y = mixer(x)
+    except Exception as exc:
+        raise EvaluationError(
+            f"{name}.forward failed on an input of shape [2, {length}, {d_model}]: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(y, torch.Tensor):
+        raise EvaluationError(f"{name}.forward must return a tensor, got {type(y).__name__}.")
+    if tuple(y.shape) != tuple(x.shape):
+        raise EvaluationError(
+            f"{name}.forward returned shape {list(y.shape)} for an input of shape {list(x.shape)}; "
+            "a mixer must map [batch, length, d_model] to the same shape."
+        )
+    if not torch.isfinite(y).all():
+        raise EvaluationError(f"{name}.forward returned NaN or infinite values on a random input.")
+    return mixer
+
+
+def _empty_metrics(scale: Scale, seed: int) -> dict:
+    return {
+        "scale": scale.name, "seed": seed, "params": None, "mixer_params": None, "val_loss": None,
+        "val_bpb": None, "train_loss": None, "tokens_per_s": None, "train_seconds": 0.0, "probes": {},
+        "probe_mean": None, "probe_seconds": {}, "loss_curve": [], "status": "ok", "stop_reason": None,
+        "error": None, "lm_tokens": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0,
+    }
+
+
+def _downsample(curve: list[list[float]], max_points: int = 400) -> list[list[float]]:
+    if len(curve) <= max_points:
+        return [[int(s), float(v)] for s, v in curve]
+    stride = math.ceil(len(curve) / max_points)
+    out = [[int(s), float(v)] for s, v in curve[::stride]]
+    if out[-1][0] != curve[-1][0]:
+        out.append([int(curve[-1][0]), float(curve[-1][1])])
+    return out
+
+
+def evaluate_class(
+    mixer_cls: type,
+    scale: str | Scale = "explore",
+    seed: int = 0,
+    on_log: Callable[[str], None] | None = None,
+    baseline: dict | None = None,
+    progress: ProgressFn | None = None,
+    mixer_kwargs: dict | None = None,
+    corpus_paths: Sequence[str | Path] | None = None,
+    log_path: str | Path | None = None,
+    num_threads: int | None = None,
+) -> dict:
+    """Evaluate ``mixer_cls`` at ``scale`` with ``seed``; returns the contract's metrics dict.
+
+    Probes run first (each on a fresh model), then the LM run when the scale has one. The whole
+    evaluation shares ``scale.time_budget_s``. A non-finite loss, divergence, a suspected leak
+    (against ``baseline['loss_curve']`` when ``baseline`` is a result at the same scale) or the
+    time budget ends the evaluation with ``status='stopped'`` and ``stop_reason``; a mixer that
+    cannot be built or run gives ``status='error'`` and ``error``. ``num_threads`` sets torch's
+    intra-op threads for the evaluation (default: ``ASIARCH_TORCH_THREADS`` or torch's own).
+    """
+    with torch_threads(num_threads):
+        return _evaluate_class(mixer_cls, get_scale(scale), seed, on_log, baseline, progress, mixer_kwargs,
+                               corpus_paths, log_path)
+
+
+def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, mixer_kwargs, corpus_paths,
+                    log_path) -> dict:
+    scale = get_scale(scale)
+    device = _device(scale)
+    m = _empty_metrics(scale, seed)
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    log = on_log or (lambda line: None)
+    weights = [p.steps * p.batch_size * p.seq_len * scale.probe_d_model for p in scale.probes]
+    weights.append(scale.lm_steps * scale.batch_size * scale.seq_len * scale.d_model * scale.n_layers / 2)
+    total_w = sum(weights) or 1.0
+    done_w = 0.0
+
+    def report(frac_of_stage: float, w: float, desc: str) -> None:
+        if progress is not None:
+            progress(min(1.0, (done_w + frac_of_stage * w) / total_w), desc)
+
+    def remaining() -> float:
+        return scale.time_budget_s - (time.perf_counter() - start)
+
+    try:
+        mixer = check_mixer_shape(mixer_cls, scale.d_model, scale.n_heads, mixer_kwargs)
+        m["mixer_params"] = _count(mixer)
+        del mixer
+        # ---- probes
+        accs: dict[str, float | None] = {}
+        for i, spec in enumerate(scale.probes):
+            w = weights[i]
+            if remaining() <= 0:
+                m["status"], m["stop_reason"] = "stopped", (
+                    f"time budget of {scale.time_budget_s:.0f} s exhausted before the {spec.label} probe")
+                break
+            seed_everything(seed * 1000 + i)
+            model = _build_model(mixer_cls, spec.vocab_size, scale.probe_d_model, scale.probe_n_layers,
+                                 scale.probe_n_heads, mixer_kwargs, device)
+            cfg = TrainConfig(steps=spec.steps, lr=spec.lr, warmup_steps=max(1, spec.steps // 10),
+                              log_every=max(1, spec.steps // 5), time_budget_s=remaining(), seed=seed)
+            t0 = time.perf_counter()
+            res = train(model, P.train_batches(spec, seed * 1000 + i), cfg, on_log=log, log_path=log_path,
+                        label=spec.label, on_step=lambda s, _l, w=w, d=spec.label: report((s + 1) / spec.steps, w, d))
+            if res.status != "ok":
+                m["status"], m["stop_reason"] = "stopped", f"{spec.label} probe: {res.stop_reason}"
+                accs[spec.label] = None
+                break
+            x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
+            acc = P.accuracy(model, x, y)
+            accs[spec.label] = acc
+            m["probe_seconds"][spec.label] = round(time.perf_counter() - t0, 2)
+            log(f"[{spec.label}] accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)")
+            done_w += w
+            del model
+        m["probes"] = accs
+        measured = [a for a in accs.values() if a is not None]
+        m["probe_mean"] = sum(measured) / len(measured) if measured else None
+        # ---- language modelling
+        if scale.has_lm and m["status"] == "ok":
+            corpus = load_corpus(corpus_paths)
+            seed_everything(seed)
+            model = _build_model(mixer_cls, 256, scale.d_model, scale.n_layers, scale.n_heads, mixer_kwargs, device)
+            m["params"] = _count(model)
+            base_curve = None
+            if baseline and baseline.get("scale") == scale.name and baseline.get("loss_curve") \
+                    and baseline.get("status", "ok") == "ok":
+                base_curve = baseline["loss_curve"]
+            cfg = TrainConfig(steps=scale.lm_steps, lr=scale.lr, warmup_steps=scale.warmup_steps,
+                              log_every=scale.log_every, time_budget_s=max(1.0, remaining()), seed=seed)
+            gen = torch.Generator().manual_seed(seed)
+            w = weights[-1]
+            res = train(model, batches(corpus.train, scale.batch_size, scale.seq_len, gen), cfg, on_log=log,
+                        log_path=log_path, baseline_curve=base_curve, label="lm",
+                        on_step=lambda s, _l: report((s + 1) / scale.lm_steps, w, "language model"))
+            m["train_loss"] = res.train_loss
+            m["tokens_per_s"] = round(res.tokens_per_s, 1)
+            m["train_seconds"] = round(res.seconds, 2)
+            m["lm_tokens"] = res.tokens
+            m["loss_curve"] = _downsample(res.loss_curve)
+            if res.status != "ok":
+                m["status"], m["stop_reason"] = "stopped", f"language model: {res.stop_reason}"
+            else:
+                val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, scale.val_batches)
+                vl = evaluate_loss(model, val)
+                m["val_loss"] = vl if math.isfinite(vl) else None
+                m["val_bpb"] = vl / LN2 if math.isfinite(vl) else None
+                if not math.isfinite(vl):
+                    m["status"], m["stop_reason"] = "stopped", "validation loss is not finite"
+                log(f"[lm] validation loss {vl:.4f} nats/byte = {vl / LN2:.4f} bits/byte")
+            done_w += w
+        elif not scale.has_lm:
+            m["params"] = None
+        report(1.0, 0.0, "done")
+    except EvaluationError as exc:
+        m["status"], m["error"] = "error", str(exc)
+    except CorpusError as exc:
+        m["status"], m["error"] = "error", str(exc)
+    except Exception as exc:  # an error inside the candidate's code during training
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+        m["status"], m["error"] = "error", f"training failed with {type(exc).__name__}: {exc}{where}"
+    m["wall_seconds"] = round(time.perf_counter() - start, 2)
+    m["cpu_seconds"] = round(time.process_time() - cpu_start, 2)  # all threads; load-independent
+    return m
+
+
+def evaluate_file(
+    path: str | Path,
+    scale: str | Scale = "explore",
+    seed: int = 0,
+    on_log: Callable[[str], None] | None = None,
+    baseline: dict | None = None,
+    progress: ProgressFn | None = None,
+    **kwargs,
+) -> dict:
+    """Load the ``Mixer`` class of a file (in-process, trusted code) and :func:`evaluate_class` it.
+
+    A file that cannot be loaded gives ``status='error'`` with the loader's one-paragraph message
+    in ``error``. Extra keyword arguments (``mixer_kwargs``, ``corpus_paths``, ``log_path``) are
+    passed on."""
+    from training.loader import MixerLoadError, load_mixer_class
+
+    scale = get_scale(scale)
+    try:
+        mixer_cls = load_mixer_class(Path(path))
+    except MixerLoadError as exc:
+        m = _empty_metrics(scale, seed)
+        m["status"], m["error"] = "error", str(exc)
+        return m
+    return evaluate_class(mixer_cls, scale, seed, on_log=on_log, baseline=baseline, progress=progress, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference baselines: several mixers x seeds, aggregated and ranked.
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, std
+
+
+def aggregate_runs(name: str, runs: list[dict]) -> dict:
+    """Mean (and sample std) over seeds of one mixer's metrics dicts.
+
+    Returns ``{name, seeds, status, probe_mean, probe_mean_std, probes: {probe: mean}, val_bpb,
+    val_bpb_std, val_loss, tokens_per_s, wall_seconds, runs}``; ``status`` is ``ok`` only if
+    every run is."""
+    probe_names: list[str] = []
+    for r in runs:
+        for k in (r.get("probes") or {}):
+            if k not in probe_names:
+                probe_names.append(k)
+    pm, pm_sd = _mean_std([r.get("probe_mean") for r in runs])
+    bpb, bpb_sd = _mean_std([r.get("val_bpb") for r in runs])
+    bad = [r for r in runs if r.get("status") != "ok"]
+    return {
+        "name": name,
+        "seeds": [r.get("seed") for r in runs],
+        "status": "ok" if not bad else bad[0].get("status"),
+        "problem": (bad[0].get("error") or bad[0].get("stop_reason")) if bad else None,
+        "probe_mean": pm,
+        "probe_mean_std": pm_sd,
+        "probes": {k: _mean_std([(r.get("probes") or {}).get(k) for r in runs])[0] for k in probe_names},
+        "val_bpb": bpb,
+        "val_bpb_std": bpb_sd,
+        "val_loss": _mean_std([r.get("val_loss") for r in runs])[0],
+        "tokens_per_s": _mean_std([r.get("tokens_per_s") for r in runs])[0],
+        "wall_seconds": _mean_std([r.get("wall_seconds") for r in runs])[0],
+        "cpu_seconds": _mean_std([r.get("cpu_seconds") for r in runs])[0],
+        "mixer_params": runs[0].get("mixer_params") if runs else None,
+        "runs": runs,
+    }
+
+
+def rank_key(summary: dict) -> tuple:
+    """Sort key of an aggregated result: lower validation bpb first when measured, else higher
+    probe mean; failed mixers last."""
+    failed = summary.get("status") != "ok"
+    bpb = summary.get("val_bpb")
+    pm = summary.get("probe_mean")
+    return (failed, bpb if bpb is not None else math.inf, -(pm if pm is not None else -1.0))
+
+
+def evaluate_references(
+    scale: str | Scale = "probe",
+    seeds: Sequence[int] = (0,),
+    names: Sequence[str] | None = None,
+    on_result: Callable[[str, int, dict], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    num_threads: int | None = None,
+) -> list[dict]:
+    """Evaluate reference mixers (default: all six) over ``seeds``; returns aggregated results
+    (see :func:`aggregate_runs`) ranked by :func:`rank_key`. ``progress(fraction, description)``
+    covers the whole batch of runs; ``on_result(name, seed, metrics)`` follows each run."""
+    from training.mixers import REFERENCE_MIXERS, reference_mixer_class
+
+    scale = get_scale(scale)
+    names = list(names or REFERENCE_MIXERS)
+    jobs = [(n, s) for n in names for s in seeds]
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for j, (name, seed) in enumerate(jobs):
+        def sub(frac: float, desc: str, j=j, name=name, seed=seed) -> None:
+            if progress is not None:
+                progress((j + frac) / len(jobs), f"{name} seed {seed}: {desc}")
+
+        result = evaluate_class(reference_mixer_class(name), scale, seed, on_log=on_log, progress=sub,
+                                num_threads=num_threads)
+        runs[name].append(result)
+        if on_result is not None:
+            on_result(name, seed, result)
+    return sorted((aggregate_runs(n, runs[n]) for n in names), key=rank_key)

@@ -1,0 +1,170 @@
+"""Named evaluation scales (DESIGN.md, "The evaluation ladder").
+
+- ``probe``: CPU, tens of seconds: the synthetic probes only, at tiny width.
+- ``explore``: CPU, at most ~3 minutes: the probes plus byte-level LM training on the shipped
+  English corpus, scored in validation bits per byte.
+- ``verify``: GPU: a larger model, many more tokens, and lm-eval tasks.
+
+The probe settings were chosen by measurement on the shared 2-core CPU (torch 2.13, one thread,
+machine loaded by other jobs; benchmarks/baseline_ranking.py reproduces them):
+- probe models are d=64, 2 layers, 2 heads; lr 1e-2 (at 3e-3 softmax attention stalled on MQAR
+  for 400 steps; at 1e-2 it solves it in ~200). 100-250 steps per probe.
+- probe scale, seed 0, mean accuracy: softmax 0.87, DeltaNet 0.63, linear attention 0.42, GLA
+  0.29, Gated DeltaNet 0.25, RetNet 0.24. Noisy and fuzzy recall separate the delta rule (0.98,
+  0.93) from linear attention (0.35, 0.55); MQAR (T=64, 8 pairs, vocab 128) is solved only by
+  softmax attention at this budget (DeltaNet needs > 500 steps). Decayed/gated mixers learn
+  recall much more slowly in 200 steps than the literature's converged order suggests.
+- wall time per probe-scale evaluation: 51-307 s under load (one thread; GLA and Gated DeltaNet
+  steps cost 2-4x a DeltaNet step in the pure-PyTorch ops).
+- explore (LM: 300 steps x 16 x 256 = 1.2M bytes, d=128, 2 layers), seed 0, validation bits per
+  byte: Gated DeltaNet 2.53, GLA 2.63, RetNet 2.67, softmax 2.68, DeltaNet 2.78, linear attention
+  3.24; 8-14k tokens/s on one thread under load; 143-285 s wall per evaluation under load
+  (LM part 91-155 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from training.probes import ProbeSpec, probe
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One rung of the evaluation ladder. LM fields are ignored when ``lm_steps == 0``."""
+
+    name: str
+    d_model: int
+    n_heads: int
+    n_layers: int
+    vocab_size: int
+    seq_len: int
+    batch_size: int
+    lm_steps: int
+    lr: float
+    time_budget_s: float
+    mixer_param_budget: int
+    probes: tuple[ProbeSpec, ...]
+    # probe models (they train from scratch on each probe task)
+    probe_d_model: int = 64
+    probe_n_heads: int = 2
+    probe_n_layers: int = 2
+    # LM training details
+    warmup_steps: int = 30
+    val_batches: int = 4
+    log_every: int = 10
+    lm_eval_tasks: tuple[str, ...] = ()
+    device: str = "cpu"
+    description: str = ""
+    extra: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+
+    @property
+    def lm_tokens(self) -> int:
+        """Training tokens of the LM run."""
+        return self.lm_steps * self.batch_size * self.seq_len
+
+    @property
+    def has_lm(self) -> bool:
+        """Whether this scale trains a language model."""
+        return self.lm_steps > 0
+
+
+# Probe suites. Recall probes are sized so that state capacity matters (DESIGN.md: T=64 with 4
+# pairs separates nothing); the others are MAD's tasks at small size.
+_PROBE_SUITE = (
+    probe("mqar", vocab_size=128, seq_len=64, num_kv_pairs=8, steps=250, batch_size=32, lr=1e-2),
+    probe("noisy_recall", vocab_size=64, seq_len=64, num_keys=8, noise_vocab=16, frac_noise=0.2,
+          steps=200, batch_size=32, lr=1e-2),
+    probe("fuzzy_recall", vocab_size=16, seq_len=64, num_keys=6, key_len=2, value_len=2,
+          steps=200, batch_size=32, lr=1e-2),
+    probe("selective_copy", vocab_size=32, seq_len=64, num_tokens=8, steps=200, batch_size=32, lr=1e-2),
+    probe("compression", vocab_size=8, seq_len=48, steps=150, batch_size=32, lr=1e-2),
+    probe("memorization", vocab_size=256, seq_len=32, num_keys=128, steps=100, batch_size=32, lr=1e-2),
+)
+
+_VERIFY_PROBES = (
+    probe("mqar", vocab_size=8192, seq_len=512, num_kv_pairs=64, steps=2000, batch_size=64, lr=1e-3,
+          eval_examples=1024),
+    probe("noisy_recall", vocab_size=128, seq_len=256, num_keys=32, noise_vocab=32, frac_noise=0.2,
+          steps=1000, batch_size=64, lr=1e-3, eval_examples=1024),
+    probe("fuzzy_recall", vocab_size=16, seq_len=256, num_keys=16, key_len=3, value_len=3,
+          steps=1000, batch_size=64, lr=1e-3, eval_examples=1024),
+    probe("selective_copy", vocab_size=64, seq_len=256, num_tokens=32, steps=1000, batch_size=64, lr=1e-3,
+          eval_examples=1024),
+    probe("compression", vocab_size=8, seq_len=128, steps=1000, batch_size=64, lr=1e-3, eval_examples=1024),
+    probe("memorization", vocab_size=1024, seq_len=64, num_keys=512, steps=1000, batch_size=64, lr=1e-2,
+          eval_examples=1024),
+)
+
+SCALES: dict[str, Scale] = {
+    "probe": Scale(
+        name="probe",
+        d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
+        lm_steps=0, lr=3e-3, time_budget_s=120.0,
+        mixer_param_budget=8 * 64 * 64,
+        probes=_PROBE_SUITE,
+        description="synthetic probes only (CPU, tens of seconds)",
+    ),
+    "explore": Scale(
+        name="explore",
+        d_model=128, n_heads=4, n_layers=2, vocab_size=256, seq_len=256, batch_size=16,
+        lm_steps=300, lr=3e-3, time_budget_s=360.0,
+        mixer_param_budget=8 * 128 * 128,
+        probes=_PROBE_SUITE,
+        warmup_steps=25, val_batches=8,
+        description="probes + byte-level LM on the English corpus (CPU, ~3 minutes)",
+    ),
+    "verify": Scale(
+        name="verify",
+        d_model=512, n_heads=8, n_layers=8, vocab_size=256, seq_len=1024, batch_size=32,
+        lm_steps=6000, lr=1e-3, time_budget_s=4 * 3600.0,
+        mixer_param_budget=8 * 512 * 512,
+        probes=_VERIFY_PROBES,
+        probe_d_model=128, probe_n_heads=4, probe_n_layers=2,
+        warmup_steps=300, val_batches=64, log_every=50,
+        lm_eval_tasks=("lambada_openai", "piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande"),
+        device="cuda",
+        description="GPU: ~25M-parameter byte LM, ~200M tokens, lm-eval tasks",
+    ),
+}
+
+
+def scale_from_dict(d: dict) -> Scale:
+    """Rebuild a :class:`Scale` from ``dataclasses.asdict(scale)`` (e.g. after a JSON round trip,
+    as a custom scale crosses into the sandbox child)."""
+    from training.probes import ProbeSpec
+
+    d = dict(d)
+    d["probes"] = tuple(
+        p if isinstance(p, ProbeSpec) else ProbeSpec(**{**p, "params": tuple(tuple(kv) for kv in p["params"])})
+        for p in d.get("probes", ()))
+    for key in ("lm_eval_tasks", "extra"):
+        if key in d:
+            d[key] = tuple(tuple(x) if isinstance(x, list) else x for x in d[key])
+    return Scale(**d)
+
+
+def get_scale(name: str | Scale | dict) -> Scale:
+    """The scale called ``name`` (a :class:`Scale` is returned unchanged; a dict from
+    ``dataclasses.asdict`` is rebuilt with :func:`scale_from_dict`)."""
+    if isinstance(name, Scale):
+        return name
+    if isinstance(name, dict):
+        return scale_from_dict(name)
+    try:
+        return SCALES[name]
+    except KeyError:
+        raise ValueError(f"unknown scale {name!r}; choose one of: {', '.join(SCALES)}") from None
+
+
+def scaled_down(scale: Scale | str, factor: float = 0.1, **overrides) -> Scale:
+    """A cheaper copy of a scale (steps of the LM and of every probe multiplied by ``factor``),
+    for tests and smoke runs; ``overrides`` replace fields."""
+    s = get_scale(scale)
+    probes = tuple(replace(p, steps=max(2, int(p.steps * factor)), eval_examples=max(16, int(p.eval_examples * factor)))
+                   for p in s.probes)
+    lm_steps = max(2, int(s.lm_steps * factor)) if s.lm_steps else 0
+    fields = dict(probes=probes, lm_steps=lm_steps, warmup_steps=max(1, int(s.warmup_steps * factor)),
+                  name=s.name)
+    fields.update(overrides)
+    return replace(s, **fields)
