@@ -150,3 +150,17 @@ def test_proposals_are_new_cite_cognition_and_reproducible():
     assert cited and all("arXiv:2412.06464" in p.motivation for p in cited)
     again = propose(SEED_GENOME, "DeltaNet", 0.5, [REFERENCE_GENOMES["gla"]], [], [hit], random.Random(0), set())
     assert again.genome == props[0].genome and again.code == props[0].code
+
+
+@pytest.mark.parametrize("which", ["seed", "gated_deltanet"])
+def test_rendered_mixers_pass_every_check_in_the_sandbox(tmp_path, which):
+    """The renderer's files meet the checker: allow-list (``from training import ops``), budget,
+    causality, sub-quadratic cost, determinism, all inside the real sandbox."""
+    from training.checker import check_file
+
+    g = SEED_GENOME if which == "seed" else REFERENCE_GENOMES["gated_deltanet"]
+    path = tmp_path / "mixer.py"
+    path.write_text(render(g, name="T"))
+    report = check_file(path, "probe", run_dir=tmp_path / "run")
+    failed = [(c.name, c.reason) for c in report.checks if not c.passed]
+    assert report.passed, failed

@@ -242,7 +242,8 @@ class Guard:
                 val = real_getattr(mod, item, None)
                 if isinstance(val, types.ModuleType) and not module_ok(val):
                     self._refuse(f"importing {name}.{item}")
-                if item in forbidden_attrs or (item.startswith("_") and name != "__future__"):
+                permitted = name == "training" and item == "ops"  # `from training import ops`
+                if (item in forbidden_attrs and not permitted) or (item.startswith("_") and name != "__future__"):
                     self._refuse(f"importing {name}.{item}")
             return mod
 
