@@ -192,6 +192,10 @@ class Loop:
         self._coordinator: int | None = None
         self._commit_q: "queue.Queue[tuple[Any, queue.Queue]]" = queue.Queue()
         self._novelty_lock = threading.Lock()  # hnswlib: no add while a query runs
+        # sampling, research and novelty: one experiment at a time (the issue's "driver" steps:
+        # one researcher call at a time, each seeing the proposals already in flight)
+        self._research_lock = threading.RLock()
+        self._proposals: dict[str, Proposal] = {}  # proposals in flight (checked for novelty too)
         self.lock_timeout = lock_timeout
         # agents per role
         self.role_specs = self._role_specs(llm)
@@ -237,7 +241,9 @@ class Loop:
         if ex_cfg is not None and getattr(ex_cfg, "kind", "local") != "local":
             from agents.ray_executor import make_executor
 
-            return make_executor(ex_cfg, self.scale)
+            # connected now: a missing Ray or an unreachable cluster is a clear error (a
+            # ValueError) before the loop starts, not a crash in its first evaluation
+            return make_executor(ex_cfg, self.scale, connect=True)
         return SandboxExecutor(self.scale)
 
     def _backend(self, spec: LLMSpec):
@@ -533,9 +539,9 @@ class Loop:
         else:
             names.remove(SEED_MIXER)
             names.insert(0, SEED_MIXER)
-        for name in names:
-            if name in cached and cached[name].get("status") == "ok":
-                continue
+        write_lock = threading.Lock()
+
+        def measure(name: str) -> None:
             self.poll()
             t0 = time.perf_counter()
             self.emit(StageChanged(stage="baseline", status="started", detail=name))
@@ -543,12 +549,25 @@ class Loop:
             res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
                                          on_line=lambda l: self.emit(LogLine(source="train", line=l)))
             metrics = res.metrics or {"status": "error", "error": res.error}
-            cached[name] = metrics
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(cached, indent=1, default=str))
+            with write_lock:
+                cached[name] = metrics
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, json.dumps(cached, indent=1, default=str))
             self.emit(StageChanged(stage="baseline", status="finished" if res.ok else "failed",
                                    detail=f"{name}: probe mean {metrics.get('probe_mean')}",
                                    duration_s=time.perf_counter() - t0))
+
+        todo = [n for n in names if not (n in cached and cached[n].get("status") == "ok")]
+        if self.concurrency > 1 and len(todo) > 1:  # as many at once as experiments may be in flight
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
+                                    thread_name_prefix="asiarch-baseline") as pool:
+                for fut in [pool.submit(measure, n) for n in todo]:
+                    fut.result()  # LoopStopped or an executor error propagates
+        else:
+            for name in todo:
+                measure(name)
         self._baselines = cached
         return cached
 
@@ -725,6 +744,7 @@ class Loop:
         finally:
             with self._lock:
                 self._reserved.discard(exp_id)
+                self._proposals.pop(exp_id, None)
 
     def _run_experiment(self, exp_id: str, saved: dict[str, Any] | None, fork: str | None) -> Any:
         from archive.record import ExperimentRecord
@@ -736,115 +756,117 @@ class Loop:
         def stage(name: str) -> "_Stage":
             return _Stage(self, exp_id, name, timings)
 
-        # -- 1. sample
-        if saved is not None:
-            run_dir = self._runs() / exp_id
-            with stage("sample"):
-                parent = store.get(saved["parent"])
-                references = [store.get(r) for r in saved.get("references", []) if r in store]
-            self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
-                                        scale=_scale_name(self.scale), mode=self.mode, redo=True))
-        else:
-            run_dir = self._runs() / exp_id
-            if run_dir.exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
-            with stage("sample"):
-                if fork is not None:
-                    parent = store.get(fork)
-                else:
-                    parent = self._measured(self.lab.candidates.sample_parent(self.rng))
-                references = [self._measured(r) for r in
-                              self.lab.candidates.sample_references(self.rng, exclude={parent.id})]
-                references = [r for r in references if r.id != parent.id]
-            self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
-                                        scale=_scale_name(self.scale), mode=self.mode))
-            saved = {"id": exp_id, "parent": parent.id, "references": [r.id for r in references],
-                     "stage": "research", "started": _utc()}
-            self._save_state(run_dir, saved)
-        recorder = CallRecorder(exp_id=exp_id, emit=self.emit)
-        record = ExperimentRecord(id=exp_id, name="unnamed", parent=parent.id,
-                                  references=[r.id for r in references], scale=_scale_name(self.scale),
-                                  seed=self.seed, transcript=recorder.transcript, timings=timings)
-        record.versions = _versions()
-        self.poll()
-
-        # -- 2/3. research and novelty
-        proposal: Proposal | None = None
-        researcher_spec = getattr(self.researcher, "spec", "none")
-        failure = ""
-        if saved.get("proposal"):
-            p = saved["proposal"]
-            proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {})
-            researcher_spec = saved.get("researcher", researcher_spec)
-            recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
-            record.extra["redone_after_crash"] = True
-            self.emit(LogLine(exp_id=exp_id, source="loop", line="redoing the saved proposal"))
-        else:
-            cog_hits = self._cognition_for(parent)
-            ctx = ResearchContext(
-                exp_id=exp_id, parent=parent, references=references, cognition=cog_hits,
-                failures=self._recent_failures(), history=self._history(), baselines=self.baselines(),
-                scale=_scale_name(self.scale), param_budget=_param_budget(self.scale),
-                rng=random.Random(f"{self.seed}-{exp_id}"), recorder=recorder, lab=self.lab)
-            rounds = 0
-            while True:
-                with stage("research") as st:
-                    try:
-                        proposal, researcher_spec = self._propose(ctx)
-                    except (LLMError, ResearchError) as exc:
-                        failure = f"research failed: {exc}"
-                        st.fail(failure)
-                        proposal = None
-                    except Exception as exc:  # a researcher's bug fails the step, not the loop
-                        failure = f"research failed: {type(exc).__name__}: {exc}"
-                        record.extra["traceback"] = traceback.format_exc()[-4000:]
-                        st.fail(failure)
-                        proposal = None
-                if proposal is None:
-                    break
-                self.poll()
-                with stage("novelty") as st:
-                    novel, near = self._novelty(proposal)
-                    if not novel and near is not None:
-                        st.fail(f"too close to {near[0]} (similarity {near[1]:.2f})")
-                if novel or near is None:
-                    break
-                nrec = store.get(near[0])
-                ctx.rejections.append(Rejection(proposal, "not novel", near[0], nrec.name, nrec.motivation,
-                                                float(near[1])))
-                rounds += 1
-                if rounds > self.novelty_rounds:
-                    failure = (f"not novel after {rounds} proposals: the last was too close to experiment "
-                               f"{near[0]} ({near[1]:.2f})")
-                    break
-                self.poll()
-            record.extra["novelty_rejections"] = [
-                {"name": r.proposal.name, "motivation": r.proposal.motivation, "neighbour": r.neighbour_id,
-                 "similarity": r.similarity} for r in ctx.rejections]
-            record.cognition = [str(e.id) for e, _ in cog_hits]
-            if proposal is not None and not failure:
-                saved.update({"proposal": dataclasses.asdict(proposal), "researcher": researcher_spec,
-                              "stage": "check", "novelty_rejections": record.extra["novelty_rejections"],
-                              "cognition": record.cognition, "transcript": list(recorder.transcript)})
+        with self._research_lock:  # sampling, research, novelty: one experiment at a time
+            # -- 1. sample
+            if saved is not None:
+                run_dir = self._runs() / exp_id
+                with stage("sample"):
+                    parent = store.get(saved["parent"])
+                    references = [store.get(r) for r in saved.get("references", []) if r in store]
+                self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
+                                            scale=_scale_name(self.scale), mode=self.mode, redo=True))
+            else:
+                run_dir = self._runs() / exp_id
+                if run_dir.exists():
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                with stage("sample"):
+                    if fork is not None:
+                        parent = store.get(fork)
+                    else:
+                        parent = self._measured(self.lab.candidates.sample_parent(self.rng))
+                    references = [self._measured(r) for r in
+                                  self.lab.candidates.sample_references(self.rng, exclude={parent.id})]
+                    references = [r for r in references if r.id != parent.id]
+                self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
+                                            scale=_scale_name(self.scale), mode=self.mode))
+                saved = {"id": exp_id, "parent": parent.id, "references": [r.id for r in references],
+                         "stage": "research", "started": _utc()}
                 self._save_state(run_dir, saved)
-        record.extra.setdefault("novelty_rejections", saved.get("novelty_rejections", []))
-        if saved.get("cognition"):
-            record.cognition = list(saved["cognition"])
-        record.researcher = researcher_spec
-        if proposal is not None:
-            record.name = proposal.name
-            record.slug = ""
-            record.__post_init__()
-            record.motivation = proposal.motivation
-            record.code = proposal.code
-            self._apply_extra(record, proposal.extra)
-        if proposal is None or failure:
-            status = "rejected" if failure.startswith("not novel") else "failed"
-            if proposal is None:
-                record.name = "research-failed"
+            recorder = CallRecorder(exp_id=exp_id, emit=self.emit)
+            record = ExperimentRecord(id=exp_id, name="unnamed", parent=parent.id,
+                                      references=[r.id for r in references], scale=_scale_name(self.scale),
+                                      seed=self.seed, transcript=recorder.transcript, timings=timings)
+            record.versions = _versions()
+            self.poll()
+
+            # -- 2/3. research and novelty
+            proposal: Proposal | None = None
+            researcher_spec = getattr(self.researcher, "spec", "none")
+            failure = ""
+            if saved.get("proposal"):
+                p = saved["proposal"]
+                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {})
+                researcher_spec = saved.get("researcher", researcher_spec)
+                recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
+                record.extra["redone_after_crash"] = True
+                self.emit(LogLine(exp_id=exp_id, source="loop", line="redoing the saved proposal"))
+            else:
+                cog_hits = self._cognition_for(parent)
+                ctx = ResearchContext(
+                    exp_id=exp_id, parent=parent, references=references, cognition=cog_hits,
+                    failures=self._recent_failures(), history=self._history(), baselines=self.baselines(),
+                    scale=_scale_name(self.scale), param_budget=_param_budget(self.scale),
+                    rng=random.Random(f"{self.seed}-{exp_id}"), recorder=recorder, lab=self.lab)
+                rounds = 0
+                while True:
+                    with stage("research") as st:
+                        try:
+                            proposal, researcher_spec = self._propose(ctx)
+                        except (LLMError, ResearchError) as exc:
+                            failure = f"research failed: {exc}"
+                            st.fail(failure)
+                            proposal = None
+                        except Exception as exc:  # a researcher's bug fails the step, not the loop
+                            failure = f"research failed: {type(exc).__name__}: {exc}"
+                            record.extra["traceback"] = traceback.format_exc()[-4000:]
+                            st.fail(failure)
+                            proposal = None
+                    if proposal is None:
+                        break
+                    self.poll()
+                    with stage("novelty") as st:
+                        novel, near = self._novelty(proposal)
+                        if not novel and near is not None:
+                            st.fail(f"too close to {near[0]} (similarity {near[1]:.2f})")
+                    if novel or near is None:
+                        break
+                    nrec = self._neighbour(near[0])
+                    ctx.rejections.append(Rejection(proposal, "not novel", near[0], nrec.name, nrec.motivation,
+                                                    float(near[1])))
+                    rounds += 1
+                    if rounds > self.novelty_rounds:
+                        failure = (f"not novel after {rounds} proposals: the last was too close to experiment "
+                                   f"{near[0]} ({near[1]:.2f})")
+                        break
+                    self.poll()
+                record.extra["novelty_rejections"] = [
+                    {"name": r.proposal.name, "motivation": r.proposal.motivation, "neighbour": r.neighbour_id,
+                     "similarity": r.similarity} for r in ctx.rejections]
+                record.cognition = [str(e.id) for e, _ in cog_hits]
+                if proposal is not None and not failure:
+                    saved.update({"proposal": dataclasses.asdict(proposal), "researcher": researcher_spec,
+                                  "stage": "check", "novelty_rejections": record.extra["novelty_rejections"],
+                                  "cognition": record.cognition, "transcript": list(recorder.transcript)})
+                    self._save_state(run_dir, saved)
+            record.extra.setdefault("novelty_rejections", saved.get("novelty_rejections", []))
+            if saved.get("cognition"):
+                record.cognition = list(saved["cognition"])
+            record.researcher = researcher_spec
+            if proposal is not None:
+                record.name = proposal.name
                 record.slug = ""
                 record.__post_init__()
-            return self._finish(record, status, failure, run_dir, t_exp)
+                record.motivation = proposal.motivation
+                record.code = proposal.code
+                self._apply_extra(record, proposal.extra)
+            if proposal is None or failure:
+                status = "rejected" if failure.startswith("not novel") else "failed"
+                if proposal is None:
+                    record.name = "research-failed"
+                    record.slug = ""
+                    record.__post_init__()
+                return self._finish(record, status, failure, run_dir, t_exp)
+            self._proposals[exp_id] = proposal
         self.poll()
 
         # -- 4–6. check, approval, evaluate (Engineer + Debugger)
@@ -993,15 +1015,38 @@ class Loop:
         structured design: it is a rehash exactly when an earlier experiment has the same genome.
         Its motivation is written from a template, so embedding similarity between two different
         genomes' motivations runs at 0.7-0.96 and would reject genuinely new designs. Free-text
-        proposals (LLM researchers) are judged by motivation similarity against the threshold."""
+        proposals (LLM researchers) are judged by motivation similarity against the threshold.
+        Proposals in flight (not in the archive yet; ``concurrency`` > 1) count as earlier ones."""
         genome = (proposal.extra or {}).get("genome")
+        in_flight = list(self._proposals.items())
         if genome:
             for rec in self.lab.store.all():
                 if rec.genome == genome:
                     return False, (rec.id, 1.0)
+            for other, p in in_flight:
+                if (p.extra or {}).get("genome") == genome:
+                    return False, (other, 1.0)
             return True, None
         with self._novelty_lock:
-            return self.lab.novelty.check(proposal.motivation)
+            novel, near = self.lab.novelty.check(proposal.motivation)
+            others = [(i, p.motivation) for i, p in in_flight if p.motivation]
+            if not novel or not others:
+                return novel, near
+            nov = self.lab.novelty
+            vecs = nov.embedder.embed([proposal.motivation] + [m for _, m in others])
+        sims = [float(vecs[0] @ v) for v in vecs[1:]]
+        k = max(range(len(sims)), key=sims.__getitem__)
+        if sims[k] >= nov.threshold:
+            return False, (others[k][0], sims[k])
+        return novel, near
+
+    def _neighbour(self, exp_id: str) -> Any:
+        """The experiment a proposal was too close to: an archived record, or a proposal in
+        flight (both have ``name`` and ``motivation``)."""
+        p = self._proposals.get(exp_id)
+        if exp_id not in self.lab.store and p is not None:
+            return p
+        return self.lab.store.get(exp_id)
 
     def _recent_failures(self, n: int = 3) -> list[Any]:
         fails = [r for r in self.lab.store.all() if r.status == "failed"]
