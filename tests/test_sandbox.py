@@ -240,3 +240,13 @@ def test_evaluate_accepts_a_scale_as_a_dict(tmp_path):
     spec = json.loads(json.dumps(dataclasses.asdict(small), default=str))
     assert scale_from_spec(spec) == small and scale_from_spec("explore") == get_scale("explore")
     assert Limits.for_evaluation(spec).wall_s == 1.5 * small.time_budget_s + 60.0
+
+
+def test_scrubbed_environment_keeps_only_the_device_assignment(monkeypatch, tmp_path):
+    from training.sandbox import Limits, _scrubbed_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    env = _scrubbed_env(tmp_path, Limits())
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and env["HOME"] == str(tmp_path)

@@ -173,9 +173,17 @@ def isolation_mode(limits: Limits | None = None) -> str:
     return "guard"
 
 
+#: Device-assignment variables passed through to the child (everything else is scrubbed).
+_DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
 def _scrubbed_env(run_dir: Path, limits: Limits) -> dict[str, str]:
     threads = str(max(1, int(limits.threads)))
+    # The device assignment is not a secret and the child needs it: a GPU given to this process
+    # (by Ray, Slurm or the user) must reach the evaluation.
+    passthrough = {k: os.environ[k] for k in _DEVICE_VARS if k in os.environ}
     return {
+        **passthrough,
         "PATH": "/usr/bin:/bin",
         "HOME": str(run_dir),
         "TMPDIR": str(run_dir),
