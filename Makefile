@@ -5,7 +5,7 @@ install:
 	@bash scripts/setup.sh
 
 demo: install
-	.venv/bin/asiarch-tui baselines --scale probe
+	.venv/bin/asiarch-tui lab
 
 test: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
