@@ -6,9 +6,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console, Group
@@ -20,6 +19,7 @@ from rich.text import Text
 
 from archive.config import ConfigError
 from archive.embed import EmbedderUnavailable
+from asiarch_tui.cli_common import err_console, user_errors
 from archive.lab import Lab, LabError
 from archive.lineage import lineage_tree, sparkline
 from archive.lock import LabBusyError
@@ -27,20 +27,12 @@ from archive.record import RecordError
 from archive.store import ArchiveError
 
 console = Console()
-err_console = Console(stderr=True)
 
 _ERRORS = (LabError, ConfigError, ArchiveError, LabBusyError, EmbedderUnavailable, RecordError)
 LAB_OPTION = typer.Option(Path(os.environ.get("ASIARCH_LAB", "lab")), "--lab", "-l",
                           help="The lab folder (default ./lab, or $ASIARCH_LAB).")
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except _ERRORS as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def _open(lab: Path) -> Lab:
@@ -64,7 +56,7 @@ def _resolve_id(lab: Lab, ref: str) -> str:
 def init(lab: Path = typer.Argument(Path("lab"), help="Folder to create the lab in."),
          full: bool = typer.Option(False, "--full", help="Use the config defaults (explore scale) instead of the quick demo settings.")) -> None:
     """Create a lab: a commented asiarch.toml, the git archive with the seed DeltaNet, the indexes."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         t = time.perf_counter()
         new = Lab.init(lab, demo=not full)
         seed = new.store.get("0000")
@@ -81,7 +73,7 @@ def init(lab: Path = typer.Argument(Path("lab"), help="Folder to create the lab 
 def status(lab: Path = LAB_OPTION,
            last: int = typer.Option(10, "--last", "-n", help="How many recent experiments to list.")) -> None:
     """Counts, the best experiment, the last experiments and a fitness sparkline."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         opened = _open(lab)
         docs = opened.index.all()
         counts = opened.index.counts()
@@ -112,7 +104,7 @@ def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."
          code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
          as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
     """One experiment: its record, code (highlighted) and metrics."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         opened = _open(lab)
         rec = opened.store.get(_resolve_id(opened, exp))
         if as_json:
@@ -166,7 +158,7 @@ def _fmt(v: object) -> str:
 def reindex(lab: Path = LAB_OPTION,
             novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation).")) -> None:
     """Rebuild index.json (and novelty.hnsw) from the archive."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         opened = _open(lab)
         out = opened.reindex(novelty=novelty)
         msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
@@ -180,7 +172,7 @@ def log(lab: Path = LAB_OPTION,
         root: Optional[str] = typer.Option(None, "--from", help="Show only this experiment's descendants."),
         max_depth: int = typer.Option(24, "--depth", help="Deepest branching shown before summarising.")) -> None:
     """The lineage tree (parent → children), from git."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         opened = _open(lab)
         start = _resolve_id(opened, root) if root else None
         best = opened.store.best()

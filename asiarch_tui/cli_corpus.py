@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console, Group
@@ -16,11 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from archive.embed import EmbedderUnavailable
+from asiarch_tui.cli_common import err_console, user_errors
 from archive.vectors import VectorIndexError
 from corpus.schema import LEVERS, Entry, EntryError, load_entries
 
 console = Console()
-err_console = Console(stderr=True)
 
 corpus_app = typer.Typer(
     name="corpus",
@@ -33,13 +32,6 @@ corpus_app = typer.Typer(
 _ERRORS = (EntryError, EmbedderUnavailable, VectorIndexError, ValueError, OSError)
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except _ERRORS as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def _check_lever(lever: Optional[str]) -> None:
@@ -70,7 +62,7 @@ def search(
     """Rank cognition entries by relevance to QUERY (scores, levers)."""
     from corpus.retrieval import CognitionBase
 
-    with _user_errors():
+    with user_errors(*_ERRORS):
         _check_lever(lever)
         if not query.strip():
             raise ValueError("the query is empty; describe the problem, e.g. \"unstable at long lengths\"")
@@ -121,7 +113,7 @@ def show(
     """Print one cognition entry in full."""
     from corpus.retrieval import find_entry
 
-    with _user_errors():
+    with user_errors(*_ERRORS):
         entries = load_entries()
         e = find_entry(entries, entry_id)
         if e is None:
@@ -138,7 +130,7 @@ def list_entries(
     lever: Optional[str] = typer.Option(None, "--lever", help="Only entries tagged with this lever."),
 ) -> None:
     """List the entries (id, year, title, levers)."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         _check_lever(lever)
         entries = [e for e in load_entries() if lever is None or lever in e.levers]
     table = Table(title=f"{len(entries)} cognition entries" + (f" with lever {lever}" if lever else ""),
@@ -155,7 +147,7 @@ def list_entries(
 @corpus_app.command("check")
 def check() -> None:
     """Validate every entry file (exit 1 naming each bad file and field)."""
-    with _user_errors():
+    with user_errors(*_ERRORS):
         entries = load_entries()
     counts = {lv: sum(lv in e.levers for e in entries) for lv in LEVERS}
     console.print(f"[green]ok[/]: {len(entries)} entries valid; levers: "
@@ -173,7 +165,7 @@ def index(
 
     from corpus.retrieval import CognitionBase
 
-    with _user_errors():
+    with user_errors(*_ERRORS):
         t0 = time.perf_counter()
         with err_console.status("Embedding the cognition base…"):
             base = CognitionBase.load(embedder, use_cache=not rebuild)

@@ -32,7 +32,6 @@ def main() -> None:
         rec_s, _ = recall_at_k(base, load_eval_queries(style="symptom"), args.k)
         rec_p, _ = recall_at_k(base, load_eval_queries(style="paraphrase"), args.k)
         q_ms = (time.perf_counter() - t1) / len(queries) * 1000
-        hits = sum(1 for q in queries if q not in [(m[0]) for m in misses])
         print(f"{emb.name} scheme={scheme:9s} entries={len(base)} passages={len(base.index)} "
               f"queries={len(queries)} recall@{args.k}={rec:.3f} (symptom {rec_s:.3f}, paraphrase {rec_p:.3f}) complete={len(queries) - len(misses)}/{len(queries)} "
               f"load={load_s:.1f}s{' (cache)' if base.from_cache else ''} query={q_ms:.1f}ms")

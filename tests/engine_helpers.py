@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-import torch
 
 from training.scales import get_scale, scaled_down
 
@@ -55,11 +53,3 @@ def tiny_scale(name: str = "explore", lm_steps: int = 4, probe_steps: int = 2):
         probe_d_model=16, probe_n_heads=2, probe_n_layers=1, probes=probes, time_budget_s=600.0,
     )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a CPU shared with busy processes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)

@@ -11,14 +11,8 @@ import torch.nn as nn
 from training.backbone import LanguageModel, count_parameters, swiglu_hidden_size
 from training.mixers import REFERENCE_MIXERS, reference_mixer_class
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is as fast and shares the 2-core machine better."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Identity(nn.Module):
@@ -120,3 +114,4 @@ def test_each_reference_mixer_learns_a_periodic_sequence(name):
         losses.append(loss.item())
     assert abs(losses[0] - math.log(V)) < 0.3
     assert sum(losses[-5:]) / 5 < 0.55 * math.log(V), losses[::10]
+

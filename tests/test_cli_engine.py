@@ -8,9 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from asiarch_tui.cli import app
-from engine_helpers import one_thread  # noqa: F401  (autouse fixture)
 from engine_helpers import GOOD_SOURCE, NAN_SOURCE, NO_MIXER_SOURCE, SYNTAX_ERROR_SOURCE, WRONG_SHAPE_SOURCE, tiny_scale
 from training import scales
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 from dataclasses import replace
 
-from engine_helpers import one_thread  # noqa: F401  (autouse fixture)
 from engine_helpers import (
     GOOD_SOURCE, NAN_SOURCE, NO_MIXER_SOURCE, PEEK_SOURCE, SYNTAX_ERROR_SOURCE, WRONG_SHAPE_SOURCE, tiny_scale,
 )
 from training.evaluate import aggregate_runs, evaluate_class, evaluate_file, rank_key
 from training.loader import load_mixer_class
 from training.mixers import REFERENCE_MIXERS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KEYS = {"scale", "seed", "params", "mixer_params", "val_loss", "val_bpb", "train_loss", "tokens_per_s",
         "train_seconds", "probes", "probe_mean", "loss_curve", "status", "stop_reason", "error"}

@@ -39,6 +39,8 @@ from training.lm_eval_bridge import (
 )
 from training.lm_tasks.generate import generate_task_data
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 NL = 10  # the prefix byte standing in for an empty context
 
@@ -91,14 +93,6 @@ def _direct_cont(model: nn.Module, context: bytes, cont: bytes, max_length: int)
     tgt = torch.tensor(list(cont))
     return float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all())
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids thread hand-off costs on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +415,4 @@ def test_run_lm_eval_wraps_a_plain_module(no_network):
     # NextLetter puts ~all mass on one byte, so a real word costs about 20 nats per byte
     assert metrics["shakespeare_lastword"]["acc"] == 0.0
     assert metrics["shakespeare_lastword"]["perplexity"] > 1e6
+

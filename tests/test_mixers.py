@@ -12,6 +12,8 @@ import torch
 from training.loader import MixerLoadError, load_mixer_class
 from training.mixers import REFERENCE_MIXERS, SEED_MIXER, reference_mixer_class, reference_source
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = list(REFERENCE_MIXERS)
 ALLOWED_IMPORTS = {
     "torch", "torch.nn", "torch.nn.functional", "math", "einops", "typing", "dataclasses", "functools",
@@ -19,14 +21,6 @@ ALLOWED_IMPORTS = {
 }
 D, H = 32, 4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is as fast and shares the 2-core machine better."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(name: str, **kwargs) -> torch.nn.Module:
@@ -227,3 +221,4 @@ def test_loader_missing_file(tmp_path):
     (tmp_path / "bin.py").write_bytes(b"\xff\xfe\x00x = 1")
     with pytest.raises(MixerLoadError, match="not UTF-8"):
         load_mixer_class(tmp_path / "bin.py")
+

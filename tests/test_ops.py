@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from training import ops
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = RTOL = 1e-4
 
 # (B, H, L, Dk, Dv, chunk): L not divisible by the chunk, L < chunk, several chunks, chunk 16/64
@@ -25,14 +27,6 @@ SHAPES = [
     (1, 1, 200, 8, 4, 64),
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is as fast and shares the 2-core machine better."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,3 +386,4 @@ def test_fla_dispatch_is_cuda_only(monkeypatch):
     x = torch.randn(1, 1, 4, 2)
     assert not ops._use_fla(x)
     assert ops.linear_attention(x, x, x).shape == x.shape
+

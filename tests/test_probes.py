@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import one_thread  # noqa: F401  (autouse fixture)
 from training import probes as P
 from training.scales import SCALES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {
     "mqar": dict(vocab_size=64, seq_len=64, num_kv_pairs=8),

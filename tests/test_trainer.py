@@ -3,14 +3,17 @@ time budget)."""
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 import torch
 import torch.nn as nn
 
-from engine_helpers import one_thread  # noqa: F401  (autouse fixture)
 from training import trainer as T
 from training.data import batches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyLM(nn.Module):
