@@ -992,8 +992,10 @@ class Loop:
         if "operators" in extra:
             record.operators = list(extra.pop("operators") or [])
         if "cognition" in extra:
+            # what the researcher says it drew on; everything retrieved for it stays in extra
             cited = [str(c) for c in (extra.pop("cognition") or [])]
-            record.cognition = list(dict.fromkeys(list(record.cognition) + cited))
+            record.extra["retrieved"] = list(record.cognition)
+            record.cognition = list(dict.fromkeys(cited))
         record.extra.update(extra)
 
     def _cognition_for(self, parent: Any) -> list[tuple[Any, float]]:

@@ -22,6 +22,11 @@ def test_builtin_researcher_runs_the_loop_with_distinct_genomes(tmp_path):
         assert r.operators and r.name in r.code
         # genome-carrying proposals are judged by their design, not their templated wording
         assert r.extra["novelty_rejections"] == []
+        # record.cognition is what the design drew on (cited in its motivation), a subset of
+        # what was retrieved for the parent's problem
+        assert set(r.cognition) <= set(r.extra["retrieved"])
+        assert all(c in r.motivation for c in r.cognition)
+    assert any(r.cognition for r in recs)
     # the bandit's history is in the archive: every experiment knows its operators and parent
     assert all(lab.store.get(r.parent) is not None for r in recs)
 
