@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -20,6 +21,7 @@ from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Footer, Label, ProgressBar, RichLog
@@ -52,6 +54,10 @@ class LoopControl(Protocol):
     def reject(self, reason: str) -> None: ...
     def set_mode(self, mode: str) -> None: ...
     def shutdown(self, timeout: float = 5.0) -> None: ...
+
+
+#: A training log line with a step count: ``[label] step X/Y ...``.
+STEP_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+)/(?P<total>\d+)")
 
 
 class LoopEvent(Message):
@@ -108,6 +114,7 @@ class ResearchConsole(App[None]):
         self.in_flight: str | None = None
         self.pending_approval: ev.ApprovalRequested | None = None
         self.loss_points: list[tuple[int, float]] = []
+        self.loss_label = ""
         self.parents: dict[str, str | None] = {}
         self.started = False
         self.done = 0
@@ -198,7 +205,10 @@ class ResearchConsole(App[None]):
     @on(LineageTree.NodeHighlighted)
     def _node_highlighted(self, event: LineageTree.NodeHighlighted) -> None:
         if event.node.data:
-            self.show_experiment(event.node.data)
+            try:
+                self.show_experiment(event.node.data)
+            except NoMatches:  # a highlight that arrives while the screen is being torn down
+                pass
 
     # -- events from the loop ----------------------------------------------------------------
     def on_loop_event(self, message: LoopEvent) -> None:
@@ -207,18 +217,24 @@ class ResearchConsole(App[None]):
         if isinstance(e, ev.ExperimentStarted):
             self.in_flight = e.exp_id
             self.parents[str(e.exp_id)] = e.parent
-            self.loss_points = []
+            self.loss_points, self.loss_label = [], ""
             self.query_one(PlotPanel).draw_loss([])
+            running.query_one(ProgressBar).update(total=100, progress=0)
+            running.query_one("#phase", Label).update("")
             running.query_one("#train-log", RichLog).clear()
             running.query_one("#agent-log", RichLog).clear()
             running.border_title = f"running: experiment {e.exp_id} (parent {e.parent or '—'})"
         elif isinstance(e, ev.StageChanged):
             detail = f" — {e.detail}" if e.detail else ""
             running.query_one("#stage", Label).update(Text(f"stage: {e.stage} ({e.status}){detail}", style="bold"))
-            if e.stage == "evaluate" and e.status == "started":
+            if e.stage in ("evaluate", "baseline") and e.status == "started":
                 running.query_one(ProgressBar).update(total=100, progress=0)
         elif isinstance(e, ev.LogLine):
             running.query_one("#train-log", RichLog).write(e.line)
+            m = STEP_RE.match(e.line)
+            if m:  # "[label] step X/Y ...": progress of the current training phase
+                running.query_one(ProgressBar).update(total=int(m["total"]), progress=int(m["step"]))
+                running.query_one("#phase", Label).update(f"training: {m['label']} ({m['step']}/{m['total']})")
         elif isinstance(e, ev.AgentMessage):
             log = running.query_one("#agent-log", RichLog)
             if e.message == "request":
@@ -230,13 +246,12 @@ class ResearchConsole(App[None]):
                 log.write(Text(f"── {e.role} replied ({(e.duration_s or 0):.1f}s)", style="dim"))
             elif e.message == "error":
                 log.write(Text(f"── {e.role} error: {e.text}", style="red"))
-        elif isinstance(e, ev.MetricPoint):
-            if e.name == "train_loss":
-                self.loss_points.append((e.step, e.value))
-                if len(self.loss_points) % 2 == 1 or len(self.loss_points) < 20:
-                    self.query_one(PlotPanel).draw_loss(self.loss_points)
-            elif e.name == "progress":
-                running.query_one(ProgressBar).update(total=100, progress=e.value * 100)
+        elif isinstance(e, ev.MetricPoint) and e.name.endswith("_loss"):
+            label = e.name[: -len("_loss")]
+            if label != self.loss_label:  # a new phase (a probe, then the LM): a new curve
+                self.loss_label, self.loss_points = label, []
+            self.loss_points.append((e.step, e.value))
+            self.query_one(PlotPanel).draw_loss(self.loss_points, label)
         elif isinstance(e, ev.ApprovalRequested):
             self.pending_approval = e
             self.open_approval()

@@ -194,16 +194,21 @@ class RunningPanel(Vertical):
     DEFAULT_CSS = """
     RunningPanel { height: 1fr; border: round $secondary; }
     RunningPanel #stage { height: 1; }
-    RunningPanel ProgressBar { height: 1; }
-    RunningPanel Horizontal { height: 1fr; }
-    RunningPanel RichLog { width: 1fr; }
+    RunningPanel #progress-row { height: 1; }
+    RunningPanel #phase { width: 1fr; height: 1; color: $text-muted; }
+    RunningPanel ProgressBar { width: auto; height: 1; }
+    RunningPanel #logs { height: 1fr; }
+    RunningPanel #train-log { width: 3fr; }
+    RunningPanel #agent-log { width: 2fr; }
     """
 
     def compose(self) -> ComposeResult:
         yield Label("idle", id="stage")
-        yield ProgressBar(total=100, show_eta=True, id="train-progress")
-        with Horizontal():
-            yield RichLog(id="train-log", max_lines=500, wrap=False, markup=False, auto_scroll=True)
+        with Horizontal(id="progress-row"):
+            yield ProgressBar(total=100, show_eta=True, id="train-progress")
+            yield Label("", id="phase")
+        with Horizontal(id="logs"):
+            yield RichLog(id="train-log", max_lines=500, wrap=True, markup=False, auto_scroll=True)
             yield RichLog(id="agent-log", max_lines=2000, wrap=True, markup=False, auto_scroll=True)
 
     def on_mount(self) -> None:
@@ -240,13 +245,13 @@ class PlotPanel(Vertical):
             plt.plot(xs, best, label="best")
         plot.refresh()
 
-    def draw_loss(self, points: list[tuple[int, float]]) -> None:
-        """Plot the running experiment's training loss."""
+    def draw_loss(self, points: list[tuple[int, float]], label: str = "") -> None:
+        """Plot the running experiment's training loss (of the current phase: a probe or the LM)."""
         plot = self.query_one("#loss-plot", PlotextPlot)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("training loss (running)")
+        plt.title(f"training loss: {label}" if label else "training loss (running)")
         if points:
             plt.plot([p[0] for p in points], [p[1] for p in points])
         plot.refresh()

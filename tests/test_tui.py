@@ -201,3 +201,31 @@ def test_quit_mid_run_asks_and_the_next_start_resumes(tmp_path):
     summary = make_loop(lab2, experiments=1).run()
     assert summary.experiments[0]["id"] == in_flight  # the experiment in flight is redone
     assert lab2.store.get(in_flight).status == "accepted"
+
+
+def test_training_lines_drive_the_progress_bar_and_the_loss_plot(tmp_path):
+    from textual.widgets import ProgressBar
+
+    from agents import events as ev
+    from asiarch_tui.app import LoopEvent
+
+    lab = make_lab(tmp_path / "lab")
+
+    async def go():
+        app = ResearchConsole(lab, None, clock=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.post_message(LoopEvent(ev.ExperimentStarted(exp_id="0001", parent="0000")))
+            for step, loss in ((60, 3.1), (120, 2.4)):
+                app.post_message(LoopEvent(ev.LogLine(exp_id="0001", source="train",
+                                                      line=f"[lm] step {step}/300 loss {loss} lr 1e-3")))
+                app.post_message(LoopEvent(ev.MetricPoint(exp_id="0001", name="lm_loss", step=step, value=loss)))
+            await pilot.pause()
+            bar = app.query_one(ProgressBar)
+            assert (bar.progress, bar.total) == (120, 300)
+            assert app.loss_label == "lm" and app.loss_points == [(60, 3.1), (120, 2.4)]
+            # a new phase starts a new curve
+            app.post_message(LoopEvent(ev.MetricPoint(exp_id="0001", name="mqar_loss", step=10, value=4.0)))
+            await pilot.pause()
+            assert app.loss_label == "mqar" and app.loss_points == [(10, 4.0)]
+
+    run(go())
