@@ -250,3 +250,53 @@ def test_scrubbed_environment_keeps_only_the_device_assignment(monkeypatch, tmp_
     env = _scrubbed_env(tmp_path, Limits())
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
     assert "AWS_SECRET_ACCESS_KEY" not in env and env["HOME"] == str(tmp_path)
+
+
+def test_child_dies_with_the_process_that_started_it(tmp_path):
+    """A loop killed mid-evaluation leaves no sandboxed child behind (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    bomb = tmp_path / "slow.py"
+    bomb.write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        class Mixer(nn.Module):
+            def __init__(self, d_model, n_heads, **kwargs):
+                super().__init__()
+                self.p = nn.Linear(d_model, d_model)
+
+            def forward(self, x):
+                while True:
+                    x = x + 0.0
+    """))
+    driver = textwrap.dedent(f"""
+        from pathlib import Path
+        from training.checker import check_file
+        from training.sandbox import Limits
+        check_file(Path("{bomb}"), "probe", run_dir=Path("{tmp_path / 'run'}"),
+                   limits=Limits(wall_s=120, cpu_s=120))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=os.getcwd())
+    pids: list[int] = []
+    t0 = time.monotonic()
+    while not pids and time.monotonic() - t0 < 30:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        time.sleep(0.2)
+    assert pids, "the sandbox child never started"
+    time.sleep(4.0)  # into the candidate's endless forward
+    assert all(os.path.exists(f"/proc/{p}") for p in pids), "the child ended before the test could kill its parent"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.2)
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+             and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"sandbox children outlived their parent: {alive}"

@@ -551,8 +551,26 @@ def _vm_peak_mib() -> float | None:
     return None
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this child when the process that started it dies (Linux
+    ``PR_SET_PDEATHSIG``), so that a console or loop killed mid-run leaves no evaluation running.
+    Done before the guard is installed (it refuses ctypes to candidate code)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was even read
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child."""
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m training.sandbox_child")
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--request", default=None, help="request JSON file (default: stdin)")
