@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if Lab.is_lab(lab_dir):
         lab = Lab.open(lab_dir)
     else:
-        lab = Lab.init(lab_dir, demo=True)
-    lab.config.loop.scale = args.scale
+        from archive.config import LabConfig
+
+        cfg = LabConfig()
+        cfg.loop.scale = args.scale  # written to the lab's asiarch.toml, so `status` shows it
+        lab = Lab.init(lab_dir, config=cfg)
     baselines = None if args.baselines == "all" else tuple(args.baselines.split(","))
     done_before = sum(1 for r in lab.store.all() if r.researcher == "builtin" and r.genome)
     loop = Loop(lab, llm="builtin", mode="autonomous", scale=args.scale,
