@@ -5,6 +5,7 @@ redone at the next start)."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -117,6 +118,43 @@ def _table(finished: list[Any]) -> Table:
     return t
 
 
+def ask_approval(loop: Any, ev: Any, ask: Any = None) -> str:
+    """Headless supervised mode: show a checked proposal and ask approve / reject / edit at the
+    terminal; send the answer to the loop. Returns the choice (``approve``, ``reject``, ``edit``)."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    from rich.markdown import Markdown
+    from rich.panel import Panel
+
+    ask = ask or (lambda text, **kw: typer.prompt(text, **kw))
+    console.print(Panel(Markdown(ev.motivation or ""), title=f"proposal {ev.exp_id}: {ev.name}", expand=False))
+    for c in ev.checks or []:
+        mark = "[green]pass[/]" if c.get("passed") else "[red]fail[/]"
+        console.print(f"  {mark} {c.get('name')}: {c.get('value', '')} {c.get('reason', '')}", highlight=False)
+    while True:
+        choice = str(ask("approve, reject or edit? [a/r/e]", default="a")).strip().lower()[:1]
+        if choice == "a":
+            loop.approve()
+            return "approve"
+        if choice == "r":
+            loop.reject(str(ask("reason (sent to the researcher)", default="rejected by the user")))
+            return "reject"
+        if choice == "e":
+            editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+            with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+                fh.write(ev.code)
+            try:
+                subprocess.run([*shlex.split(editor), fh.name], check=False)
+                loop.approve(code=open(fh.name, encoding="utf-8").read())
+            finally:
+                os.unlink(fh.name)
+            return "edit"
+        console.print("answer a, r or e")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command."""
 
@@ -139,6 +177,7 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(300.0, "--llm-timeout", help="Seconds to wait for an LLM server."),
     ) -> None:
         """Run the research loop on LAB headless: sample, research, check, evaluate, analyse, commit."""
+        from agents.events import ApprovalRequested
         from agents.llm import parse_llm_spec
         from agents.loop import Loop
         from agents.researcher import builtin_researcher
@@ -151,9 +190,10 @@ def register(app: typer.Typer) -> None:
             _fail("`run` needs --headless for now; the interactive console is `asiarch-tui LAB`.")
         if mode is not None and mode not in ("autonomous", "supervised"):
             _fail(f"--mode {mode!r} is not understood: use autonomous or supervised.")
-        if mode == "supervised":
-            _fail("--mode supervised waits for approve / reject / edit, which needs the console "
-                  "(`asiarch-tui LAB`); headless runs are autonomous.")
+        can_ask = sys.stdin.isatty() and console.is_terminal
+        if mode == "supervised" and not can_ask:
+            _fail("--mode supervised waits for approve / reject / edit at a terminal; this run has none "
+                  "(stdin or stdout is not a terminal). Use the console (`asiarch-tui LAB`) or --mode autonomous.")
         if llm is not None:
             try:
                 parse_llm_spec(llm)
@@ -171,9 +211,9 @@ def register(app: typer.Typer) -> None:
             else:
                 console.print(f"creating a demo lab at {lab}", highlight=False)
                 opened = Lab.init(lab, demo=True)
-            if mode is None and opened.config.loop.mode == "supervised":
-                console.print("the lab's mode is supervised, which needs the console; running autonomous "
-                              "headless", highlight=False)
+            if mode is None and opened.config.loop.mode == "supervised" and not can_ask:
+                console.print("the lab's mode is supervised, which needs a terminal to answer at; running "
+                              "autonomous", highlight=False)
                 mode = "autonomous"
             if scale_factor != 1.0:
                 scale_obj = scaled_down(scale or opened.config.loop.scale, scale_factor)
@@ -220,6 +260,10 @@ def register(app: typer.Typer) -> None:
                         if ev is None:
                             break
                         display.on_event(ev)
+                        if isinstance(ev, ApprovalRequested):
+                            live.stop()
+                            ask_approval(loop, ev)
+                            live.start()
                         live.update(display.render())
             else:
                 while True:

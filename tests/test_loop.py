@@ -296,7 +296,8 @@ def test_cli_run_rejects_bad_flags_with_one_paragraph(tmp_path):
     for args, needle in ((["run", str(lab)], "--headless"),
                          (["run", str(lab), "--headless", "--llm", "gpt4"], "not understood"),
                          (["run", str(lab), "--headless", "--mode", "sometimes"], "autonomous or supervised"),
-                         (["run", str(lab), "--headless", "--scale", "huge"], "not one of")):
+                         (["run", str(lab), "--headless", "--scale", "huge"], "not one of"),
+                         (["run", str(lab), "--headless", "--mode", "supervised"], "at a terminal")):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert needle in r.output and "Traceback" not in r.output
@@ -407,3 +408,28 @@ def test_concurrent_supervised_one_approval_at_a_time_and_stop(tmp_path):
     # nothing committed twice; what was in flight is redone later
     ids = lab.store.ids()
     assert len(ids) == len(set(ids))
+
+
+def test_headless_supervised_asks_at_the_terminal():
+    from agents.events import ApprovalRequested
+    from asiarch_tui.cli_run import ask_approval
+
+    class FakeLoop:
+        def __init__(self):
+            self.calls = []
+
+        def approve(self, code=None):
+            self.calls.append(("approve", code))
+
+        def reject(self, reason=""):
+            self.calls.append(("reject", reason))
+
+    ev = ApprovalRequested(exp_id="0004", name="X", motivation="why", code="class Mixer: ...",
+                           checks=[{"name": "causality", "passed": True, "value": 0.0, "reason": ""}])
+    answers = iter(["maybe", "r", "the decay is not data dependent"])
+    loop = FakeLoop()
+    assert ask_approval(loop, ev, ask=lambda text, **kw: next(answers)) == "reject"
+    assert loop.calls == [("reject", "the decay is not data dependent")]
+    loop = FakeLoop()
+    assert ask_approval(loop, ev, ask=lambda text, **kw: "a") == "approve"
+    assert loop.calls == [("approve", None)]
