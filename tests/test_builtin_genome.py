@@ -164,3 +164,21 @@ def test_rendered_mixers_pass_every_check_in_the_sandbox(tmp_path, which):
     report = check_file(path, "probe", run_dir=tmp_path / "run")
     failed = [(c.name, c.reason) for c in report.checks if not c.passed]
     assert report.passed, failed
+
+
+def test_proposals_respect_the_parameter_budget():
+    """A child that would exceed the scale's mixer budget is never proposed (counted exactly from
+    the genome), so no experiment is spent on a design the checker must refuse."""
+    from agents.builtin.researcher import budget_check
+    from training.scales import get_scale
+
+    s = get_scale("explore")
+    big = REFERENCE_GENOMES["gated_deltanet"].with_(expand_v=2.0, output_gate="swish").validate()
+    assert estimate_params(big, s.d_model, s.n_heads) > s.mixer_param_budget  # the failure seen in a real run
+    fits = budget_check("explore", s.mixer_param_budget)
+    assert fits is not None and not fits(big) and fits(SEED_GENOME)
+    tried: set[str] = set()
+    for i in range(40):
+        p = propose(big.with_(expand_v=1.0).validate(), "P", 0.5, [big], [], [], random.Random(i), tried, fits=fits)
+        tried.add(genome_key(p.genome))
+        assert estimate_params(p.genome, s.d_model, s.n_heads) <= s.mixer_param_budget

@@ -10,9 +10,10 @@ cognition entries cited, so the record can be re-rendered and the operator bandi
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from agents.builtin.genome import REFERENCE_GENOMES, SEED_GENOME, Genome, GenomeError
+from agents.builtin.render import estimate_params
 from agents.builtin.search import CognitionHit, HistoryItem, genome_key, propose
 from agents.researcher import Proposal, ResearchContext, ResearchError
 from archive.record import SEED_ID
@@ -69,6 +70,20 @@ def _get(record: Any, key: str) -> Any:
     return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
 
 
+def budget_check(scale: str, budget: int | None) -> Callable[[Genome], bool] | None:
+    """``genome -> bool``: whether the rendered mixer stays within ``budget`` parameters at the
+    scale's width and heads (counted exactly from the genome; no code runs). None: no budget."""
+    if not budget:
+        return None
+    try:
+        from training.scales import get_scale
+
+        s = get_scale(scale)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return lambda g: estimate_params(g, s.d_model, s.n_heads) <= budget
+
+
 class BuiltinResearcher:
     """Evolutionary search over the typed mixer design space (see ``agents.builtin``)."""
 
@@ -94,9 +109,10 @@ class BuiltinResearcher:
                 tried.add(genome_key(Genome.from_dict(dict(data))))
         feedback = ctx.rejections[-1].reason if ctx.rejections else ""
         rng = random.Random(f"{self.seed}:{ctx.exp_id}:{len(ctx.rejections)}")
+        fits = budget_check(ctx.scale, ctx.param_budget)
         try:
             prop = propose(parent_genome, parent_name, _get(ctx.parent, "fitness"), refs,
-                           _history(ctx.history), _hits(ctx.cognition), rng, tried, feedback)
+                           _history(ctx.history), _hits(ctx.cognition), rng, tried, feedback, fits)
         except RuntimeError as exc:
             raise ResearchError(str(exc)) from exc
         return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code, extra=prop.extra())

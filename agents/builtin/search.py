@@ -15,7 +15,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from agents.builtin.genome import Genome
 from agents.builtin.operators import OPERATORS, Operator, crossover
@@ -176,6 +176,7 @@ def propose(
     rng: random.Random,
     tried: set[str] | None = None,
     feedback: str = "",
+    fits: Callable[[Genome], bool] | None = None,
 ) -> BuiltinProposal:
     """Propose a new design from ``parent_genome``.
 
@@ -189,6 +190,7 @@ def propose(
         rng: the random source (seeded by the loop for reproducibility).
         tried: keys (:func:`genome_key`) of genomes already tried; never proposed again.
         feedback: why the previous proposal was sent back (novelty, rejection), quoted.
+        fits: a genome is proposed only if ``fits(genome)`` (e.g. within the parameter budget).
 
     Raises:
         RuntimeError: when no untried genome is reachable in a bounded number of draws.
@@ -220,7 +222,7 @@ def propose(
             if out is not None:
                 genome, what = out
                 applied.append((op.name, what))
-        if applied and genome_key(genome) not in tried:
+        if applied and genome_key(genome) not in tried and (fits is None or fits(genome)):
             break
     else:
         raise RuntimeError("the built-in researcher found no untried design near this parent")
