@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             if k != "total":
                 stage_t[k] += float(v)
     seed_m = (loop.baselines() or {}).get("deltanet") or {}
-    seed_fit = next((r.fitness for r in recs if (r.extra or {}).get("measures") == "0000"), None)
 
     print()
     n = len(exps)
@@ -92,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {k:<10} {v:8.1f} s  {100 * v / total:5.1f}%")
 
-    best_curve, best = [], float("-inf")
+    seed_fit = next((r.fitness for r in recs if (r.extra or {}).get("measures") == "0000"), None)
+    # the best so far starts at the measured seed: the curve shows what the search added to it
+    best_curve, best = [], (seed_fit if seed_fit is not None else float("-inf"))
     for r in exps:
         if r.status == "accepted" and r.fitness is not None:
             best = max(best, r.fitness)
