@@ -117,6 +117,7 @@ class ResearchConsole(App[None]):
         self.loss_label = ""
         self.parents: dict[str, str | None] = {}
         self.started = False
+        self._cognition: Any = None
         self.done = 0
         self._unsubscribe = None
 
@@ -400,12 +401,14 @@ class ResearchConsole(App[None]):
     def action_search_archive(self) -> None:
         """/: search the archive."""
         docs = self.summaries()
+        full: list[dict[str, Any]] = []  # read from git on the first query, then reused
 
         def search(query: str):
-            full = []
-            for d in docs:
-                rec = self.record(d["id"])
-                full.append({**d, "motivation": rec.motivation if rec else "", "problem": rec.problem if rec else ""})
+            if not full:
+                for d in docs:
+                    rec = self.record(d["id"])
+                    full.append({**d, "motivation": rec.motivation if rec else "",
+                                 "problem": rec.problem if rec else ""})
             return archive_rows(full, query)
 
         def chosen(key: str | None) -> None:
@@ -421,7 +424,9 @@ class ResearchConsole(App[None]):
         def search(query: str):
             from corpus.retrieval import CognitionBase
 
-            base = CognitionBase.load()
+            if self._cognition is None:  # loaded once per console, not per query
+                self._cognition = CognitionBase.load()
+            base = self._cognition
             rows = []
             for entry, score in base.search(query, k=10):
                 detail = (f"**{entry.title}** ({entry.year}) `{entry.id}`\n\n**Scenario.** {entry.scenario}\n\n"

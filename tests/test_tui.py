@@ -229,3 +229,29 @@ def test_training_lines_drive_the_progress_bar_and_the_loss_plot(tmp_path):
             assert app.loss_label == "mqar" and app.loss_points == [(10, 4.0)]
 
     run(go())
+
+
+def test_archive_search_finds_experiments_by_motivation(tmp_path):
+    from textual.widgets import DataTable
+
+    from asiarch_tui.screens import SearchScreen
+
+    lab = make_lab(tmp_path / "lab")
+    make_loop(lab, experiments=2).run()
+    lab = type(lab).open(lab.path)
+    wanted = {r.id for r in lab.store.all() if "delta rule" in (r.motivation + r.problem).lower()}
+    assert wanted
+
+    async def go():
+        app = ResearchConsole(lab, None, clock=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("slash")
+            await pilot.pause()
+            assert isinstance(app.screen, SearchScreen)
+            await pilot.press(*"delta rule", "enter")
+            await pilot.pause()
+            table = app.screen.query_one(DataTable)
+            assert {str(k.value) for k in table.rows} == wanted
+            await pilot.press("escape")
+
+    run(go())
