@@ -60,13 +60,14 @@ class StepResult:
 class Executor(Protocol):
     """Runs checks and evaluations of a mixer file (in a sandbox)."""
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
-        """Static and dynamic checks of the file at ``path``."""
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """Static and dynamic checks of the file at ``path``. ``trusted``: the project's own code
+        (may run without the OS sandbox where it is unavailable)."""
         ...
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
-        """The evaluation ladder at the executor's scale."""
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """The evaluation ladder at the executor's scale (``trusted`` as for :meth:`check`)."""
         ...
 
 
@@ -97,17 +98,34 @@ class SandboxExecutor:
     """Check and evaluate through ``training.sandbox.run_sandboxed`` at a given scale.
 
     ``scale`` is a scale name or a ``Scale`` (e.g. ``training.scales.scaled_down("probe")`` for
-    tests); ``limits`` is passed to the sandbox.
+    tests); ``limits`` is passed to the sandbox (default: ``Limits()`` for checks,
+    ``Limits.for_evaluation(scale)`` for evaluations). ``unsafe_no_sandbox``: where bubblewrap
+    is unavailable, run untrusted code anyway (rlimits and the in-process guard only; the
+    ``[executor] unsafe_no_sandbox`` key) instead of failing the step.
     """
 
-    def __init__(self, scale: Any = "probe", limits: Any = None) -> None:
+    def __init__(self, scale: Any = "probe", limits: Any = None, unsafe_no_sandbox: bool = False) -> None:
         self.scale = scale
         self.limits = limits
+        self.unsafe_no_sandbox = bool(unsafe_no_sandbox)
+
+    def _limits(self, kind: str) -> Any:
+        if not self.unsafe_no_sandbox:
+            return self.limits
+        import dataclasses
+
+        from training.sandbox import Limits
+
+        if self.limits is not None:
+            return dataclasses.replace(self.limits, unsafe_no_sandbox=True)
+        if kind == "evaluate":
+            return Limits.for_evaluation(scale_spec(self.scale, as_dict=True), unsafe_no_sandbox=True)
+        return Limits(unsafe_no_sandbox=True)
 
     def _payload(self, path: Path, as_dict: bool, **more: Any) -> dict[str, Any]:
         return {"path": str(path), "scale": scale_spec(self.scale, as_dict), **more}
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
         """``training.checker.check_file``: static checks here, dynamic ones in the sandbox."""
         from training.checker import CheckError, check_file
 
@@ -115,7 +133,8 @@ class SandboxExecutor:
 
         t0 = time.perf_counter()
         try:
-            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line, limits=self.limits)
+            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line, limits=self._limits("check"),
+                             trusted=trusted)
         except (CheckError, SandboxError) as exc:
             return StepResult(False, [], None, str(exc), "", time.perf_counter() - t0)
         checks = [c.to_dict() for c in rep.checks]
@@ -127,13 +146,14 @@ class SandboxExecutor:
         return StepResult(rep.passed, checks, None, error, tail, time.perf_counter() - t0)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """One evaluation in the sandbox (``trusted``: see :meth:`check`)."""
         from training.sandbox import SandboxError, run_sandboxed
 
         t0 = time.perf_counter()
         try:
             res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline), run_dir,
-                                limits=self.limits, on_line=on_line)
+                                limits=self._limits("evaluate"), on_line=on_line, trusted=trusted)
         except SandboxError as exc:
             return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
         result = res.result if isinstance(res.result, dict) else None
@@ -251,11 +271,14 @@ class Engineer:
         approval: Callable[[str, list[dict[str, Any]]], Decision] | None = None,
         on_stage: Callable[[str, str, str], None] | None = None,
         on_line: Callable[[str, str], None] | None = None,
+        trusted: bool = False,
     ) -> DevelopOutcome:
         """Check, get approval (if ``approval`` is given), evaluate; repair failures.
 
         ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
         and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
+        ``trusted``: ``code`` is the project's own (built-in researcher); a repaired or edited
+        version never is.
         """
         rec = recorder or CallRecorder()
         run_dir = Path(run_dir)
@@ -274,7 +297,9 @@ class Engineer:
             path.write_text(out.code, encoding="utf-8")
             (run_dir / "mixer.py").write_text(out.code, encoding="utf-8")
             stage_cb("check", "started", f"attempt {attempt}")
-            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l))
+            own = trusted and out.code == code  # a repair or an edit is not the project's code
+            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l),
+                                      trusted=own)
             out.timings["check"] = out.timings.get("check", 0.0) + chk.seconds
             out.checks = chk.checks
             stage_cb("check", "finished" if chk.ok else "failed", chk.error)
@@ -296,7 +321,7 @@ class Engineer:
                     approved = True
                 stage_cb("evaluate", "started", "")
                 ev = self.executor.evaluate(path, run_dir / f"eval_r{attempt}", seed, baseline,
-                                            on_line=lambda l: line_cb("train", l))
+                                            on_line=lambda l: line_cb("train", l), trusted=own)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail

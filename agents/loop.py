@@ -244,7 +244,7 @@ class Loop:
             # connected now: a missing Ray or an unreachable cluster is a clear error (a
             # ValueError) before the loop starts, not a crash in its first evaluation
             return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale)
+        return SandboxExecutor(self.scale, unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
     def _backend(self, spec: LLMSpec):
         return make_backend(spec, timeout_s=self.timeout_s)
@@ -546,8 +546,8 @@ class Loop:
             t0 = time.perf_counter()
             self.emit(StageChanged(stage="baseline", status="started", detail=name))
             rd = self._runs() / "baselines" / key / name
-            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
-                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)))
+            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,  # the project's own
+                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)
             metrics = res.metrics or {"status": "error", "error": res.error}
             with write_lock:
                 cached[name] = metrics
@@ -795,7 +795,8 @@ class Loop:
             failure = ""
             if saved.get("proposal"):
                 p = saved["proposal"]
-                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {})
+                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {},
+                                    trusted=bool(p.get("trusted", False)))
                 researcher_spec = saved.get("researcher", researcher_spec)
                 recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
                 record.extra["redone_after_crash"] = True
@@ -895,7 +896,7 @@ class Loop:
         t0 = time.perf_counter()
         out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
                                     baseline=baseline, recorder=recorder, approval=approval,
-                                    on_stage=on_stage, on_line=on_line)
+                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted)
         eng_time = time.perf_counter() - t0
         for k, v in out.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)

@@ -77,6 +77,8 @@ class ExecutorConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     concurrency: int = 1
+    #: run untrusted candidates without the OS sandbox (bubblewrap) where it is unavailable
+    unsafe_no_sandbox: bool = False
 
 
 @dataclass

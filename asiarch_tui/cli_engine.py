@@ -175,9 +175,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the training log lines."),
         force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
+        unsafe_no_sandbox: bool = typer.Option(
+            False, "--unsafe-no-sandbox",
+            help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
+                 "(no OS boundary: only for code you trust)."),
     ) -> None:
         """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
-        The file runs in this process: use it on trusted code (agents' candidates are sandboxed)."""
+        The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
+        reference mixers (training/mixers) also run where bubblewrap is missing."""
         from rich.console import Console
         from rich.markup import escape
 
@@ -187,16 +192,32 @@ def register(app: typer.Typer) -> None:
         if not file.is_file():
             _fail(f"{file} is not a file. Give the path of one Python file that defines `class Mixer(nn.Module)`.", 2)
         _check_scale(scale, force)
-        from training.evaluate import evaluate_file
+        import tempfile
+
+        from asiarch_tui.cli_check import _is_reference
+        from training.sandbox import Limits, SandboxError, run_sandboxed
 
         err = Console(stderr=True)
         on_log = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
-        with _progress() as bar:
+        with _progress() as bar, tempfile.TemporaryDirectory(prefix="asiarch-eval-") as tmp:
             task = bar.add_task(f"{file.name} @ {scale}", total=1.0)
-            metrics = evaluate_file(
-                file, scale=scale, seed=seed, on_log=on_log,
-                progress=lambda frac, desc: bar.update(task, completed=frac, description=f"{file.name}: {desc}"),
-            )
+
+            def on_event(msg: dict) -> None:
+                if msg.get("event") == "progress":
+                    bar.update(task, completed=float(msg.get("fraction") or 0.0),
+                               description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
+
+            try:
+                res = run_sandboxed("evaluate", {"path": str(file), "scale": scale, "seed": seed}, tmp,
+                                    limits=Limits.for_evaluation(scale, unsafe_no_sandbox=unsafe_no_sandbox),
+                                    on_line=on_log, on_event=on_event, trusted=_is_reference(file))
+            except SandboxError as exc:
+                _fail(str(exc), 2)
+                return
+        metrics = (res.result or {}).get("metrics")
+        if not isinstance(metrics, dict) or "status" not in metrics:
+            _fail(f"{file} could not be evaluated: {res.reason or 'the sandbox returned no metrics'}", 1)
+            return
         if as_json:
             sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         elif metrics["status"] != "error":

@@ -132,7 +132,7 @@ def static_results(source: str | bytes) -> tuple[list[CheckResult], bool]:
 def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | None = None,
                on_line: Callable[[str], None] | None = None, limits: Any = None,
                on_check: Callable[[CheckResult], None] | None = None,
-               options: dict | None = None, cancel: Any = None) -> CheckReport:
+               options: dict | None = None, cancel: Any = None, trusted: bool = False) -> CheckReport:
     """Check the candidate mixer file at ``path`` against ``scale`` (a name or a Scale).
 
     Static checks run here; dynamic checks run in the sandbox child (the candidate is never
@@ -141,8 +141,9 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
     ``limits`` is a :class:`training.sandbox.Limits`; ``options`` tunes the dynamic checks
     (``lengths``, ``time_budget_s``, ``causal_len``, ``keep_going``: run the remaining checks
     after a failure, default True); setting the ``cancel`` event (a ``threading.Event``) kills the
-    child. Raises :class:`CheckError` when the file
-    cannot be read."""
+    child; ``trusted``: the project's own code (may run without bwrap where it is missing).
+    Raises :class:`CheckError` when the file cannot be read or when untrusted code would have to
+    run without the OS sandbox (see :func:`training.sandbox.isolation_mode`)."""
     from training.sandbox import Limits, SandboxError, run_sandboxed
 
     t0 = time.monotonic()
@@ -171,7 +172,7 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
 
     try:
         res = run_sandboxed("check", {"path": str(p), "scale": cfg, "options": options or {}}, run_dir,
-                            limits=limits, on_line=on_line, on_event=on_event, cancel=cancel)
+                            limits=limits, on_line=on_line, on_event=on_event, cancel=cancel, trusted=trusted)
     except SandboxError as exc:
         raise CheckError(str(exc)) from None
     dyn: dict[str, CheckResult] = {}

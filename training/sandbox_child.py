@@ -438,7 +438,10 @@ def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
     payload = request["payload"]
     run_dir = request["run_dir"]
     _preimport(task)
-    guard = Guard(run_dir, _read_roots(request.get("project_root", ""), payload.get("read_roots", [])))
+    extra = list(payload.get("read_roots", []))
+    if payload.get("path"):
+        extra.append(os.path.dirname(str(payload["path"])))
+    guard = Guard(run_dir, _read_roots(request.get("project_root", ""), extra))
     watch = default_watch()
     guard.install()
     # from here on everything runs under the guard: candidate objects (exceptions, tensors,
@@ -564,7 +567,9 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the request was even read
+    # the parent died before the request was even read (outside a PID namespace, where the
+    # parent is bwrap's init with pid 1 and bwrap's own --die-with-parent covers this)
+    if os.getppid() == 1 and "--pidns" not in sys.argv:
         os._exit(1)
 
 
@@ -574,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sandbox_child")
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--request", default=None, help="request JSON file (default: stdin)")
+    parser.add_argument("--pidns", action="store_true", help="running as the init child of a PID namespace (bwrap)")
     args = parser.parse_args(argv)
     channel = ResultChannel(args.result_fd)
     try:
