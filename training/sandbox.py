@@ -9,8 +9,8 @@ puts only this project's root on ``sys.path``, never the run folder) under **bub
   (only a down loopback), no view of the host's processes, and no way back into a namespace of
   the host; ``--cap-drop ALL`` (no capabilities, root or not); ``--new-session`` (no terminal
   injection); ``--die-with-parent`` (the sandbox dies with the process that started it);
-- the whole filesystem read-only (``--ro-bind / /``) with a fresh ``/proc`` and a minimal
-  ``/dev``; home folders (``/root``, ``/home``) hidden behind empty read-only folders, except the
+- the whole filesystem read-only (``--ro-bind / /``) with a fresh ``/proc`` and a minimal,
+  read-only ``/dev``; home folders (``/root``, ``/home``) hidden behind empty read-only folders, except the
   Python installation and the project, which are bound back read-only; ``/etc/shadow`` and kin
   hidden;
 - one size-capped writable scratch (a tmpfs at ``/tmp`` of ``Limits.scratch_mib``) holding the
@@ -187,7 +187,7 @@ def _bwrap_flags(scratch_bytes: int) -> list[str]:
     """The bubblewrap flags shared by every run (without the candidate and the command)."""
     flags = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
              "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             "--size", str(int(scratch_bytes)), "--tmpfs", SCRATCH]
+             "--remount-ro", "/dev", "--size", str(int(scratch_bytes)), "--tmpfs", SCRATCH]
     keep = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                  os.path.dirname(os.path.realpath(sys.executable)),
                                                  str(PROJECT_ROOT))})

@@ -387,6 +387,9 @@ def load_candidate(path: str | Path, guard: Guard, static: bool = True) -> type:
 
 
 def _preimport(task: str) -> None:
+    """Import everything trusted code will need (torch and what it loads lazily, e.g. sympy and
+    mpmath for symbolic shapes; einops; training.ops; the task's own modules) before the worker
+    is forked, so that nothing is imported later from a place the candidate could have written."""
     import dataclasses  # noqa: F401
     import functools  # noqa: F401
     import math  # noqa: F401
@@ -397,22 +400,23 @@ def _preimport(task: str) -> None:
     import torch.nn  # noqa: F401
     import torch.nn.functional  # noqa: F401
 
-    try:
-        import einops  # noqa: F401
-        import einops.layers.torch  # noqa: F401
-    except ImportError:
-        pass
+    for name in ("sympy", "mpmath", "einops", "einops.layers.torch"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     try:
         import training.ops  # noqa: F401
     except Exception as exc:  # reported when a candidate imports it
         print(f"[sandbox] training.ops is not importable: {exc}", file=sys.stderr, flush=True)
-    # warm torch's lazily-initialised paths (autograd engine, matmul, softmax) under no guard
-    x = torch.randn(2, 8, 4, requires_grad=True)
-    (torch.nn.functional.softmax(x @ x.transpose(1, 2), -1) @ x).sum().backward()
-    if task == "check":
-        import training.checker  # noqa: F401
-    elif task == "evaluate":
+    import training.checker  # noqa: F401
+    import training.harness  # noqa: F401
+    import training.static_check  # noqa: F401
+    import training.wire  # noqa: F401
+    import training.worker  # noqa: F401
+    if task == "evaluate":
         import training.evaluate  # noqa: F401
+    del torch
 
 
 def _read_roots(project_root: str, extra: list[str]) -> list[str]:
@@ -433,22 +437,13 @@ def _memory_message(exc: BaseException) -> bool:
 
 
 def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
-    """Dispatch the request to its task; returns the final result dict."""
+    """The harness: dispatch the request to its task; returns the final result dict.
+
+    ``check`` runs entirely in this trusted process, which forks the worker that alone loads the
+    candidate (:func:`training.checker.run_dynamic_checks`); the verdict is computed here."""
     task = request["task"]
     payload = request["payload"]
-    run_dir = request["run_dir"]
     _preimport(task)
-    extra = list(payload.get("read_roots", []))
-    if payload.get("path"):
-        extra.append(os.path.dirname(str(payload["path"])))
-    guard = Guard(run_dir, _read_roots(request.get("project_root", ""), extra))
-    watch = default_watch()
-    guard.install()
-    # from here on everything runs under the guard: candidate objects (exceptions, tensors,
-    # modules) can run code whenever the checker touches them
-    guard.active = True
-    path = payload.get("path")
-    static = bool(payload.get("static_check", True))
 
     def emit(msg: dict[str, Any]) -> None:
         channel.send(msg)
@@ -459,11 +454,62 @@ def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
         options = dict(payload.get("options") or {})
         options.setdefault("mem_reason", f"exceeded {float(request['limits']['address_space_gib']):g} GiB address space")
         options.setdefault("threads", request["limits"].get("threads", 1))
-        return run_dynamic_checks(path, payload.get("scale") or {}, guard=guard, watch=watch, emit=emit,
-                                  static=static, options=options)
+        return run_dynamic_checks({**request, "payload": {**payload, "options": options}}, emit)
     if task == "evaluate":
-        return _evaluate(payload, guard, watch, emit, static)
+        return _evaluate_in_worker(request, emit)
     return {"ok": False, "reason": f"unknown task {task!r}"}
+
+
+def _json_safe(o: Any, depth: int = 0) -> Any:
+    """A copy of the worker's JSON with only plain values (bounded depth, string lengths)."""
+    if depth > 8:
+        return None
+    if isinstance(o, bool) or o is None or isinstance(o, int):
+        return o
+    if isinstance(o, float):
+        return o
+    if isinstance(o, str):
+        return o[:4000]
+    if isinstance(o, list):
+        return [_json_safe(v, depth + 1) for v in o[:5000]]
+    if isinstance(o, dict):
+        return {str(k)[:200]: _json_safe(v, depth + 1) for k, v in list(o.items())[:500]}
+    return None
+
+
+def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
+    and reports the metrics over the socketpair; the harness bounds them, adds the worker's CPU
+    seconds and peak memory read from /proc, and alone writes the result to the parent. (The
+    metrics themselves are still computed in the worker: see the README's threat model.)"""
+    from training.harness import WorkerClient, WorkerFailed
+
+    payload = request["payload"]
+    mem_reason = f"exceeded {float(request['limits']['address_space_gib']):g} GiB address space"
+
+    def progress(fraction: float, message: str) -> None:
+        emit({"event": "progress", "fraction": fraction, "message": message})
+
+    with WorkerClient(request) as client:
+        try:
+            vals, _ = client.call("evaluate", {"payload": payload, "static": bool(payload.get("static_check", True))},
+                                  n_out=0, on_progress=progress)
+        except WorkerFailed as exc:
+            return {"ok": False, "reason": mem_reason if exc.kind == "memory" else exc.reason,
+                    "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        cpu = client.cpu_seconds()
+        memory = client.memory_mib()
+    result = _json_safe(vals.get("result"))
+    if not isinstance(result, dict):
+        return {"ok": False, "reason": "the worker returned no evaluation result", "worker_cpu_s": round(cpu, 3)}
+    metrics = result.get("metrics")
+    status = metrics.get("status") if isinstance(metrics, dict) else None
+    ok = result.get("ok") is True and status == "ok"
+    reason = None if ok else str(result.get("reason") or f"evaluation {status or 'failed'}")[:500]
+    out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory}
+    if isinstance(metrics, dict):
+        out["metrics"] = metrics
+    return out
 
 
 def scale_from_spec(spec: Any) -> Any:
@@ -556,7 +602,9 @@ def _vm_peak_mib() -> float | None:
 
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this child when the process that started it dies (Linux
-    ``PR_SET_PDEATHSIG``), so that a console or loop killed mid-run leaves no evaluation running.
+    ``PR_SET_PDEATHSIG``), so that a console or loop killed mid-run leaves no evaluation running,
+    and make it non-dumpable (``PR_SET_DUMPABLE`` 0: its memory and descriptors are out of reach
+    of processes without capabilities, such as the worker).
     Done before the guard is installed (it refuses ctypes to candidate code)."""
     if not sys.platform.startswith("linux"):
         return
@@ -565,6 +613,9 @@ def die_with_parent() -> None:
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # PR_SET_DUMPABLE 0: without capabilities, no process (the worker included) may open this
+        # harness's /proc/<pid>/mem or /proc/<pid>/fd/* (the result channel) or ptrace it
+        libc.prctl(4, 0)
     except (OSError, AttributeError):
         return
     # the parent died before the request was even read (outside a PID namespace, where the
