@@ -45,6 +45,7 @@ STATIC_STOPS = {
     "forged_verdict": ("imports", "attrgetter"),
     "event_flood": ("imports", "attrgetter"),
     "scratch_fill": ("imports", "attrgetter"),
+    "escape_str_subclass": ("imports", "subclassing str is not allowed"),
 }
 #: files the OS must contain with the static check off, and the check that must then fail (None:
 #: the candidate is a valid mixer apart from its attack, so its verdict may be a pass)
@@ -60,6 +61,7 @@ OS_CASES = {
     "forged_verdict": "causality",
     "event_flood": "causality",
     "scratch_fill": None,
+    "escape_str_subclass": None,
 }
 
 

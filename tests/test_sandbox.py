@@ -107,8 +107,8 @@ def test_static_escapes_are_also_stopped_at_runtime(name, needle, tmp_path):
 
 def test_infinite_loop_is_killed_at_the_wall_time(tmp_path):
     res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE},
-                        tmp_path / "run", limits=Limits(wall_s=12, cpu_s=200))
-    assert not res.ok and res.reason == "killed after 12 s wall time"
+                        tmp_path / "run", limits=Limits(wall_s=45, cpu_s=200))
+    assert not res.ok and res.reason == "killed after 45 s wall time"
     assert res.result is None and res.returncode == -9
     started = [e["name"] for e in res.events if e.get("event") == "start"]
     assert started[-1] == "forward_backward"  # the parent knows which check was running
@@ -117,7 +117,8 @@ def test_infinite_loop_is_killed_at_the_wall_time(tmp_path):
 def test_cpu_limit_gives_a_clear_reason(tmp_path):
     res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE},
                         tmp_path / "run", limits=Limits(cpu_s=4, wall_s=120))
-    assert not res.ok and res.reason == "exceeded 4 s CPU time", res.reason
+    # the worker (which alone runs candidate code) hit its CPU limit; the harness says where
+    assert not res.ok and res.reason == "forward_backward: exceeded 4 s CPU time", res.reason
 
 
 def test_memory_bomb_exceeds_the_address_space(tmp_path):
