@@ -244,7 +244,7 @@ class Loop:
             # connected now: a missing Ray or an unreachable cluster is a clear error (a
             # ValueError) before the loop starts, not a crash in its first evaluation
             return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale)
+        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None))
 
     def _backend(self, spec: LLMSpec):
         return make_backend(spec, timeout_s=self.timeout_s)

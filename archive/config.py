@@ -20,7 +20,7 @@ CONFIG_NAME = "asiarch.toml"
 ROLES = ("researcher", "analyst", "judge", "debugger")
 BACKENDS = ("builtin", "ollama", "openai")
 MODES = ("autonomous", "supervised")
-SCALES = ("probe", "explore", "verify")
+SCALES = ("demo", "probe", "explore", "verify")
 EXECUTORS = ("local", "ray")
 EMBEDDING_BACKENDS = ("fastembed", "ollama")
 

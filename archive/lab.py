@@ -133,7 +133,7 @@ class Lab:
              seed_code: str | None = None, embedder: Embedder | None = None) -> "Lab":
         """Create a lab at ``path`` (a new or empty folder): the commented config, the archive
         with the seed commit, the index and the novelty index. ``demo`` picks the quick
-        ``probe`` scale with built-in agents (no LLM needed); otherwise the config defaults.
+        ``demo`` scale with built-in agents (no LLM needed); otherwise the config defaults.
         ``seed_code`` overrides the seed mixer source (tests)."""
         path = Path(path).absolute()
         if cls.is_lab(path):
@@ -142,7 +142,7 @@ class Lab:
             raise LabError(f"{path} exists and is not empty; choose a new folder for the lab")
         cfg = config or LabConfig()
         if demo and config is None:
-            cfg.loop.scale = "probe"
+            cfg.loop.scale = "demo"
         code = seed_code if seed_code is not None else seed_source()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Built in a temporary sibling folder and renamed into place: a kill leaves no half lab.

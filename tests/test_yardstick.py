@@ -189,3 +189,53 @@ def test_guards_config_is_validated(bad):
         config_from_dict({"guards": bad})
     cfg = config_from_dict({"guards": {"cpu_factor": 4}})
     assert cfg.guards.cpu_factor == 4.0 and cfg.guards.min_wall_s == 600.0
+
+
+def test_reindex_cli_rescores_and_reports(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from asiarch_tui.cli import app
+
+    lab = make_lab(tmp_path / "lab")
+    _write_seed(lab, SEED)
+    _commit(lab, "0001", _metrics(0.5), HIGH_JUDGE)
+    _commit(lab, "0002", _metrics(0.9), LOW_JUDGE)
+    lab.close()
+    lab = Lab.open(tmp_path / "lab")
+    _write_seed(lab, {**SEED, "probes": {"mqar": 0.8, "noisy_recall": 0.8}, "probe_mean": 0.8})
+    lab.close()
+    res = CliRunner().invoke(app, ["reindex", "--lab", str(tmp_path / "lab"), "--no-novelty"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, out
+    assert "re-scored 2 experiments" in out and "best moved 0001 -> 0002" in out
+    lab = Lab.open(tmp_path / "lab")
+    assert lab.store.best().id == "0002"
+    lab.close()
+    # no yardstick: said so, every fitness null
+    (tmp_path / "lab" / "baselines" / "probe.json").unlink()
+    res = CliRunner().invoke(app, ["reindex", "--lab", str(tmp_path / "lab"), "--no-novelty"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "no yardstick" in out and "not been measured" in out
+    lab = Lab.open(tmp_path / "lab")
+    assert all(d["fitness"] is None for d in lab.index.all()) and lab.store.best() is None
+    lab.close()
+
+
+def test_baselines_lab_cli_measures_seed_then_pending(tmp_path: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from asiarch_tui.cli import app
+
+    lab = make_lab(tmp_path / "lab")
+    lab.close()
+    monkeypatch.setattr(Loop, "_make_executor", lambda self: FakeExecutor())
+    res = CliRunner().invoke(app, ["baselines", str(tmp_path / "lab"), "--only", "linear_attention,gla", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "measuring the seed (deltanet)" in res.stderr and "measuring baselines 2/2: gla" in res.stderr
+    ranked = json.loads(res.stdout)
+    assert {r["name"] for r in ranked} == {"deltanet", "linear_attention", "gla"}
+    cached = json.loads((tmp_path / "lab" / "baselines" / "probe.json").read_text())
+    assert set(cached) == {"deltanet", "linear_attention", "gla"}
+    lab = Lab.open(tmp_path / "lab")
+    assert any(r.extra.get("measures") == "0000" for r in lab.store.all())  # the seed record measured
+    lab.close()
