@@ -16,7 +16,6 @@ committed is lost or duplicated.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import queue
 import random
@@ -33,6 +32,7 @@ from agents.analyst import BuiltinAnalyst, LLMAnalyst
 from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor
 from agents.events import (
     ApprovalRequested,
+    BaselineProgress,
     Event,
     EventBus,
     ExperimentFinished,
@@ -43,7 +43,18 @@ from agents.events import (
     StageChanged,
     Warning,
 )
-from agents.fitness import compute_fitness
+from agents.yardstick import (
+    Yardstick,
+    baseline_key,
+    baselines_path,
+    is_complete,
+    load_baselines,
+    make_yardstick,
+    missing_reason,
+    needs_rescore,
+    rescore_lab,
+    score,
+)
 from agents.judge import BuiltinJudge, LLMJudge
 from agents.llm import CallRecorder, LLMError, LLMSpec, LLMUnavailable, make_backend, parse_llm_spec
 from agents.researcher import (
@@ -86,18 +97,6 @@ class LoopSummary:
     experiments: list[dict[str, Any]] = field(default_factory=list)
     state: str = "finished"
     seconds: float = 0.0
-
-
-def baseline_key(scale: Any) -> str:
-    """The cache name of a scale's baselines: its name, plus a hash when it is a custom Scale."""
-    if isinstance(scale, str):
-        return scale
-    from training.scales import SCALES
-
-    if SCALES.get(scale.name) == scale:
-        return scale.name
-    digest = hashlib.sha1(repr(scale).encode()).hexdigest()[:8]
-    return f"{scale.name}-{digest}"
 
 
 def _scale_name(scale: Any) -> str:
@@ -174,6 +173,7 @@ class Loop:
         self._cognition = cognition
         self._cognition_loaded = cognition is not None
         self._baselines: dict[str, dict[str, Any]] | None = None
+        self._baselines_tried: set[str] = set()
         self.executor = executor or self._make_executor()
         self._stop_after_experiment = False
         self.summary = LoopSummary()
@@ -244,7 +244,8 @@ class Loop:
             # connected now: a missing Ray or an unreachable cluster is a clear error (a
             # ValueError) before the loop starts, not a crash in its first evaluation
             return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale, unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
+        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
+                               unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
     def _backend(self, spec: LLMSpec):
         return make_backend(spec, timeout_s=self.timeout_s)
@@ -517,85 +518,163 @@ class Loop:
         return sha
 
     # ------------------------------------------------------------------ baselines and seed
-    def baselines(self) -> dict[str, dict[str, Any]]:
-        """The reference baselines at the loop's scale, measured once and cached in
-        ``lab/baselines/<scale>.json`` (the fixed yardstick of fitness)."""
-        if self._baselines is not None:
+    def _baseline_file(self) -> Path:
+        return baselines_path(self.path, self.scale)
+
+    def _baseline_names(self) -> list[str]:
+        """The seed first, then the configured reference mixers."""
+        from training.mixers import REFERENCE_MIXERS, SEED_MIXER
+
+        names = list(self.baseline_names) if self.baseline_names is not None else list(REFERENCE_MIXERS)
+        names = [n for n in names if n != SEED_MIXER]
+        return [SEED_MIXER, *names]
+
+    def _cached_baselines(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            if self._baselines is None:
+                self._baselines = load_baselines(self.path, self.scale)
             return self._baselines
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The reference baselines measured so far at the loop's scale (complete measurements
+        only; cached in ``lab/baselines/<scale>.json``). Measures nothing: the seed is measured
+        by :meth:`measure_seed` before any experiment, the others between experiments
+        (:meth:`measure_pending_baselines`)."""
+        return {n: m for n, m in self._cached_baselines().items() if is_complete(m)}
+
+    def measure_baseline(self, name: str, index: int = 0, total: int = 0) -> dict[str, Any]:
+        """Evaluate one reference mixer at the loop's scale, store and return its metrics."""
         from archive.config import atomic_write_text
         from training.mixers import REFERENCE_MIXERS, SEED_MIXER
 
-        key = baseline_key(self.scale)
-        path = self.path / "baselines" / f"{key}.json"
-        cached: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                cached = {}
-        names = list(self.baseline_names) if self.baseline_names is not None else list(REFERENCE_MIXERS)
-        if SEED_MIXER not in names:
-            names.insert(0, SEED_MIXER)
-        else:
-            names.remove(SEED_MIXER)
-            names.insert(0, SEED_MIXER)
-        write_lock = threading.Lock()
+        self.poll()
+        is_seed = name == SEED_MIXER
+        t0 = time.perf_counter()
+        self.emit(BaselineProgress(name=name, status="started", seed=is_seed, index=index, total=total))
+        self.emit(StageChanged(stage="baseline", status="started", detail=name))
+        rd = self._runs() / "baselines" / baseline_key(self.scale) / name
+        res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,  # the project's own code
+                                     on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)
+        metrics = res.metrics or {"status": "error", "error": res.error, "partial": True}
+        with self._lock:
+            cached = self._cached_baselines()
+            cached[name] = metrics
+            path = self._baseline_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(cached, indent=1, default=str))
+        ok = is_complete(metrics)
+        pm = metrics.get("probe_mean")
+        detail = (f"{name}: probe mean {pm:.3f}" if isinstance(pm, (int, float)) else f"{name}: {metrics.get('status')}")
+        if not ok:
+            detail += f" ({metrics.get('stop_reason') or metrics.get('error') or res.error or 'incomplete'})"
+        self.emit(StageChanged(stage="baseline", status="finished" if ok else "failed", detail=detail[:500],
+                               duration_s=time.perf_counter() - t0))
+        self.emit(BaselineProgress(name=name, status="finished", seed=is_seed, index=index, total=total,
+                                   result=str(metrics.get("status")), detail=detail[:500]))
+        return metrics
 
-        def measure(name: str) -> None:
-            self.poll()
-            t0 = time.perf_counter()
-            self.emit(StageChanged(stage="baseline", status="started", detail=name))
-            rd = self._runs() / "baselines" / key / name
-            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,  # the project's own
-                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)
-            metrics = res.metrics or {"status": "error", "error": res.error}
-            with write_lock:
-                cached[name] = metrics
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(cached, indent=1, default=str))
-            self.emit(StageChanged(stage="baseline", status="finished" if res.ok else "failed",
-                                   detail=f"{name}: probe mean {metrics.get('probe_mean')}",
-                                   duration_s=time.perf_counter() - t0))
-
-        todo = [n for n in names if not (n in cached and cached[n].get("status") == "ok")]
-        if self.concurrency > 1 and len(todo) > 1:  # as many at once as experiments may be in flight
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
-                                    thread_name_prefix="asiarch-baseline") as pool:
-                for fut in [pool.submit(measure, n) for n in todo]:
-                    fut.result()  # LoopStopped or an executor error propagates
-        else:
-            for name in todo:
-                measure(name)
-        self._baselines = cached
-        return cached
-
-    def seed_baseline(self) -> dict[str, Any] | None:
-        """The seed mixer's metrics at this scale (L0, B0 of the fitness)."""
+    def yardstick(self) -> Yardstick | None:
+        """The yardstick (the seed's complete metrics at the loop's scale), or None."""
         from training.mixers import SEED_MIXER
 
-        return self.baselines().get(SEED_MIXER)
+        return make_yardstick(self._cached_baselines().get(SEED_MIXER), self.scale)
+
+    def yardstick_missing(self) -> str | None:
+        """Why there is no yardstick (None when there is one)."""
+        from training.mixers import SEED_MIXER
+
+        return missing_reason(self._cached_baselines().get(SEED_MIXER), self.scale)
+
+    def measure_seed(self, attempts: int = 2) -> Yardstick | None:
+        """Measure the seed at the loop's scale unless a complete measurement is cached (up to
+        ``attempts`` tries); experiments wait for it. Returns the yardstick, or None."""
+        from training.mixers import SEED_MIXER
+
+        for _ in range(max(1, attempts)):
+            ys = self.yardstick()
+            if ys is not None:
+                return ys
+            with self._lock:
+                self._set_state("running", f"measuring the seed ({SEED_MIXER}) at scale "
+                                           f"{baseline_key(self.scale)}: experiments wait for it")
+            self.measure_baseline(SEED_MIXER)
+        return self.yardstick()
+
+    def pending_baselines(self) -> list[str]:
+        """Reference baselines (not the seed) without a complete measurement that this run has
+        not tried yet."""
+        cached = self._cached_baselines()
+        return [n for n in self._baseline_names()[1:]
+                if not is_complete(cached.get(n)) and n not in self._baselines_tried]
+
+    def measure_pending_baselines(self, limit: int | None = None) -> int:
+        """Measure up to ``limit`` (None: all) pending reference baselines, one at a time per
+        caller (several workers may each take one); returns how many were measured."""
+        done = 0
+        while limit is None or done < limit:
+            with self._lock:
+                pending = self.pending_baselines()
+                if not pending:
+                    return done
+                name = pending[0]
+                self._baselines_tried.add(name)
+                others = self._baseline_names()[1:]
+                index = len([n for n in others if n in self._baselines_tried])
+            self.measure_baseline(name, index=index, total=len(others))
+            done += 1
+        return done
+
+    def _measure_remaining_baselines(self) -> None:
+        """Every pending comparison, as many at once as experiments may be in flight."""
+        if self.concurrency > 1 and len(self.pending_baselines()) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asiarch-baseline") as pool:
+                for fut in [pool.submit(self.measure_pending_baselines) for _ in range(self.concurrency)]:
+                    fut.result()  # LoopStopped or an executor error propagates
+        else:
+            self.measure_pending_baselines()
+
+    def seed_baseline(self) -> dict[str, Any] | None:
+        """The seed mixer's complete metrics at this scale (the yardstick), or None."""
+        ys = self.yardstick()
+        return ys.metrics if ys is not None else None
+
+    def rescore_if_needed(self) -> dict[str, Any] | None:
+        """Re-score the archive when its fitness was computed against another yardstick (a
+        re-measured seed, another scale, an upgrade); returns the re-score report or None."""
+        ys = self.yardstick()
+        if not hasattr(self.lab, "apply_scores") or not needs_rescore(self.lab, ys):
+            return None
+        with self._novelty_lock:
+            report = rescore_lab(self.lab, self.scale)
+        self.emit(LogLine(source="loop", line=(
+            f"re-scored {report['rescored']} experiments against yardstick {report['yardstick']}"
+            + (f"; best moved {report['best_before']} -> {report['best']}" if report["best_moved"] else ""))))
+        return report
 
     def ensure_seed_measured(self) -> None:
         """A new lab's seed (committed unmeasured) gets its metrics from the seed baseline
-        (the same file evaluated at the same scale and seed) and is committed as measured."""
+        (the same file evaluated at the same scale and seed) and is committed as measured,
+        once per scale."""
         store = self.lab.store
         from archive.record import SEED_ID
 
         if SEED_ID not in store:
             return
+        ys = self.yardstick()
+        if ys is None:
+            return
         seed = store.get(SEED_ID)
-        measured = [r for r in store.all() if r.extra.get("measures") == SEED_ID]
-        if seed.metrics or measured:
+        measured = [r for r in store.all() if r.extra.get("measures") == SEED_ID
+                    and (r.metrics or {}).get("scale") == ys.scale_name]
+        if measured or ((seed.metrics or {}).get("scale") == ys.scale_name and is_complete(seed.metrics)):
             return
-        base = self.seed_baseline()
-        if not base or base.get("status") != "ok":
-            return
-        fitness, comps = compute_fitness(base, base, None)
+        base = ys.metrics
+        fitness, comps = score(base, None, ys)
         rec = dataclasses.replace(
             seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base, fitness=fitness,
-            fitness_components=comps, scale=_scale_name(self.scale), created=_utc(),
+            fitness_components=comps, yardstick=ys.version, scale=_scale_name(self.scale), created=_utc(),
             analysis="The seed design measured at this scale: the yardstick of every fitness.",
             problem=seed.problem or "recall probes and loss of the seed at this scale",
             extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
@@ -631,14 +710,28 @@ class Loop:
                     self._set_state("running")
                 try:
                     self.poll()
-                    self.baselines()
+                    if self.measure_seed() is None:
+                        why = self.yardstick_missing() or "the seed could not be measured"
+                        self.emit(Warning(source="loop", message=(
+                            f"no yardstick: {why}. No experiment is scored without a complete measurement "
+                            "of the seed at the lab's scale; experiments wait for it (see the seed's log in "
+                            f"runs/baselines/, then start again)")))
+                        with self._lock:
+                            self.summary.state = "stopped"
+                            self._set_state("stopped", f"no yardstick: {why}")
+                        return self.summary
+                    self.rescore_if_needed()
                     self.ensure_seed_measured()
                     with self._novelty_lock:
                         self.lab.novelty  # load it here, not in two workers at once  # noqa: B018
+                    with self._lock:
+                        self._set_state("running")
                     if self.concurrency == 1:
                         self._worker()
                     else:
                         self._run_workers()
+                    if not self._stop_after_experiment:
+                        self._measure_remaining_baselines()  # the comparisons not measured yet
                     with self._lock:
                         if self._stop_after_experiment:
                             self.summary.state = "stopped"
@@ -663,8 +756,16 @@ class Loop:
     def _worker(self) -> None:
         """Run experiments while the budget allows (one worker; several when concurrency > 1)."""
         crashes = 0
+        first = True
         while True:
             self.poll()
+            if not first:  # between experiments: one of the comparisons not measured yet
+                with self._lock:
+                    more = self.budget_left()
+                if more:
+                    self.measure_pending_baselines(limit=1)
+                    self.poll()
+            first = False
             with self._lock:
                 if not self.budget_left():
                     return
@@ -947,17 +1048,27 @@ class Loop:
                 st.fail(str(exc))
                 verdict = None
                 record.extra["judge_failure"] = str(exc)
+        status = {"ok": "accepted", "too_slow": "too_slow"}.get(out.status, "failed")
         with stage("score"):
-            fitness, comps = compute_fitness(record.metrics, baseline, verdict)
-            comps["judge"] = verdict
-            if comps["leak_suspected"]:
+            ys = self.yardstick()
+            fitness, comps = score(record.metrics, verdict, ys, status,
+                                   None if ys is not None else self.yardstick_missing())
+            if comps.get("leak_suspected"):
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: validation loss more than 10% below the seed baseline's: suspected leak of "
                     "future tokens, not counted as a win")))
+            if ys is None and status == "accepted":
+                self.emit(Warning(exp_id=exp_id, source="score", message=(
+                    f"{exp_id}: not scored: {comps.get('unscored')}")))
             record.fitness = fitness
             record.fitness_components = comps
-        status = "accepted" if out.status == "ok" else "failed"
-        reason = "" if out.status == "ok" else f"evaluation failed: {out.error}"
+            record.yardstick = ys.version if ys is not None else ""
+        reason = ""
+        if status == "too_slow":
+            tp = (record.metrics or {}).get("throughput_vs_seed")
+            reason = f"too slow: {out.error}" + (f" (throughput {tp:.2f}x the seed's)" if isinstance(tp, (int, float)) else "")
+        elif status == "failed":
+            reason = f"evaluation failed: {out.error}"
         return self._finish(record, status, reason, run_dir, t_exp)
 
     # ------------------------------------------------------------------ steps
@@ -1052,7 +1163,7 @@ class Loop:
         return self.lab.store.get(exp_id)
 
     def _recent_failures(self, n: int = 3) -> list[Any]:
-        fails = [r for r in self.lab.store.all() if r.status == "failed"]
+        fails = [r for r in self.lab.store.all() if r.status in ("failed", "too_slow")]
         return fails[-n:]
 
     def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:

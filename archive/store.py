@@ -34,7 +34,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import git
 from git.objects.fun import tree_to_stream
@@ -111,6 +111,9 @@ class ArchiveStore:
         self._entries: dict[str, Entry] = {}
         self._by_commit: dict[str, str] = {}
         self._loose_since_pack = 0
+        #: ``score_of(exp_id, committed_fitness) -> fitness``: the current (re-scored) fitness
+        #: of an experiment, used for ``best`` (the lab sets it from its score book)
+        self.score_of: Callable[[str, float | None], float | None] | None = None
         self.refresh()
 
     # -- creation ------------------------------------------------------------------------
@@ -285,7 +288,7 @@ class ArchiveStore:
             self._by_commit[sha] = record.id
             self._write_ref(MAIN_REF, sha, "main")
             _crash_point("main")
-            if _is_better(record, self._best_fitness()):
+            if _is_better(record, self._best_fitness(), self._current(record.id, record.fitness)):
                 self._write_ref(BEST_REF, sha, "best")
                 self._best_cache = (sha, record.fitness)
             self._loose_since_pack += 1
@@ -312,8 +315,31 @@ class ArchiveStore:
             return self._best_cache[1]
         fit = parse_trailers(self.message(sha)).get("Fitness")
         val = float(fit) if fit not in (None, "", "none") else None
+        exp_id = self._by_commit.get(sha)
+        if exp_id is not None:
+            val = self._current(exp_id, val)
         self._best_cache = (sha, val)
         return val
+
+    def _current(self, exp_id: str, committed: float | None) -> float | None:
+        return committed if self.score_of is None else self.score_of(exp_id, committed)
+
+    def move_best(self, exp_id: str | None) -> bool:
+        """Point ``best`` at ``exp_id`` (None: remove it, nothing is scored); call with the lab
+        lock held, after a re-score. Returns whether it moved."""
+        with self._lock:
+            self._best_cache = None
+            current = self._read_ref(BEST_REF)
+            if exp_id is None:
+                if current is None:
+                    return False
+                _run_git(self.path, "update-ref", "-d", BEST_REF)
+                return True
+            sha = self.commit_of(exp_id)
+            if current == sha:
+                return False
+            self._write_ref(BEST_REF, sha, "best")
+            return True
 
     # -- recovery ------------------------------------------------------------------------
     def stale_files(self) -> list[Path]:
@@ -357,13 +383,21 @@ class ArchiveStore:
         return done
 
     def compute_best(self) -> str | None:
-        """The id of the fittest accepted experiment, read from the commits' trailers."""
+        """The id of the fittest accepted experiment: the commits' trailers, re-scored through
+        :attr:`score_of` when the lab set it."""
         best_id, best_fit = None, None
         for e in self.entries():
             t = parse_trailers(self.message(e.commit))
-            if t.get("Status") != "accepted" or t.get("Fitness") in (None, "", "none"):
+            if t.get("Status") != "accepted":
                 continue
-            f = float(t["Fitness"])
+            if t.get("Fitness") in (None, "", "none"):
+                f = self._current(e.id, None)
+                if f is not None and (best_fit is None or f > best_fit):
+                    best_id, best_fit = e.id, f
+                continue
+            f = self._current(e.id, float(t["Fitness"]))
+            if f is None:
+                continue
             if best_fit is None or f > best_fit:
                 best_id, best_fit = e.id, f
         return best_id
@@ -449,8 +483,9 @@ class ArchiveStore:
         return self.get(exp_id) if exp_id else None
 
 
-def _is_better(record: ExperimentRecord, best: float | None) -> bool:
-    return record.status == "accepted" and record.fitness is not None and (best is None or record.fitness > best)
+def _is_better(record: ExperimentRecord, best: float | None, fitness: float | None = None) -> bool:
+    fitness = record.fitness if fitness is None else fitness
+    return record.status == "accepted" and fitness is not None and (best is None or fitness > best)
 
 
 def _dump(obj: object) -> bytes:

@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         llm: Optional[str] = typer.Option(None, "--llm",
                                           help="Backend of every agent: builtin, ollama:MODEL\\[@HOST] or openai:MODEL@URL "
                                                "(default: the lab's \\[llm] config)."),
-        scale: Optional[str] = typer.Option(None, "--scale", help="probe, explore or verify (default: the lab's config)."),
+        scale: Optional[str] = typer.Option(None, "--scale", help="demo, probe, explore or verify (default: the lab's config)."),
         scale_factor: float = typer.Option(1.0, "--scale-factor", min=0.001, max=1.0,
                                            help="Multiply every training step count by this (quick smoke runs)."),
         baselines: Optional[str] = typer.Option(None, "--baselines",
