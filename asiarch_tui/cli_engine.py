@@ -334,6 +334,7 @@ def register(app: typer.Typer) -> None:
         _check_scale(scale, force)
         import tempfile
 
+        from agents.engineer import scale_spec
         from asiarch_tui.cli_check import _is_reference
         from training.sandbox import Limits, SandboxError, run_sandboxed
 
@@ -349,9 +350,10 @@ def register(app: typer.Typer) -> None:
                                description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
 
             try:
-                res = run_sandboxed("evaluate", {"path": str(file), "scale": scale, "seed": seed,
+                spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
+                res = run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
                                                  "guards": guards.to_dict()}, tmp,
-                                    limits=Limits.for_evaluation(scale, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
+                                    limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
                                     on_line=on_log, on_event=on_event, trusted=_is_reference(file))
             except SandboxError as exc:
                 _fail(str(exc), 2)
