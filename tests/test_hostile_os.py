@@ -46,6 +46,7 @@ STATIC_STOPS = {
     "event_flood": ("imports", "attrgetter"),
     "scratch_fill": ("imports", "attrgetter"),
     "escape_str_subclass": ("imports", "subclassing str is not allowed"),
+    "forged_metrics": ("imports", "attrgetter"),
 }
 #: files the OS must contain with the static check off, and the check that must then fail (None:
 #: the candidate is a valid mixer apart from its attack, so its verdict may be a pass)
@@ -297,3 +298,19 @@ class Mixer(nn.Module):
                         limits=Limits(wall_s=150))
     log = res.log_path.read_text()
     assert "FLAGS 1 1 False" in log and f"SYMPY True FILE {INNER_CANDIDATE}" in log, log[-2000:]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name, needle", [
+    ("forged_metrics", "the harness measured"),
+    ("noncausal_reverse_cumsum", "is not causal"),
+])
+def test_the_harness_verifies_an_evaluation(name, needle, tmp_path):
+    """The worker trains; the harness recomputes probe accuracies (and at explore the validation
+    loss) from the trained models' logits, and spot-checks their causality: a candidate that
+    fakes its numbers, or a non-causal one evaluated without a check, fails with the harness's
+    reason."""
+    cand = _materialise(tmp_path, name, tmp_path, 1, tmp_path / "secret.txt")
+    res = run_sandboxed("evaluate", {"path": str(cand), "scale": "probe", "scale_factor": 0.02, "seed": 0,
+                                     "static_check": False}, tmp_path / "run", limits=Limits(wall_s=300))
+    assert not res.ok and needle in (res.reason or ""), res.reason

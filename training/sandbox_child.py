@@ -477,11 +477,101 @@ def _json_safe(o: Any, depth: int = 0) -> Any:
     return None
 
 
+#: How far the harness's own probe accuracy / validation loss may differ from the worker's report,
+#: and how much earlier logits may move when the harness changes later tokens.
+METRIC_TOL = 1e-4
+LOGIT_LEAK_TOL = 1e-4
+
+
+def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any],
+                    kept: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Recompute, in the harness, what the worker reported: each probe's accuracy from the logits
+    of the worker's trained probe model on held-out examples the harness generates, the
+    validation loss from the trained language model's logits on validation batches the harness
+    reads, and a causality spot check of every trained model (the harness replaces the tokens
+    after a secret position and compares the earlier logits). Returns (problem or None, what
+    was verified)."""
+    import os
+    import random
+
+    import torch
+
+    from training import probes as P
+    from training.trainer import IGNORE, sequence_loss
+
+    scale = payload_scale(payload)
+    seed = int(payload.get("seed", 0))
+    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    info: dict[str, Any] = {"probes": {}, "val_loss": None, "max_logit_leak": 0.0}
+
+    def logits(label: str, x: Any) -> Any:
+        _, (y,) = client.call("logits", {"label": label}, [x], n_out=1)
+        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape):
+            raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
+        return y
+
+    def spot_check(label: str, x: Any, vocab: int) -> str | None:
+        x = x[:8]
+        t = rng.randrange(1, x.shape[1])
+        x2 = x.clone()
+        g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+        x2[:, t:] = torch.randint(0, vocab, tuple(x2[:, t:].shape), generator=g)
+        a, b = logits(label, x), logits(label, x2)
+        leak = float(torch.nan_to_num((a[:, :t] - b[:, :t]).abs(), nan=float("inf")).max()) if t else 0.0
+        info["max_logit_leak"] = max(info["max_logit_leak"], leak)
+        if leak > LOGIT_LEAK_TOL:
+            return f"the trained {label} model is not causal: changing tokens {t}.. moved earlier logits by {leak:.3g}"
+        return None
+
+    reported = metrics.get("probes") if isinstance(metrics.get("probes"), dict) else {}
+    for i, spec in enumerate(scale.probes):
+        acc_w = reported.get(spec.label)
+        if spec.label not in kept or not isinstance(acc_w, (int, float)):
+            continue
+        x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
+        correct = total = 0
+        for j in range(0, x.shape[0], 64):
+            pred = logits(spec.label, x[j:j + 64]).argmax(dim=-1)
+            yy = y[j:j + 64]
+            mask = yy != IGNORE
+            correct += int((pred[mask] == yy[mask]).sum())
+            total += int(mask.sum())
+        acc_h = correct / max(total, 1)
+        info["probes"][spec.label] = acc_h
+        if abs(acc_h - float(acc_w)) > METRIC_TOL:
+            return (f"the worker reported {spec.label} accuracy {float(acc_w):.4f}; the harness measured "
+                    f"{acc_h:.4f}"), info
+        problem = spot_check(spec.label, x, spec.vocab_size)
+        if problem:
+            return problem, info
+    vl_w = metrics.get("val_loss")
+    if "lm" in kept and isinstance(vl_w, (int, float)):
+        from training.data import load_corpus, validation_batches
+
+        corpus = load_corpus((payload.get("kwargs") or {}).get("corpus_paths"))
+        val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, scale.val_batches)
+        total, count = 0.0, 0
+        for x, y in val:
+            n = int((y != IGNORE).sum())
+            total += float(sequence_loss(logits("lm", x), y)) * n
+            count += n
+        vl_h = total / max(count, 1)
+        info["val_loss"] = vl_h
+        if not abs(vl_h - float(vl_w)) <= METRIC_TOL * max(1.0, abs(vl_h)):
+            return f"the worker reported validation loss {float(vl_w):.5f}; the harness measured {vl_h:.5f}", info
+        problem = spot_check("lm", val[0][0], 256)
+        if problem:
+            return problem, info
+    return None, info
+
+
 def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
-    and reports the metrics over the socketpair; the harness bounds them, adds the worker's CPU
-    seconds and peak memory read from /proc, and alone writes the result to the parent. (The
-    metrics themselves are still computed in the worker: see the README's threat model.)"""
+    and reports the metrics over the socketpair; the harness bounds them, recomputes the probe
+    accuracies and the validation loss itself from the trained models' logits (and spot-checks
+    their causality; :func:`_verify_metrics`), adds the worker's CPU seconds and peak memory read
+    from /proc, and alone writes the result to the parent. (Training itself runs in the worker;
+    its loss curve is the worker's word: see the README's threat model.)"""
     from training.harness import WorkerClient, WorkerFailed
 
     payload = request["payload"]
@@ -497,16 +587,27 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
         except WorkerFailed as exc:
             return {"ok": False, "reason": mem_reason if exc.kind == "memory" else exc.reason,
                     "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        result = _json_safe(vals.get("result"))
+        if not isinstance(result, dict):
+            return {"ok": False, "reason": "the worker returned no evaluation result",
+                    "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        metrics = result.get("metrics")
+        status = metrics.get("status") if isinstance(metrics, dict) else None
+        ok = result.get("ok") is True and status == "ok"
+        reason = None if ok else str(result.get("reason") or f"evaluation {status or 'failed'}")[:500]
+        verified: dict[str, Any] = {}
+        if isinstance(metrics, dict):
+            kept = [str(k) for k in (vals.get("kept") or []) if isinstance(k, str)]
+            try:
+                problem, verified = _verify_metrics(client, payload, metrics, kept)
+            except WorkerFailed as exc:
+                problem = f"the harness could not verify the metrics: {exc.reason}"
+            if problem:
+                ok, reason = False, problem
         cpu = client.cpu_seconds()
         memory = client.memory_mib()
-    result = _json_safe(vals.get("result"))
-    if not isinstance(result, dict):
-        return {"ok": False, "reason": "the worker returned no evaluation result", "worker_cpu_s": round(cpu, 3)}
-    metrics = result.get("metrics")
-    status = metrics.get("status") if isinstance(metrics, dict) else None
-    ok = result.get("ok") is True and status == "ok"
-    reason = None if ok else str(result.get("reason") or f"evaluation {status or 'failed'}")[:500]
-    out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory}
+    out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory,
+                           "verified": verified}
     if isinstance(metrics, dict):
         out["metrics"] = metrics
     return out
@@ -540,8 +641,19 @@ def scale_from_spec(spec: Any) -> Any:
     return Scale(**fields)
 
 
+def payload_scale(payload: dict[str, Any]) -> Any:
+    """The ``Scale`` an evaluate payload names (``scale``, optional ``scale_factor`` and
+    ``scale_overrides``), the same in the harness and in the worker."""
+    from training.scales import get_scale, scaled_down
+
+    scale: Any = scale_from_spec(payload.get("scale", "explore"))
+    if payload.get("scale_factor") is not None or payload.get("scale_overrides"):
+        return scaled_down(scale, float(payload.get("scale_factor") or 1.0), **(payload.get("scale_overrides") or {}))
+    return get_scale(scale)
+
+
 def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
-              emit: Callable[[dict[str, Any]], None], static: bool) -> dict[str, Any]:
+              emit: Callable[[dict[str, Any]], None], static: bool, keep_model: Any = None) -> dict[str, Any]:
     """Evaluate the candidate with ``training.evaluate`` (the class loaded under the guard).
 
     Payload: ``path``, ``scale`` (a name), optional ``scale_factor`` and ``scale_overrides``
@@ -568,6 +680,8 @@ def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
         emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
 
     kwargs = dict(payload.get("kwargs") or {})
+    if keep_model is not None:
+        kwargs["keep_model"] = keep_model
     if payload.get("guards") is not None:
         kwargs["guards"] = payload["guards"]
     if hasattr(ev, "evaluate_class"):

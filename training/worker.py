@@ -111,6 +111,7 @@ class Worker:
         self.watch = watch
         self.cls: type | None = None
         self.model: Any = None
+        self.trained: dict[str, Any] = {}  # label -> model trained by the evaluate op
 
     # ------------------------------------------------------------------ ops
     def op_build(self, args: dict, tensors: list) -> tuple[dict, list]:
@@ -213,8 +214,20 @@ class Worker:
                                       "message": str(msg.get("message", ""))[:200]})
 
         result = _evaluate(dict(args.get("payload") or {}), self.guard, self.watch, emit,
-                           bool(args.get("static", True)))
-        return {"result": result}, []
+                           bool(args.get("static", True)), keep_model=self.trained.__setitem__)
+        return {"result": result, "kept": sorted(self.trained)}, []
+
+    def op_logits(self, args: dict, tensors: list) -> tuple[dict, list]:
+        """Logits of a trained model (``label``) for the harness's token batch, in eval mode."""
+        m = self.trained.get(str(args.get("label")))
+        if m is None:
+            raise KeyError(f"no trained model {args.get('label')!r}")
+        torch.nn.Module.train(m, False)
+        with torch.no_grad():
+            y = m(tensors[0].clone())
+        if type(y) is not torch.Tensor:  # noqa: E721
+            raise TypeError("the model must return a plain torch.Tensor")
+        return {}, [y.detach().float()]
 
     def op_status(self, args: dict, tensors: list) -> tuple[dict, list]:
         return {"violations": list(self.guard.violations[:10]), "changes": list(self.watch.changes()[:10])}, []
@@ -225,7 +238,8 @@ class Worker:
         from training.sandbox_child import SandboxViolation, _memory_message
 
         ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
-               "saved_bytes": self.op_saved_bytes, "status": self.op_status, "evaluate": self.op_evaluate}
+               "saved_bytes": self.op_saved_bytes, "status": self.op_status, "evaluate": self.op_evaluate,
+               "logits": self.op_logits}
         while True:
             try:
                 header, tensors = wire.recv(self.sock)
