@@ -480,6 +480,8 @@ def _json_safe(o: Any, depth: int = 0) -> Any:
 #: How far the harness's own probe accuracy / validation loss may differ from the worker's report,
 #: and how much earlier logits may move when the harness changes later tokens.
 METRIC_TOL = 1e-4
+#: CPU seconds the worker spends outside the evaluator's own clock (warm-up, loading, verification)
+CPU_SLACK_S = 15.0
 LOGIT_LEAK_TOL = 1e-4
 
 
@@ -606,6 +608,12 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
                 ok, reason = False, problem
         cpu = client.cpu_seconds()
         memory = client.memory_mib()
+        said = metrics.get("cpu_seconds") if isinstance(metrics, dict) else None
+        # the efficiency guard's basis is the worker's CPU time, which the harness reads from
+        # /proc: a report far below it (start-up and verification aside) is a lie
+        if isinstance(said, (int, float)) and cpu > float(said) + CPU_SLACK_S + 0.1 * cpu and ok:
+            ok, reason = False, (f"the worker reported {float(said):.1f} CPU seconds; the harness measured "
+                                 f"{cpu:.1f} s of the worker's CPU time")
     out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory,
                            "verified": verified}
     if isinstance(metrics, dict):
