@@ -71,6 +71,20 @@ class Executor(Protocol):
         ...
 
 
+def with_trust(fn: Callable[..., Any], *args: Any, trusted: bool = False, **kwargs: Any) -> Any:
+    """Call an executor's ``check``/``evaluate`` passing ``trusted`` when it accepts it (an older
+    or test executor without the keyword treats every file alike)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "trusted" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs["trusted"] = trusted
+    return fn(*args, **kwargs)
+
+
 def scale_spec(scale: Any, as_dict: bool = False) -> Any:
     """A scale (name or ``training.scales.Scale``) as the sandbox payload carries it: the name of
     a standard scale (unless ``as_dict``), else the Scale as a JSON-able dict."""
@@ -334,8 +348,8 @@ class Engineer:
             (run_dir / "mixer.py").write_text(out.code, encoding="utf-8")
             stage_cb("check", "started", f"attempt {attempt}")
             own = trusted and out.code == code  # a repair or an edit is not the project's code
-            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l),
-                                      trusted=own)
+            chk = with_trust(self.executor.check, path, run_dir / f"check_r{attempt}",
+                             on_line=lambda l: line_cb("check", l), trusted=own)
             out.timings["check"] = out.timings.get("check", 0.0) + chk.seconds
             out.checks = chk.checks
             stage_cb("check", "finished" if chk.ok else "failed", chk.error)
@@ -356,8 +370,8 @@ class Engineer:
                         continue
                     approved = True
                 stage_cb("evaluate", "started", "")
-                ev = self.executor.evaluate(path, run_dir / f"eval_r{attempt}", seed, baseline,
-                                            on_line=lambda l: line_cb("train", l), trusted=own)
+                ev = with_trust(self.executor.evaluate, path, run_dir / f"eval_r{attempt}", seed, baseline,
+                                on_line=lambda l: line_cb("train", l), trusted=own)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail

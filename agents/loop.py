@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from agents.analyst import BuiltinAnalyst, LLMAnalyst
-from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor
+from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor, with_trust
 from agents.events import (
     ApprovalRequested,
     BaselineProgress,
@@ -553,8 +553,8 @@ class Loop:
         self.emit(BaselineProgress(name=name, status="started", seed=is_seed, index=index, total=total))
         self.emit(StageChanged(stage="baseline", status="started", detail=name))
         rd = self._runs() / "baselines" / baseline_key(self.scale) / name
-        res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,  # the project's own code
-                                     on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)
+        res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
+                         on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)  # our own code
         metrics = res.metrics or {"status": "error", "error": res.error, "partial": True}
         with self._lock:
             cached = self._cached_baselines()
