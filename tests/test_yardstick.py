@@ -268,3 +268,15 @@ def test_a_too_slow_design_is_committed_as_such_without_fitness(tmp_path: Path):
     assert "status too_slow" in rec.fitness_components["unscored"]
     assert lab.store.best().id != rec.id
     lab.close()
+
+
+def test_status_bar_says_measuring_baselines():
+    from asiarch_tui.app import baseline_status
+    from asiarch_tui.widgets import StatusBar
+
+    assert baseline_status(BaselineProgress(name="deltanet", seed=True)) == "measuring the seed (experiments wait)"
+    assert baseline_status(BaselineProgress(name="gla", index=2, total=5)) == "measuring baselines 2/5"
+    assert baseline_status(BaselineProgress(name="gla", index=2, total=5, status="finished")) == ""
+    bar = StatusBar()
+    bar.values.update(baselines="measuring baselines 2/5")
+    assert "measuring baselines 2/5" in bar.render_status().plain
