@@ -1226,7 +1226,8 @@ def _utc() -> str:
 
 def _summary(metrics: dict[str, Any] | None) -> dict[str, Any]:
     m = metrics or {}
-    return {k: m.get(k) for k in ("status", "val_loss", "val_bpb", "probe_mean", "tokens_per_s", "mixer_params")
+    return {k: m.get(k) for k in ("status", "val_loss", "val_bpb", "probe_mean", "probe_mean_partial", "partial",
+                                  "tokens_per_s", "mixer_params", "cpu_seconds", "throughput_vs_seed")
             if k in m}
 
 
