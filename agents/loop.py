@@ -592,15 +592,21 @@ class Loop:
         base = self.seed_baseline()
         if not base or base.get("status") != "ok":
             return
-        fitness, comps = compute_fitness(base, base, None)
         rec = dataclasses.replace(
-            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base, fitness=fitness,
-            fitness_components=comps, scale=_scale_name(self.scale), created=_utc(),
+            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base,
+            scale=_scale_name(self.scale), created=_utc(),
             analysis="The seed design measured at this scale: the yardstick of every fitness.",
             problem=seed.problem or "recall probes and loss of the seed at this scale",
             extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
         rec.slug = ""
         rec.__post_init__()
+        # the seed is judged by the same judge as every candidate (not a flat 0.5)
+        seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
+        verdict = self._judge_record(rec, None, base, seed_recorder)
+        rec.transcript = seed_recorder.transcript
+        fitness, comps = compute_fitness(base, base, verdict)
+        comps["judge"] = verdict
+        rec.fitness, rec.fitness_components = fitness, comps
         sha = self._commit(rec)
         self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
                                      fitness_components=comps, metrics=_summary(base), sha=sha,
@@ -928,24 +934,7 @@ class Loop:
 
         # -- 8. judge and score
         with stage("judge") as st:
-            nearest = None
-            try:
-                with self._novelty_lock:
-                    near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
-                nearest = near[0] if near else None
-            except Exception:
-                nearest = None
-            try:
-                if isinstance(self.judge_agent, LLMJudge):
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder, baselines=self.baselines())
-                else:
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder)
-            except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
-                st.fail(str(exc))
-                verdict = None
-                record.extra["judge_failure"] = str(exc)
+            verdict = self._judge_record(record, parent, baseline, recorder, st)
         with stage("score"):
             fitness, comps = compute_fitness(record.metrics, baseline, verdict)
             comps["judge"] = verdict
@@ -960,6 +949,30 @@ class Loop:
         return self._finish(record, status, reason, run_dir, t_exp)
 
     # ------------------------------------------------------------------ steps
+    def _judge_record(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
+                      recorder: CallRecorder | None, st: "_Stage | None" = None) -> dict[str, Any] | None:
+        """The judge's verdict on ``record`` (candidates and the seed alike); None (s_judge
+        unmeasured, 0.5) when the judge fails twice, with the failure in ``record.extra``."""
+        nearest = None
+        try:
+            with self._novelty_lock:
+                near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
+            nearest = near[0] if near else None
+        except Exception:
+            nearest = None
+        history = [r for r in self._history() if r.id != record.id]
+        try:
+            if isinstance(self.judge_agent, LLMJudge):
+                return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                              recorder, baselines=self.baselines(), history=history)
+            return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                          recorder, history=history)
+        except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
+            if st is not None:
+                st.fail(str(exc))
+            record.extra["judge_failure"] = str(exc)
+            return None
+
     def _propose(self, ctx: ResearchContext) -> tuple[Proposal, str]:
         if self.researcher is None:
             fb = self.fallback_researcher
