@@ -70,7 +70,8 @@ class ExperimentStarted(Event):
 class StageChanged(Event):
     """A stage of one experiment starts, ends or fails.
 
-    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, analyse,
+    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, seeds (more seeds
+    for a rung-0 result that would enter the top; "failed" = it stays at one seed), analyse,
     judge, score, commit``; ``status`` is ``started | finished | failed``.
     """
 

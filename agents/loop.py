@@ -44,6 +44,7 @@ from agents.events import (
     Warning,
 )
 from agents.fitness import compute_fitness
+from agents.seeds import combine as combine_seeds
 from agents.judge import BuiltinJudge, LLMJudge
 from agents.llm import CallRecorder, LLMError, LLMSpec, LLMUnavailable, make_backend, parse_llm_spec
 from agents.researcher import (
@@ -58,8 +59,8 @@ from agents.researcher import (
 
 __all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
 
-STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "analyse", "judge",
-          "score", "commit")
+STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "seeds", "analyse",
+          "judge", "score", "commit")
 
 _METRIC_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+).*?loss\s+(?P<loss>[-+0-9.eE]+|nan|inf)")
 
@@ -159,6 +160,9 @@ class Loop:
         self.budget_experiments = cfg.loop.experiments if experiments is None else experiments
         self.budget_hours = cfg.loop.hours if hours is None else hours
         self.seed = cfg.loop.seed if seed is None else seed
+        # noise-aware evaluation (agents.stats): seeds per design entering the top, and the top
+        self.n_seeds = max(1, int(getattr(cfg.loop, "seeds", 1) or 1))
+        self.top_k_seeds = max(1, int(getattr(cfg.loop, "top_k_seeds", 5) or 5))
         self.debug_rounds = int(getattr(cfg.loop, "debug_rounds", 3)) if debug_rounds is None else debug_rounds
         self.novelty_rounds = cfg.loop.novelty_rounds if novelty_rounds is None else novelty_rounds
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -501,6 +505,8 @@ class Loop:
 
     def _commit_here(self, record: Any) -> str:
         with self._novelty_lock:
+            if not record.promotion:
+                self._decide_promotion(record)
             return self._commit_locked(record)
 
     def _commit_locked(self, record: Any) -> str:
@@ -541,23 +547,39 @@ class Loop:
             names.insert(0, SEED_MIXER)
         write_lock = threading.Lock()
 
+        seeds = self._seed_list()
+
         def measure(name: str) -> None:
-            self.poll()
             t0 = time.perf_counter()
             self.emit(StageChanged(stage="baseline", status="started", detail=name))
             rd = self._runs() / "baselines" / key / name
-            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
-                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)))
-            metrics = res.metrics or {"status": "error", "error": res.error}
+            runs = {r.get("seed"): r for r in (cached.get(name, {}).get("seeds") or [cached.get(name, {})])
+                    if r.get("status") == "ok" and r.get("seed") in seeds}
+            for sd in seeds:  # every reference on the same seeds as every design in the top
+                if sd in runs:
+                    continue
+                self.poll()
+                res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
+                                             on_line=lambda l: self.emit(LogLine(source="train", line=l)))
+                runs[sd] = res.metrics or {"status": "error", "error": res.error, "seed": sd}
+                runs[sd].setdefault("seed", sd)
+                if runs[sd].get("status") != "ok":
+                    break
+            metrics = combine_seeds([runs[sd] for sd in seeds if sd in runs])
             with write_lock:
                 cached[name] = metrics
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(cached, indent=1, default=str))
-            self.emit(StageChanged(stage="baseline", status="finished" if res.ok else "failed",
-                                   detail=f"{name}: probe mean {metrics.get('probe_mean')}",
+            self.emit(StageChanged(stage="baseline", status="finished" if metrics.get("status") == "ok" else "failed",
+                                   detail=f"{name}: probe mean {metrics.get('probe_mean')} "
+                                          f"({metrics.get('n_seeds')} seeds)",
                                    duration_s=time.perf_counter() - t0))
 
-        todo = [n for n in names if not (n in cached and cached[n].get("status") == "ok")]
+        def complete(m: dict[str, Any]) -> bool:
+            got = {e.get("seed") for e in (m.get("seeds") or []) if e.get("status") == "ok"}
+            return m.get("status") == "ok" and set(seeds) <= got
+
+        todo = [n for n in names if not (n in cached and complete(cached[n]))]
         if self.concurrency > 1 and len(todo) > 1:  # as many at once as experiments may be in flight
             from concurrent.futures import ThreadPoolExecutor
 
@@ -600,13 +622,13 @@ class Loop:
             extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
         rec.slug = ""
         rec.__post_init__()
+        rec.reproduce = self._reproduce_info(rec)
         # the seed is judged by the same judge as every candidate (not a flat 0.5)
         seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
         verdict = self._judge_record(rec, None, base, seed_recorder)
         rec.transcript = seed_recorder.transcript
-        fitness, comps = compute_fitness(base, base, verdict)
-        comps["judge"] = verdict
-        rec.fitness, rec.fitness_components = fitness, comps
+        self._score(rec, base, verdict)
+        fitness, comps = rec.fitness, rec.fitness_components
         sha = self._commit(rec)
         self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
                                      fitness_components=comps, metrics=_summary(base), sha=sha,
@@ -918,6 +940,12 @@ class Loop:
             return self._finish(record, "failed", f"check failed: {out.error}", run_dir, t_exp)
         self.poll()
 
+        # -- 6b. successive halving: a rung-0 result that would enter the top earns more seeds
+        if record.metrics:
+            with stage("seeds") as st:
+                self._more_seeds(record, run_dir, baseline, on_line, st)
+            self.poll()
+
         # -- 7. analyse
         siblings = [store.get(c) for c in store.children(parent.id)]
         with stage("analyse") as st:
@@ -936,17 +964,99 @@ class Loop:
         with stage("judge") as st:
             verdict = self._judge_record(record, parent, baseline, recorder, st)
         with stage("score"):
-            fitness, comps = compute_fitness(record.metrics, baseline, verdict)
-            comps["judge"] = verdict
+            comps = self._score(record, baseline, verdict)
             if comps["leak_suspected"]:
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: validation loss more than 10% below the seed baseline's: suspected leak of "
                     "future tokens, not counted as a win")))
-            record.fitness = fitness
-            record.fitness_components = comps
         status = "accepted" if out.status == "ok" else "failed"
         reason = "" if out.status == "ok" else f"evaluation failed: {out.error}"
         return self._finish(record, status, reason, run_dir, t_exp)
+
+    # ------------------------------------------------------------------ seeds and promotion
+    def _seed_list(self) -> list[int]:
+        """The seeds of a design measured in full (and of the yardstick): seed, seed+1, ..."""
+        from agents.stats import design_seeds
+
+        return design_seeds(self.seed, self.n_seeds)
+
+    def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
+                    on_line: Callable[[str, str], None], st: "_Stage") -> None:
+        """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
+        multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
+        measured on several seeds, else the one-seed form (``seeds`` with one entry)."""
+        from agents.seeds import screen, screen_of
+        from agents.stats import needs_more_seeds
+
+        rung0 = dict(record.metrics)
+        rung0.setdefault("seed", self.seed)
+        seeds = [sd for sd in self._seed_list() if sd != rung0.get("seed")]
+        runs = [rung0]
+        value = screen(rung0, baseline)
+        top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
+               if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
+        if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
+            code_path = run_dir / "mixer.py"
+            for sd in seeds:
+                self.poll()
+                self.emit(LogLine(exp_id=record.id, source="loop",
+                                  line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seed {sd}"))
+                res = self.executor.evaluate(code_path, run_dir / f"eval_seed{sd}", sd, baseline,
+                                             on_line=lambda l: on_line("train", l))
+                m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
+                m.setdefault("seed", sd)
+                runs.append(m)
+        elif seeds:
+            st.fail(f"rung 0 stays at one seed (measured terms {value if value is None else round(value, 4)} "
+                    f"below the top {self.top_k_seeds})")
+        record.metrics = combine_seeds(runs)
+        record.extra["rung"] = 0 if len(runs) == 1 else 1
+
+    def _score(self, record: Any, baseline: dict[str, Any] | None, verdict: dict[str, Any] | None) -> dict[str, Any]:
+        """Fitness of ``record`` = mean of its per-seed fitness values, with the interval over
+        seeds (``fitness_interval``) and ``fitness_seeds``; components in ``fitness_components``."""
+        from agents.seeds import fitness_of
+
+        fitness, comps, interval, per_seed = fitness_of(record.metrics, baseline, verdict)
+        if fitness is None:  # no seed finished: the old single-run score of what was measured
+            fitness, comps = compute_fitness(record.metrics, baseline, verdict)
+            comps["n_seeds"] = 0
+        comps["judge"] = verdict
+        record.fitness = fitness
+        record.fitness_components = comps
+        record.fitness_interval = interval
+        record.fitness_seeds = {str(k): v for k, v in per_seed.items()}
+        return comps
+
+    def _decide_promotion(self, record: Any) -> None:
+        """The promotion rule against the current ``best`` (run in the committing thread, so
+        concurrent experiments are compared with the best that is current at their commit)."""
+        from agents.stats import promote
+
+        if record.status != "accepted" or record.fitness is None:
+            record.promotion = {"promoted": False, "outcome": "unmeasured", "rule": "", "text": "not measured",
+                                "incumbent": None}
+            return
+        inc = self.lab.store.best()
+        inc_seeds = None
+        if inc is not None:
+            inc_seeds = ({int(k): v for k, v in inc.fitness_seeds.items()} if inc.fitness_seeds
+                         else ({int(inc.seed): inc.fitness} if inc.fitness is not None else None))
+        verdict = promote({int(k): v for k, v in record.fitness_seeds.items()}, inc_seeds)
+        record.promotion = {**verdict.to_dict(), "incumbent": inc.id if inc is not None else None}
+
+    def _reproduce_info(self, record: Any) -> dict[str, Any]:
+        """``record.reproduce`` (agents.repro.environment) for an evaluated record."""
+        from agents.repro import environment
+        from agents.seeds import per_seed
+
+        limits = getattr(self.executor, "limits", None)
+        seeds = [int(e["seed"]) for e in per_seed(record.metrics) if isinstance(e.get("seed"), int)]
+        try:
+            return environment(self.scale, seeds or [self.seed], self.seed, self.lab.config,
+                               threads=getattr(limits, "threads", None))
+        except Exception as exc:  # never lose the experiment over its environment record
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     # ------------------------------------------------------------------ steps
     def _judge_record(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
@@ -1069,6 +1179,8 @@ class Loop:
 
     def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:
         record.status = status
+        if record.metrics and not record.reproduce:
+            record.reproduce = self._reproduce_info(record)
         if reason:
             record.extra["failure"] = reason
         if not record.analysis and reason:

@@ -2,7 +2,7 @@
 UI and sampling need, derived from the archive and rebuilt from it at will.
 
 Fields of a document: ``id, name, slug, tag, parent, references, status, fitness,
-fitness_components, scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
+fitness_components, fitness_interval, n_seeds, scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
 ``summary`` (the commit subject), ``problem, researcher, created, commit``. The document of
 experiment ``N`` has tinydb doc_id ``N + 1``.
 
@@ -65,6 +65,16 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def n_seeds(record: ExperimentRecord) -> int:
+    """How many seeds the record's design was evaluated on (0 when never evaluated)."""
+    if record.fitness_seeds:
+        return len(record.fitness_seeds)
+    seeds = (record.metrics or {}).get("seeds")
+    if isinstance(seeds, list) and seeds:
+        return len(seeds)
+    return 1 if record.metrics else 0
+
+
 def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
     """The index document of ``record`` committed as ``commit``."""
     return {
@@ -77,6 +87,8 @@ def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
         "status": record.status,
         "fitness": record.fitness,
         "fitness_components": record.fitness_components,
+        "fitness_interval": record.fitness_interval,
+        "n_seeds": n_seeds(record),
         "scale": record.scale,
         "metrics": metrics_summary(record.metrics),
         "summary": record.summary_line(),

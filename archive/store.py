@@ -7,9 +7,11 @@ Layout of one experiment commit (DESIGN.md, "The archive"):
 * files ``mixer.py``, ``motivation.md``, ``analysis.md``, ``metrics.json``, ``record.json``
   (the whole :class:`~archive.record.ExperimentRecord`) and ``train.log``;
 * message ``<name>: <one line>``, the motivation, then the trailers ``Experiment-Id``,
-  ``Status``, ``Fitness``, ``Parent``, ``References``, ``Researcher``, ``Scale``;
+  ``Status``, ``Fitness``, ``Parent``, ``References``, ``Researcher``, ``Scale`` (and
+  ``Promotion`` when the record carries a promotion verdict);
 * tag ``exp/<id>-<slug>`` (a lightweight tag, the commit point); ``refs/heads/main`` (HEAD)
-  follows the latest experiment and ``refs/heads/best`` the fittest accepted one.
+  follows the latest experiment and ``refs/heads/best`` the best accepted one (moved by the
+  promotion rule when the record carries its verdict, ``record.promotion``; else the fittest).
 
 Crash safety: objects are written as loose objects by gitdb's pure-Python loose-object
 database (gitpython's storage layer; temporary file, then rename), and refs with git's own lock-file protocol (``<ref>.lock``
@@ -285,7 +287,7 @@ class ArchiveStore:
             self._by_commit[sha] = record.id
             self._write_ref(MAIN_REF, sha, "main")
             _crash_point("main")
-            if _is_better(record, self._best_fitness()):
+            if _moves_best(record, self._best_fitness()):
                 self._write_ref(BEST_REF, sha, "best")
                 self._best_cache = (sha, record.fitness)
             self._loose_since_pack += 1
@@ -357,14 +359,20 @@ class ArchiveStore:
         return done
 
     def compute_best(self) -> str | None:
-        """The id of the fittest accepted experiment, read from the commits' trailers."""
+        """The id of ``best`` as the commits decided it, replayed from their trailers in id
+        order: a commit with a ``Promotion`` trailer moves ``best`` exactly when it says
+        ``promoted``; one without (made before the promotion rule) when its fitness is higher."""
         best_id, best_fit = None, None
         for e in self.entries():
             t = parse_trailers(self.message(e.commit))
             if t.get("Status") != "accepted" or t.get("Fitness") in (None, "", "none"):
                 continue
             f = float(t["Fitness"])
-            if best_fit is None or f > best_fit:
+            promo = t.get("Promotion")
+            if promo is not None:
+                if promo == "promoted":
+                    best_id, best_fit = e.id, f
+            elif best_fit is None or f > best_fit:
                 best_id, best_fit = e.id, f
         return best_id
 
@@ -453,6 +461,14 @@ def _is_better(record: ExperimentRecord, best: float | None) -> bool:
     return record.status == "accepted" and record.fitness is not None and (best is None or record.fitness > best)
 
 
+def _moves_best(record: ExperimentRecord, best: float | None) -> bool:
+    """Whether committing ``record`` moves ``best``: the promotion rule's verdict when the record
+    carries one (``record.promotion``, decided by the loop), else the higher fitness."""
+    if record.promotion and "promoted" in record.promotion:
+        return record.status == "accepted" and record.fitness is not None and bool(record.promotion["promoted"])
+    return _is_better(record, best)
+
+
 def _dump(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -509,6 +525,8 @@ def render_commit(record: ExperimentRecord, tree: str, parent: str | None) -> by
         f"Researcher: {record.researcher}",
         f"Scale: {record.scale or 'none'}",
     ]
+    if record.promotion and "promoted" in record.promotion:
+        trailers.append(f"Promotion: {'promoted' if record.promotion['promoted'] else record.promotion.get('outcome') or 'not promoted'}")
     msg = record.summary_line() + "\n\n" + (body + "\n\n" if body else "") + "\n".join(trailers) + "\n"
     return ("\n".join(lines) + "\n\n" + msg).encode("utf-8")
 
