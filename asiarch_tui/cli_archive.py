@@ -44,6 +44,11 @@ def _open(lab: Path) -> Lab:
 
 def _resolve_id(lab: Lab, ref: str) -> str:
     ref = ref.strip()
+    if ref == "best":
+        best = lab.store.best()
+        if best is None:
+            raise ArchiveError(f"{lab.path} has no best experiment yet (the loop measures the seed first)")
+        return best.id
     if ref.isdigit():
         return f"{int(ref):04d}"
     name = ref if ref.startswith("exp/") else "exp/" + ref
@@ -100,7 +105,7 @@ def status(lab: Path = LAB_OPTION,
         opened.close()
 
 
-def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."), lab: Path = LAB_OPTION,
+def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."), lab: Path = LAB_OPTION,
          code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
          as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
     """One experiment: its record, code (highlighted) and metrics."""

@@ -27,7 +27,7 @@ def _f(v: object, digits: int = 4) -> str:
 
 
 def reproduce_cmd(
-    exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."),
+    exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."),
     lab: Path = LAB_OPTION,
     seeds: int | None = typer.Option(None, "--seeds", min=1,
                                      help="Seeds to re-run (default: the recorded ones; more continue the schedule)."),
