@@ -93,16 +93,45 @@ def _tail(path: Path | None, n: int = 40) -> str:
     return "\n".join(lines[-n:])
 
 
+def killed_metrics(scale: Any, seed: int, status: str, reason: str, guards: dict[str, Any] | None,
+                   wall_s: float) -> dict[str, Any]:
+    """The metrics of an evaluation whose child was killed by a sandbox limit (nothing came
+    back): every measurement null, ``partial`` true, ``status`` ``hung`` or ``too_slow``."""
+    from training.evaluate import _empty_metrics
+    from training.scales import get_scale
+
+    m = _empty_metrics(get_scale(scale), seed)
+    m.update(status=status, stop_reason=f"{'hang guard' if status == 'hung' else 'too slow'}: the sandbox "
+             f"{reason}", partial=True, guards=guards, wall_seconds=round(float(wall_s), 2),
+             probes={k: None for k in m["probes"]} or {p.label: None for p in get_scale(scale).probes})
+    return m
+
+
 class SandboxExecutor:
     """Check and evaluate through ``training.sandbox.run_sandboxed`` at a given scale.
 
     ``scale`` is a scale name or a ``Scale`` (e.g. ``training.scales.scaled_down("probe")`` for
-    tests); ``limits`` is passed to the sandbox.
+    tests); ``limits`` is passed to the sandbox (default: derived from the guards).
+    ``guards``: the factors of the evaluation guards (``training.guards.GuardSettings`` or its
+    dict, the lab's ``[guards]``); each evaluation's limits are derived from them and from the
+    seed's metrics passed as ``baseline`` (:meth:`guards_for`).
     """
 
-    def __init__(self, scale: Any = "probe", limits: Any = None) -> None:
+    def __init__(self, scale: Any = "probe", limits: Any = None, guards: Any = None) -> None:
+        from training.guards import GuardSettings
+
         self.scale = scale
         self.limits = limits
+        self.guard_settings = GuardSettings.from_any(guards)
+
+    def guards_for(self, baseline: dict[str, Any] | None) -> Any:
+        """The ``training.guards.Guards`` of an evaluation against ``baseline`` (the seed's
+        metrics at this scale; None or partial: no efficiency cap, hang guard from the scale)."""
+        from training.guards import Guards
+        from training.scales import get_scale
+
+        s = get_scale(self.scale)
+        return Guards.relative_to(baseline, self.guard_settings, expected_s=s.expected_seconds, scale_name=s.name)
 
     def _payload(self, path: Path, as_dict: bool, **more: Any) -> dict[str, Any]:
         return {"path": str(path), "scale": scale_spec(self.scale, as_dict), **more}
@@ -128,17 +157,25 @@ class SandboxExecutor:
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
                  on_line: LineFn | None = None) -> StepResult:
-        from training.sandbox import SandboxError, run_sandboxed
+        from training.sandbox import Limits, SandboxError, run_sandboxed
 
         t0 = time.perf_counter()
+        guards = self.guards_for(baseline)
+        limits = self.limits if self.limits is not None else Limits.for_evaluation(self.scale, guards=guards)
         try:
-            res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline), run_dir,
-                                limits=self.limits, on_line=on_line)
+            res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline,
+                                                          guards=guards.to_dict()),
+                                run_dir, limits=limits, on_line=on_line)
         except SandboxError as exc:
             return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
         result = res.result if isinstance(res.result, dict) else None
         metrics = result.get("metrics", result) if result is not None else None
         metrics = metrics if isinstance(metrics, dict) and "status" in metrics else None
+        if metrics is None and res.reason and (res.reason.startswith("killed after")
+                                               or res.reason.startswith("exceeded") and "CPU time" in res.reason):
+            # the kernel-level backstop above the guards ended the child: still a guard's verdict
+            metrics = killed_metrics(self.scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
+                                     res.reason, guards.to_dict(), res.duration_s)
         ok = bool(res.ok and metrics is not None and metrics.get("status") == "ok")
         error = ""
         if not ok:

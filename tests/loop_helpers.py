@@ -111,7 +111,7 @@ def tiny_scale():
     from training.probes import probe
     from training.scales import get_scale
 
-    return replace(get_scale("probe"), time_budget_s=60.0, probes=(
+    return replace(get_scale("probe"), probes=(
         probe("mqar", vocab_size=64, seq_len=32, num_kv_pairs=4, steps=4, batch_size=8, lr=3e-3,
               eval_examples=16),))
 

@@ -47,8 +47,7 @@ from training.scales import get_scale, scaled_down  # noqa: E402
 NO_RAY = "Ray is not installed: it is the optional cluster extra (pip install 'asiarch[cluster]')"
 
 #: A tiny scale: two probes, a few steps each (the cost is mostly the child's start-up).
-TINY = scaled_down(dataclasses.replace(get_scale("probe"), probes=get_scale("probe").probes[:2]), 0.02,
-                   time_budget_s=600.0)  # generous: the machine is shared, and the budget is not what we test
+TINY = scaled_down(dataclasses.replace(get_scale("probe"), probes=get_scale("probe").probes[:2]), 0.02)
 MIXER = Path(REFERENCE_MIXERS["linear_attention"])
 
 

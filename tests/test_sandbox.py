@@ -202,13 +202,20 @@ def test_namespace_alone_has_no_network_and_a_read_only_root(tmp_path):
     assert not (tmp_path / "outside.txt").exists() and (run / "inside.txt").exists()
 
 
-def test_limits_for_evaluation_scale_with_the_budget():
+def test_limits_for_evaluation_follow_the_guards():
+    """The kernel limits sit above the guards: wall = hang guard + 60 s; CPU = 1.25 x the
+    efficiency cap + 60 s; before the seed is measured, from the scale's expected seconds."""
+    from training.guards import Guards
     from training.scales import get_scale
 
     lim = Limits.for_evaluation("probe")
-    assert lim.wall_s == 1.5 * get_scale("probe").time_budget_s + 60.0
+    assert lim.wall_s == max(600.0, 20 * get_scale("probe").expected_seconds) + 60.0
     assert lim.cpu_s > lim.wall_s and lim.threads == 2
     assert Limits.for_evaluation("explore").wall_s > lim.wall_s
+    g = Guards.relative_to({"status": "ok", "scale": "probe", "cpu_seconds": 50.0, "wall_seconds": 60.0})
+    lim = Limits.for_evaluation("probe", guards=g)
+    assert g.cpu_limit_s == 400.0 and g.wall_limit_s == 1200.0
+    assert lim.wall_s == 1260.0 and lim.cpu_s == 1.25 * 400.0 + 60.0
 
 
 def test_cancel_event_kills_the_child(tmp_path):
@@ -239,7 +246,7 @@ def test_evaluate_accepts_a_scale_as_a_dict(tmp_path):
     small = scaled_down("probe", 0.02)
     spec = json.loads(json.dumps(dataclasses.asdict(small), default=str))
     assert scale_from_spec(spec) == small and scale_from_spec("explore") == get_scale("explore")
-    assert Limits.for_evaluation(spec).wall_s == 1.5 * small.time_budget_s + 60.0
+    assert Limits.for_evaluation(spec).wall_s == max(600.0, 20 * small.expected_seconds) + 60.0
 
 
 def test_scrubbed_environment_keeps_only_the_device_assignment(monkeypatch, tmp_path):

@@ -23,7 +23,7 @@ A child that dies comes back as ``SandboxResult(ok=False, reason=...)`` with a c
 never as a hang: the parent enforces the wall time itself and kills the process group.
 
 Tasks: ``"check"`` (payload ``{"path", "scale": {...}}``; see :mod:`training.checker`) and
-``"evaluate"`` (payload ``{"path", "scale", "seed", "baseline"}``; calls
+``"evaluate"`` (payload ``{"path", "scale", "seed", "baseline", "guards"}``; calls
 ``training.evaluate.evaluate_file`` inside the child, streaming its log lines).
 """
 
@@ -78,18 +78,35 @@ class Limits:
         return asdict(self)
 
     @classmethod
-    def for_evaluation(cls, scale: Any = "explore", threads: int = 2, **overrides: Any) -> "Limits":
-        """Limits sized for the ``evaluate`` task at ``scale`` (a name, Scale or scale dict): wall time 1.5 x
-        the scale's time budget + 60 s (start-up, probes, validation), CPU time for ``threads``
-        threads over that wall time, 8 GiB of address space; ``overrides`` replace fields."""
-        if isinstance(scale, dict):
-            budget = float(scale.get("time_budget_s", 240.0))
-        else:
-            from training.scales import get_scale
+    def for_evaluation(cls, scale: Any = "explore", threads: int = 2, guards: Any = None,
+                       **overrides: Any) -> "Limits":
+        """Limits for the ``evaluate`` task at ``scale`` (a name, Scale or scale dict) under
+        ``guards`` (a ``training.guards.Guards`` or its dict; None: derived from the scale's
+        ``expected_seconds`` with the default factors, as before the seed is measured).
 
-            budget = float(get_scale(scale).time_budget_s)
-        wall = 1.5 * budget + 60.0
-        fields: dict[str, Any] = dict(wall_s=wall, cpu_s=wall * max(1, threads) + 30.0, address_space_gib=8.0,
+        The evaluation itself ends a run that trips a guard (status ``too_slow``/``hung``, with
+        its partial metrics); these kernel-enforced limits are the backstop above them: wall time
+        = the hang guard + 60 s (interpreter start-up, torch import), CPU time = 1.25 x the
+        efficiency cap + 60 s (or, without a cap, the wall limit x ``threads``), 8 GiB of address
+        space. Wall time is not a budget. ``overrides`` replace fields."""
+        from training.guards import Guards
+
+        if guards is None:
+            if isinstance(scale, dict):
+                expected = float(scale.get("expected_seconds") or 120.0)
+                name = scale.get("name")
+            else:
+                from training.scales import get_scale
+
+                s = get_scale(scale)
+                expected, name = s.expected_seconds, s.name
+            g = Guards.relative_to(None, expected_s=expected, scale_name=name)
+        else:
+            g = guards if isinstance(guards, Guards) else Guards.from_dict(guards)
+        hang = g.wall_limit_s if g.wall_limit_s is not None else 24 * 3600.0
+        wall = hang + 60.0
+        cpu = 1.25 * g.cpu_limit_s + 60.0 if g.cpu_limit_s is not None else wall * max(1, threads) + 30.0
+        fields: dict[str, Any] = dict(wall_s=wall, cpu_s=cpu, address_space_gib=8.0,
                                       threads=threads, file_size_mib=256.0)
         fields.update(overrides)
         return cls(**fields)
@@ -242,7 +259,8 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
     if task not in TASKS:
         raise SandboxError(f"unknown sandbox task {task!r}; known tasks: {', '.join(TASKS)}")
     if limits is None:
-        limits = Limits.for_evaluation(payload.get("scale", "explore")) if task == "evaluate" else Limits()
+        limits = (Limits.for_evaluation(payload.get("scale", "explore"), guards=payload.get("guards"))
+                  if task == "evaluate" else Limits())
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)

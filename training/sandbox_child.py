@@ -497,7 +497,8 @@ def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
 
     Payload: ``path``, ``scale`` (a name), optional ``scale_factor`` and ``scale_overrides``
     (a cheaper copy via ``training.scales.scaled_down``, for tests and smoke runs), ``seed``,
-    ``baseline``, ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
+    ``baseline``, ``guards`` (``training.guards.Guards`` as a dict; default: derived from the
+    baseline), ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
     by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``."""
     import training.evaluate as ev
     from training.scales import get_scale, scaled_down
@@ -518,6 +519,8 @@ def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
         emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
 
     kwargs = dict(payload.get("kwargs") or {})
+    if payload.get("guards") is not None:
+        kwargs["guards"] = payload["guards"]
     if hasattr(ev, "evaluate_class"):
         metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
                                     progress=progress, **kwargs)

@@ -42,7 +42,6 @@ class Scale:
     batch_size: int
     lm_steps: int
     lr: float
-    time_budget_s: float
     mixer_param_budget: int
     probes: tuple[ProbeSpec, ...]
     # probe models (they train from scratch on each probe task)
@@ -57,6 +56,9 @@ class Scale:
     device: str = "cpu"
     description: str = ""
     extra: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+    #: rough seconds of one evaluation of the seed on one thread; it only sizes the hang guard
+    #: before the seed has been measured (never a budget: runs do their fixed steps)
+    expected_seconds: float = 120.0
 
     @property
     def lm_tokens(self) -> int:
@@ -100,7 +102,7 @@ SCALES: dict[str, Scale] = {
     "probe": Scale(
         name="probe",
         d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
-        lm_steps=0, lr=3e-3, time_budget_s=120.0,
+        lm_steps=0, lr=3e-3, expected_seconds=90.0,
         mixer_param_budget=8 * 64 * 64,
         probes=_PROBE_SUITE,
         description="synthetic probes only (CPU, tens of seconds)",
@@ -108,7 +110,7 @@ SCALES: dict[str, Scale] = {
     "explore": Scale(
         name="explore",
         d_model=128, n_heads=4, n_layers=2, vocab_size=256, seq_len=256, batch_size=16,
-        lm_steps=300, lr=3e-3, time_budget_s=360.0,
+        lm_steps=300, lr=3e-3, expected_seconds=240.0,
         mixer_param_budget=8 * 128 * 128,
         probes=_PROBE_SUITE,
         warmup_steps=25, val_batches=8,
@@ -117,7 +119,7 @@ SCALES: dict[str, Scale] = {
     "verify": Scale(
         name="verify",
         d_model=512, n_heads=8, n_layers=8, vocab_size=256, seq_len=1024, batch_size=32,
-        lm_steps=6000, lr=1e-3, time_budget_s=4 * 3600.0,
+        lm_steps=6000, lr=1e-3, expected_seconds=4 * 3600.0,
         mixer_param_budget=8 * 512 * 512,
         probes=_VERIFY_PROBES,
         probe_d_model=128, probe_n_heads=4, probe_n_layers=2,
@@ -132,9 +134,12 @@ SCALES: dict[str, Scale] = {
 def scale_from_dict(d: dict) -> Scale:
     """Rebuild a :class:`Scale` from ``dataclasses.asdict(scale)`` (e.g. after a JSON round trip,
     as a custom scale crosses into the sandbox child)."""
+    import dataclasses
+
     from training.probes import ProbeSpec
 
-    d = dict(d)
+    known = {f.name for f in dataclasses.fields(Scale)}
+    d = {k: v for k, v in d.items() if k in known}  # e.g. the retired ``time_budget_s``
     d["probes"] = tuple(
         p if isinstance(p, ProbeSpec) else ProbeSpec(**{**p, "params": tuple(tuple(kv) for kv in p["params"])})
         for p in d.get("probes", ()))
