@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from agents import stats
 
-__all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "spread_of", "screen", "screen_of"]
+__all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "spread_of", "screen", "screen_of", "values_by_seed", "versus"]
 
 #: Per-seed values kept in ``metrics.seeds``.
 SEED_KEYS = ("seed", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
@@ -160,3 +160,22 @@ def screen_of(components: dict[str, Any] | None) -> float | None:
         return (float(c["s_loss"]) + float(c["s_score"])) / 2.0
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def values_by_seed(metrics: dict[str, Any] | None, key: str, sign: float = 1.0) -> dict[int, float]:
+    """``{seed: sign * value}`` of one metric over a design's successful seeds."""
+    out: dict[int, float] = {}
+    for i, e in enumerate(per_seed(metrics)):
+        v = e.get(key)
+        if e.get("status") == "ok" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            seed = e.get("seed")
+            out[int(seed) if isinstance(seed, int) else i] = sign * float(v)
+    return out
+
+
+def versus(metrics: dict[str, Any] | None, reference: dict[str, Any] | None, key: str,
+           higher_is_better: bool = True, what: str = "the seed") -> stats.Verdict:
+    """The promotion rule on one metric (``probe_mean``, ``val_loss``...) of a design against a
+    reference design (the seed's metrics), seed by seed."""
+    sign = 1.0 if higher_is_better else -1.0
+    return stats.promote(values_by_seed(metrics, key, sign), values_by_seed(reference, key, sign), what=what)

@@ -445,8 +445,19 @@ class ArchiveStore:
         for e in self.entries():
             yield self.get(e.id)
 
+    def best_id(self) -> str | None:
+        """The id of ``refs/heads/best`` (no record read), or None."""
+        sha = self._read_ref(BEST_REF)
+        if sha is None:
+            return None
+        exp_id = self._by_commit.get(sha)
+        if exp_id is None:
+            self.refresh()
+            exp_id = self._by_commit.get(sha)
+        return exp_id
+
     def best(self) -> ExperimentRecord | None:
-        """The fittest accepted experiment (``refs/heads/best``), or None."""
+        """The best accepted experiment (``refs/heads/best``), or None."""
         sha = self._read_ref(BEST_REF)
         if sha is None:
             return None
