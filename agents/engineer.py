@@ -254,7 +254,8 @@ class Decision:
 
 @dataclass
 class DevelopOutcome:
-    """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | rejected``),
+    """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | too_slow |
+    rejected``; ``too_slow``: the evaluation tripped the efficiency guard),
     the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
     ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``."""
 
@@ -343,9 +344,11 @@ class Engineer:
                     if out.rounds:
                         out.rounds[-1]["passed"] = True
                     return out
-                # a run stopped by the monitor (too slow, diverging, leak) is a result, not a bug
-                if ev.metrics is not None and ev.metrics.get("status") == "stopped":
-                    out.status, out.error = "eval_failed", ev.error
+                # a run stopped by the monitor (diverging, leak) or a guard (too slow, hung) is a
+                # result about the design, not a bug for the debugger
+                if ev.metrics is not None and ev.metrics.get("status") in ("stopped", "too_slow", "hung"):
+                    out.status = "too_slow" if ev.metrics.get("status") == "too_slow" else "eval_failed"
+                    out.error = ev.error
                     return out
                 failure = ("evaluate", ev.error, ev.log_tail)
             stage, error, log_tail = failure

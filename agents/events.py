@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator
 __all__ = [
     "Event",
     "ExperimentStarted",
+    "BaselineProgress",
     "StageChanged",
     "LogLine",
     "AgentMessage",
@@ -168,6 +169,24 @@ class Warning(Event):  # noqa: A001 - the event's name is fixed by the design
     source: str = ""
 
 
+@dataclass(kw_only=True)
+class BaselineProgress(Event):
+    """A reference baseline is being measured (``status="started"``) or was (``"finished"``).
+
+    ``seed``: it is the seed (DeltaNet), the yardstick experiments wait for; otherwise one of
+    the comparisons, ``index`` of ``total`` (e.g. 2 of 5), measured between experiments.
+    ``result``: the metrics' status when finished (``ok``, ``too_slow``...)."""
+
+    kind: ClassVar[str] = "BaselineProgress"
+    name: str = ""
+    status: str = "started"
+    seed: bool = False
+    index: int = 0
+    total: int = 0
+    result: str = ""
+    detail: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -180,6 +199,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ExperimentFinished,
         LoopStateChanged,
         Warning,
+        BaselineProgress,
     )
 }
 

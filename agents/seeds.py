@@ -91,6 +91,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
             probes[name] = s["mean"]
     out["probes"] = probes
     bad = [r for r in runs if r.get("status") != "ok"]
+    # one incomplete seed makes the design's measurement incomplete (no yardstick, no fitness)
+    out["partial"] = any(bool(r.get("partial")) or r.get("status") != "ok" for r in runs)
     if bad:
         out["status"] = bad[0].get("status")
         out["stop_reason"] = bad[0].get("stop_reason")

@@ -20,7 +20,7 @@ CONFIG_NAME = "asiarch.toml"
 ROLES = ("researcher", "analyst", "judge", "debugger")
 BACKENDS = ("builtin", "ollama", "openai")
 MODES = ("autonomous", "supervised")
-SCALES = ("probe", "explore", "verify")
+SCALES = ("demo", "probe", "explore", "verify")
 EXECUTORS = ("local", "ray")
 EMBEDDING_BACKENDS = ("fastembed", "ollama")
 
@@ -97,6 +97,16 @@ class EmbeddingConfig:
 
 
 @dataclass
+class GuardsConfig:
+    """[guards]: when an evaluation is ended early (training.guards; wall time is no budget)."""
+
+    cpu_factor: float = 8.0
+    wall_factor: float = 20.0
+    min_wall_s: float = 600.0
+    min_cpu_s: float = 10.0
+
+
+@dataclass
 class LabConfig:
     """Every setting of a lab (the parsed ``asiarch.toml``)."""
 
@@ -106,6 +116,7 @@ class LabConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, section by section."""
@@ -157,6 +168,9 @@ class LabConfig:
             raise bad("embedding.backend", f"is {self.embedding.backend!r}; it must be one of {', '.join(EMBEDDING_BACKENDS)}")
         if not self.embedding.model.strip():
             raise bad("embedding.model", "is empty")
+        for key in ("cpu_factor", "wall_factor", "min_wall_s", "min_cpu_s"):
+            if getattr(self.guards, key) < 0:
+                raise bad(f"guards.{key}", "must be 0 or more")
 
 
 _SECTIONS = {
@@ -166,6 +180,7 @@ _SECTIONS = {
     "executor": ExecutorConfig,
     "data": DataConfig,
     "embedding": EmbeddingConfig,
+    "guards": GuardsConfig,
 }
 
 
@@ -266,8 +281,10 @@ openai_base_url = {llm.openai_base_url}
 # "autonomous" runs experiments back to back; "supervised" waits for approve / reject / edit
 # of each checked proposal before it is evaluated.
 mode = {loop.mode}
-# Evaluation scale: "probe" (synthetic tasks, seconds), "explore" (probes plus byte-level LM
-# training, minutes on CPU), "verify" (GPU, larger models and lm-eval tasks).
+# Evaluation scale: "demo" (a reduced probe suite, under a minute per experiment on CPU; the
+# default of a new lab), "probe" (the full synthetic probe suite, about a minute of CPU time),
+# "explore" (probes plus byte-level LM training, minutes on CPU), "verify" (GPU, larger models
+# and lm-eval tasks). Every scale does a fixed amount of work: wall time is never a budget.
 scale = {loop.scale}
 # Stop after this many experiments (0 = no limit).
 experiments = {loop.experiments}
@@ -324,6 +341,17 @@ backend = {embedding.backend}
 # Model: for fastembed, "all-MiniLM-L6-v2" (shipped by the installer); for ollama, the
 # model name (e.g. "nomic-embed-text"). Changing it rebuilds the novelty index.
 model = {embedding.model}
+
+[guards]
+# Evaluations run a fixed number of steps; two guards may end one early, keeping the metrics
+# reached so far (marked partial; a partial run gets no fitness).
+# too_slow: the evaluation used more than cpu_factor x the seed's CPU seconds at this scale (and
+# more than min_cpu_s). CPU seconds hardly change when the machine is busy. 0 = no cap.
+cpu_factor = {guards.cpu_factor}
+min_cpu_s = {guards.min_cpu_s}
+# hung: more than max(min_wall_s, wall_factor x the seed's wall seconds) of wall time passed.
+wall_factor = {guards.wall_factor}
+min_wall_s = {guards.min_wall_s}
 """
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The statuses an experiment can have; all of them are committed, so nothing tried is lost.
-STATUSES = ("accepted", "failed", "rejected")
+#: ``too_slow``: evaluated, but over the efficiency cap (a finding about the design's cost).
+STATUSES = ("accepted", "failed", "rejected", "too_slow")
 
 #: The seed experiment's id.
 SEED_ID = "0000"
@@ -48,7 +49,10 @@ class ExperimentRecord:
 
     ``metrics`` is the evaluation dict of ``training.evaluate.evaluate_file`` (empty when the
     experiment was never evaluated, e.g. the seed of a new lab before the loop first measures
-    it, or a proposal rejected before evaluation); ``fitness`` is then ``None``.
+    it, or a proposal rejected before evaluation); ``fitness`` is then ``None``. Fitness is
+    derived data: ``yardstick`` is the version (a hash of the seed's metrics and scale) it was
+    computed against, and ``archive.scores`` holds re-scored values when the yardstick changed.
+    Failed, too_slow and rejected experiments, and partial metrics, have no fitness (None).
     """
 
     id: str
@@ -64,6 +68,7 @@ class ExperimentRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     fitness: float | None = None
     fitness_components: dict[str, Any] = field(default_factory=dict)
+    yardstick: str = ""
     scale: str = ""
     researcher: str = "builtin"
     created: str = field(default_factory=utc_now)
@@ -163,8 +168,9 @@ class ExperimentRecord:
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The few metrics the UI lists and sampling uses (a small dict, all JSON scalars)."""
-    keys = ("val_loss", "val_bpb", "train_loss", "probe_mean", "tokens_per_s", "train_seconds",
-            "params", "mixer_params", "status", "stop_reason", "n_seeds")
+    keys = ("val_loss", "val_bpb", "train_loss", "probe_mean", "probe_mean_partial", "probes_done",
+            "probes_total", "partial", "tokens_per_s", "train_seconds", "cpu_seconds", "wall_seconds",
+            "throughput_vs_seed", "params", "mixer_params", "status", "stop_reason", "n_seeds")
     out = {k: metrics[k] for k in keys if k in metrics and _scalar(metrics[k])}
     probes = metrics.get("probes")
     if isinstance(probes, dict):

@@ -165,16 +165,38 @@ def _fmt(v: object) -> str:
 
 
 def reindex(lab: Path = LAB_OPTION,
-            novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation).")) -> None:
-    """Rebuild index.json (and novelty.hnsw) from the archive."""
+            novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation)."),
+            scale: Optional[str] = typer.Option(None, "--scale", help="Re-score against the seed measured at this scale "
+                                                "(default: the lab's configured scale).")) -> None:
+    """Rebuild index.json (and novelty.hnsw) from the archive, and re-score every experiment
+    from its stored metrics against the current yardstick (the seed's measurement at the lab's
+    scale), moving the best tag accordingly. Without a yardstick every fitness becomes null."""
+    from agents.yardstick import rescore_lab
+    from training.scales import SCALES
+
     with user_errors(*_ERRORS):
+        if scale is not None and scale not in SCALES:
+            err_console.print(f"[bold red]error:[/] unknown scale {escape(scale)!s}; choose one of: {', '.join(SCALES)}")
+            raise typer.Exit(2)
         opened = _open(lab)
-        out = opened.reindex(novelty=novelty)
-        msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
-        if novelty:
-            msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
-        console.print(f"[green]rebuilt[/] {msg}")
-        opened.close()
+        try:
+            out = opened.reindex(novelty=novelty)
+            msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
+            if novelty:
+                msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
+            console.print(Text.assemble(("rebuilt ", "green"), msg))
+            rep = rescore_lab(opened, scale)
+            if rep["yardstick"] is None:
+                console.print(Text(f"no yardstick: {rep['reason']}; {rep['rescored']} experiments have no fitness "
+                                   "until the seed is measured (asiarch-tui baselines LAB)", style="yellow"))
+            else:
+                moved = (f"; best moved {rep['best_before']} -> {rep['best']}" if rep["best_moved"]
+                         else f"; best {rep['best'] or 'none'}")
+                console.print(Text(f"re-scored {rep['scored']} experiments against yardstick {rep['yardstick']} "
+                                   f"({rep['unscored']} without fitness: failed, too slow, rejected, partial or "
+                                   f"unmeasured; {len(rep['changed'])} changed){moved}"))
+        finally:
+            opened.close()
 
 
 def log(lab: Path = LAB_OPTION,

@@ -42,7 +42,7 @@ FIGURES = {
 }
 
 TOP_N = 10
-_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a"}
+_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5"}
 
 
 @dataclass
@@ -163,6 +163,13 @@ def collect(lab: Any) -> ReportData:
     from archive.record import SEED_ID
 
     records = sorted(lab.store.all(), key=lambda r: int(r.id))
+    scores = getattr(lab, "scores", None)
+    for r in records:  # fitness is derived: the re-scored figures where the yardstick changed
+        s = scores.get(r.id) if scores is not None else None
+        if s is not None:
+            r.fitness, r.fitness_components = s.get("fitness"), s.get("fitness_components") or {}
+        if r.status != "accepted":  # failed / too_slow / rejected have no fitness (older archives: 0.48)
+            r.fitness = None
     scales = Counter(r.scale for r in records if r.metrics and r.scale)
     scale = scales.most_common(1)[0][0] if scales else str(lab.config.loop.scale)
     baselines, bfile = _load_baselines(Path(lab.path), scale)
@@ -216,21 +223,24 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
     """The discovery curve: fitness per experiment, best so far, cumulative count above the seed."""
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
-    recs = [r for r in data.records if r.status != "accepted" or _num(r.fitness)]
+    recs = [r for r in data.records if r.status != "accepted" or _num(r.fitness) or r.metrics]
     if not data.scored:
         _empty(ax, "no measured experiment yet")
         _empty(ax2, "")
     else:
         order = {r.id: i for i, r in enumerate(recs)}
-        for status in ("accepted", "failed", "rejected"):
-            pts = [(order[r.id], float(r.fitness)) for r in recs if r.status == status and _num(r.fitness)]
-            if pts:
-                ax.scatter(*zip(*pts), s=18, alpha=0.65, color=_STATUS_COLOURS[status], label=f"{status} ({len(pts)})",
-                           zorder=3)
-        unscored = [order[r.id] for r in recs if not _num(r.fitness)]
-        if unscored:
-            ax.scatter(unscored, [0.0] * len(unscored), marker="|", s=60, color="#999999",
-                       label=f"not scored ({len(unscored)})", zorder=2)
+        pts = [(order[r.id], float(r.fitness)) for r in recs if r.status == "accepted" and _num(r.fitness)]
+        if pts:
+            ax.scatter(*zip(*pts), s=18, alpha=0.65, color=_STATUS_COLOURS["accepted"], label=f"accepted ({len(pts)})",
+                       zorder=3)
+        # experiments without a fitness (failed, too slow, rejected, unmeasured) are no points of
+        # the fitness line: ticks in the lower panel, by status
+        for status in ("failed", "too_slow", "rejected", "accepted"):
+            ticks = [order[r.id] for r in recs if r.status == status and not _num(r.fitness)]
+            if ticks:
+                ax2.scatter(ticks, [0.0] * len(ticks), marker="|", s=80, color=_STATUS_COLOURS.get(status, "#999999"),
+                            label=f"{'unmeasured' if status == 'accepted' else status}, no fitness ({len(ticks)})",
+                            zorder=3)
         xs, best_line, new_best = [], [], []
         best_id = None
         for r, b in zip(recs, _best_over_time(recs)):
@@ -260,6 +270,8 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
         ax2.fill_between(xs, cum, step="post", alpha=0.35, color="#2a9d8f")
         ax2.step(xs, cum, where="post", color="#2a9d8f")
         ax2.set_ylabel("cumulative\nbeating the seed")
+        if ax2.get_legend_handles_labels()[0]:
+            ax2.legend(loc="upper left", fontsize=7, ncol=4)
         ax2.set_xlabel("experiment (in order of creation)")
         ax2.grid(alpha=0.3)
     ax.set_title(f"Discovery curve ({len(data.records)} experiments, scale {data.scale})")

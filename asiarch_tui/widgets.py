@@ -23,7 +23,7 @@ from textual.widgets import (
 )
 from textual_plotext import PlotextPlot
 
-STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "running": "cyan"}
+STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta", "running": "cyan"}
 
 
 def fmt_fitness(value: float | None) -> str:
@@ -162,6 +162,9 @@ class ExperimentTabs(Vertical):
         if rec is None:
             return
         title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness_spread(rec)}"
+        unscored = (rec.get("fitness_components") or {}).get("unscored")
+        if rec.get("fitness") is None and unscored:
+            title += f" (not scored: {unscored})"
         iv = rec.get("fitness_interval")
         if iv:
             title += f" · 90% interval [{iv[0]:.3f}, {iv[1]:.3f}]"
@@ -195,8 +198,12 @@ class ExperimentTabs(Vertical):
 
 def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (key, label) rows of the metrics table: losses, speed, then each probe."""
-    rows = [("val_bpb", "val bits/byte"), ("val_loss", "val loss"), ("probe_mean", "probe mean"),
-            ("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s")]
+    rows = [("val_bpb", "val bits/byte"), ("val_loss", "val loss"), ("probe_mean", "probe mean")]
+    if metrics.get("partial"):  # a run a guard (or the monitor) ended: the partial mean, labelled
+        rows += [("probe_mean_partial", "probe mean (partial)"), ("probes_done", "probes done"),
+                 ("stop_reason", "stopped by")]
+    rows += [("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s"),
+             ("cpu_seconds", "CPU s"), ("wall_seconds", "wall s"), ("throughput_vs_seed", "throughput vs seed")]
     rows += [(f"probes.{p}", f"probe {p}") for p in sorted((metrics.get("probes") or {}).keys())]
     return rows
 
@@ -305,7 +312,7 @@ class StatusBar(Static):
         super().__init__("", **kwargs)
         self.values: dict[str, Any] = {"mode": "autonomous", "state": "idle", "done": 0, "best": None,
                                        "llm": "builtin", "llm_ok": True, "started": time.monotonic(),
-                                       "frozen_elapsed": None}
+                                       "frozen_elapsed": None, "baselines": ""}
 
     def set(self, **values: Any) -> None:
         """Update some fields and re-render."""
@@ -322,6 +329,8 @@ class StatusBar(Static):
         t = Text()
         t.append(f" {v['mode']} ", style="bold reverse")
         t.append(f"  {v['state']}", style=f"bold {state_style}")
+        if v.get("baselines"):  # "measuring the seed" / "measuring baselines 2/5"
+            t.append(f"  {v['baselines']}", style="bold cyan")
         t.append(f"  · {v['done']} done · best {fmt_fitness(v['best'])} · {h:d}:{m:02d}:{s:02d}")
         t.append(f" · llm {v['llm']} ")
         t.append("●" if v["llm_ok"] else "○ unreachable", style="green" if v["llm_ok"] else "red")

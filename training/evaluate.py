@@ -225,7 +225,7 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
             if res.status != "ok":
                 accs[spec.label] = None
                 if res.status in GUARD_STATUSES:
-                    raise _GuardStop(res.status, f"{spec.label} probe: {res.stop_reason}")
+                    raise _GuardStop(res.status, str(res.stop_reason))  # names the probe already
                 m["status"], m["stop_reason"] = "stopped", f"{spec.label} probe: {res.stop_reason}"
                 break
             x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
@@ -262,7 +262,7 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
             m["lm_tokens"] = res.tokens
             m["loss_curve"] = _downsample(res.loss_curve)
             if res.status in GUARD_STATUSES:
-                raise _GuardStop(res.status, f"language model: {res.stop_reason}")
+                raise _GuardStop(res.status, str(res.stop_reason))
             if res.status != "ok":
                 m["status"], m["stop_reason"] = "stopped", f"language model: {res.stop_reason}"
             else:

@@ -98,7 +98,24 @@ _VERIFY_PROBES = (
           eval_examples=1024),
 )
 
+# The demo suite: the two probes that separate the delta rule from plain linear attention most
+# (noisy and fuzzy recall), at 120 steps each.
+_DEMO_SUITE = (
+    probe("noisy_recall", vocab_size=64, seq_len=64, num_keys=8, noise_vocab=16, frac_noise=0.2,
+          steps=120, batch_size=32, lr=1e-2),
+    probe("fuzzy_recall", vocab_size=16, seq_len=64, num_keys=6, key_len=2, value_len=2,
+          steps=120, batch_size=32, lr=1e-2),
+)
+
 SCALES: dict[str, Scale] = {
+    "demo": Scale(
+        name="demo",
+        d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
+        lm_steps=0, lr=3e-3, expected_seconds=30.0,
+        mixer_param_budget=8 * 64 * 64,
+        probes=_DEMO_SUITE,
+        description="two recall probes (CPU, under a minute per experiment; the default of a new lab)",
+    ),
     "probe": Scale(
         name="probe",
         d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
