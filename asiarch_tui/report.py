@@ -168,6 +168,12 @@ def collect(lab: Any) -> ReportData:
         s = scores.get(r.id) if scores is not None else None
         if s is not None:
             r.fitness, r.fitness_components = s.get("fitness"), s.get("fitness_components") or {}
+            if "fitness_interval" in r.fitness_components:  # per-seed figures re-scored too
+                r.fitness_interval = r.fitness_components.get("fitness_interval")
+                r.fitness_seeds = dict(r.fitness_components.get("fitness_seeds") or {})
+            if "promotion" in r.fitness_components:
+                r.promotion = {**(r.promotion or {}), "outcome": r.fitness_components.get("promotion"),
+                               "promoted": r.fitness_components.get("promotion") == "promoted"}
         if r.status != "accepted":  # failed / too_slow / rejected have no fitness (older archives: 0.48)
             r.fitness = None
     scales = Counter(r.scale for r in records if r.metrics and r.scale)

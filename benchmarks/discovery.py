@@ -95,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from agents.seeds import per_seed, versus
     from agents.stats import promote
-    from archive.index import make_doc
     from archive.lineage import best_over_time
 
     seed_rec = next((r for r in recs if (r.extra or {}).get("measures") == "0000"), None)
     seed_fit = seed_rec.fitness if seed_rec is not None else None
     # best over time as the archive decided it (promotion rule), plotted at its lower bound; it
     # starts at the measured seed, so the curve shows what the search added to it
-    timeline = {d["id"]: d for d in best_over_time([make_doc(r, "") for r in recs])}
+    timeline = {d["id"]: d for d in best_over_time(lab.index.all())}  # re-scored figures
     best_curve = [timeline[r.id]["lower"] for r in exps]
     fits = [r.fitness if r.status == "accepted" else None for r in exps]
     print(f"seed (DeltaNet) fitness: {seed_fit} interval {seed_rec.fitness_interval if seed_rec else None}")

@@ -149,3 +149,42 @@ def test_loop_measures_the_top_on_three_seeds_and_promotes_by_the_rule(tmp_path)
     multi = {r.id for r in recs.values() if len(per_seed(r.metrics)) >= 2}
     assert all(r.parent in multi | {"0000"} for r in cands)
     assert all(r.reproduce.get("seeds") for r in cands)
+
+
+def test_rescore_replays_the_promotion_rule(tmp_path):
+    """A re-score (new yardstick) decides best again by the promotion rule, not the highest mean."""
+    import json
+
+    from agents.yardstick import lab_yardstick, rescore_lab, score
+
+    lab = make_lab(tmp_path / "lab")
+
+    def metrics(pms):
+        return combine([dict(_run(s, pm), scale="probe", partial=False) for s, pm in enumerate(pms)])
+
+    def write_seed(pm):
+        (lab.path / "baselines").mkdir(exist_ok=True)
+        (lab.path / "baselines" / "probe.json").write_text(json.dumps({"deltanet": metrics([pm, pm + 0.01, pm - 0.01])}))
+
+    write_seed(0.30)
+    ys, _ = lab_yardstick(lab.path, "probe")
+    designs = {"0001": [0.31, 0.32, 0.30], "0002": [0.33, 0.29, 0.31], "0003": [0.36]}  # 0003: one seed
+    for exp_id, pms in designs.items():
+        rec = ExperimentRecord(id=exp_id, name=f"d{exp_id}", parent="0000", metrics=metrics(pms), scale="probe",
+                               motivation=f"design {exp_id}")
+        rec.fitness, rec.fitness_components = score(rec.metrics, None, ys)
+        rec.fitness_interval = rec.fitness_components["fitness_interval"]
+        rec.fitness_seeds = rec.fitness_components["fitness_seeds"]
+        rec.promotion = {"promoted": exp_id == "0001", "outcome": "promoted" if exp_id == "0001" else "tied"}
+        lab.commit(rec, novelty=False)
+    assert lab.store.best_id() == "0001"
+    write_seed(0.20)  # the seed re-measured lower: everything re-scored
+    rep = rescore_lab(lab, "probe")
+    assert rep["best"] == lab.store.best_id()
+    # the one-seed design has the highest mean but is never promoted
+    assert lab.scores.get("0003")["fitness_components"]["promotion"] == "single_seed"
+    assert lab.store.best_id() in ("0001", "0002")
+    assert lab.index.get("0003")["promotion"] == "single_seed"
+    assert lab.index.get("0001")["fitness_interval"] is not None
+    assert lab.store.compute_best() == lab.store.best_id()  # recovery agrees with the re-score
+    lab.close()
