@@ -146,6 +146,9 @@ class ExperimentFinished(Event):
     sha: str | None = None
     duration_s: float | None = None
     reason: str = ""
+    #: the promotion rule's outcome at the commit (``promoted``, ``tied``, ``below``,
+    #: ``single_seed``, ``unmeasured``; empty when not decided)
+    promotion: str = ""
 
 
 @dataclass(kw_only=True)

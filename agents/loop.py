@@ -724,7 +724,8 @@ class Loop:
         sha = self._commit(rec)
         self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
                                      fitness_components=comps, metrics=_summary(base), sha=sha,
-                                     reason="seed measured"))
+                                     reason="seed measured",
+                                     promotion=str((rec.promotion or {}).get("outcome") or "")))
 
     # ------------------------------------------------------------------ the loop
     def budget_left(self) -> bool:
@@ -1322,7 +1323,8 @@ class Loop:
         self.emit(ExperimentFinished(exp_id=record.id, name=record.name, status=status, fitness=record.fitness,
                                      fitness_components=record.fitness_components,
                                      metrics=_summary(record.metrics), sha=sha,
-                                     duration_s=time.perf_counter() - t_exp, reason=reason))
+                                     duration_s=time.perf_counter() - t_exp, reason=reason,
+                                     promotion=str((record.promotion or {}).get("outcome") or "")))
         return record
 
 
