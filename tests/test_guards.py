@@ -118,3 +118,22 @@ def test_probe_evaluation_holds_still_beside_two_busy_loops():
     assert m["status"] == "ok", m["stop_reason"]
     assert all(v is not None for v in m["probes"].values()) and m["probes_done"] == len(scale.probes)
     assert m["probe_mean"] is not None and m["partial"] is False
+
+
+def test_sandboxed_evaluation_carries_the_guards_and_comes_back_too_slow(tmp_path):
+    """Through the real sandbox: the executor derives the cap from the seed's metrics and the
+    guard settings, the child applies it, the partial metrics come back as too_slow."""
+    from pathlib import Path
+
+    from agents.engineer import SandboxExecutor
+    from training.mixers import REFERENCE_MIXERS
+
+    scale = tiny_scale("probe", probe_steps=400)
+    ex = SandboxExecutor(scale, guards=GuardSettings(cpu_factor=1.0, min_cpu_s=0.0))
+    seed = {"status": "ok", "scale": scale.name, "cpu_seconds": 0.5, "wall_seconds": 1.0, "partial": False}
+    res = ex.evaluate(Path(REFERENCE_MIXERS["deltanet"]), tmp_path / "run", 0, seed)
+    assert not res.ok and res.metrics is not None, res.error
+    m = res.metrics
+    assert m["status"] == "too_slow" and m["partial"] is True and m["guards"]["cpu_limit_s"] == 0.5
+    assert m["steps_done"] < m["steps_planned"] and m["probe_mean"] is None
+    assert "too slow" in res.error

@@ -210,7 +210,7 @@ def test_limits_for_evaluation_follow_the_guards():
 
     lim = Limits.for_evaluation("probe")
     assert lim.wall_s == max(600.0, 20 * get_scale("probe").expected_seconds) + 60.0
-    assert lim.cpu_s > lim.wall_s and lim.threads == 2
+    assert lim.cpu_s > lim.wall_s and lim.threads == 1
     assert Limits.for_evaluation("explore").wall_s > lim.wall_s
     g = Guards.relative_to({"status": "ok", "scale": "probe", "cpu_seconds": 50.0, "wall_seconds": 60.0})
     lim = Limits.for_evaluation("probe", guards=g)

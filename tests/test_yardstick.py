@@ -241,3 +241,44 @@ def test_baselines_lab_cli_measures_seed_then_pending(tmp_path: Path, monkeypatc
     lab = Lab.open(tmp_path / "lab")
     assert any(r.extra.get("measures") == "0000" for r in lab.store.all())  # the seed record measured
     lab.close()
+
+
+class SlowDesigns(FakeExecutor):
+    """The seed and baselines are fine; every experiment trips the efficiency guard."""
+
+    def evaluate(self, path, run_dir, seed, baseline, on_line=None):
+        if "baselines" in Path(run_dir).parts:
+            return super().evaluate(path, run_dir, seed, baseline, on_line)
+        m = {"scale": "probe", "seed": seed, "status": "too_slow", "partial": True,
+             "probes": {"mqar": 0.9, "noisy_recall": None}, "probe_mean": None, "probe_mean_partial": 0.9,
+             "probes_done": 1, "probes_total": 2, "stop_reason": "too slow: 401 CPU s exceeds 400 CPU s",
+             "throughput_vs_seed": 0.06, "val_loss": None, "cpu_seconds": 401.0}
+        return StepResult(False, [], m, error=m["stop_reason"])
+
+
+def test_a_too_slow_design_is_committed_as_such_without_fitness(tmp_path: Path):
+    lab = make_lab(tmp_path / "lab")
+    loop = Loop(lab, llm="builtin", executor=SlowDesigns(), experiments=1, baselines=("deltanet",))
+    events = []
+    loop.subscribe(events.append)
+    loop.run()
+    done = [e for e in events if isinstance(e, ExperimentFinished) and e.reason != "seed measured"]
+    assert len(done) == 1 and done[0].status == "too_slow" and done[0].fitness is None
+    assert "throughput 0.06x the seed's" in done[0].reason
+    rec = lab.store.get(done[0].exp_id)
+    assert rec.status == "too_slow" and rec.fitness is None and rec.metrics["partial"] is True
+    assert "status too_slow" in rec.fitness_components["unscored"]
+    assert lab.store.best().id != rec.id
+    lab.close()
+
+
+def test_status_bar_says_measuring_baselines():
+    from asiarch_tui.app import baseline_status
+    from asiarch_tui.widgets import StatusBar
+
+    assert baseline_status(BaselineProgress(name="deltanet", seed=True)) == "measuring the seed (experiments wait)"
+    assert baseline_status(BaselineProgress(name="gla", index=2, total=5)) == "measuring baselines 2/5"
+    assert baseline_status(BaselineProgress(name="gla", index=2, total=5, status="finished")) == ""
+    bar = StatusBar()
+    bar.values.update(baselines="measuring baselines 2/5")
+    assert "measuring baselines 2/5" in bar.render_status().plain

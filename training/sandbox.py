@@ -78,7 +78,7 @@ class Limits:
         return asdict(self)
 
     @classmethod
-    def for_evaluation(cls, scale: Any = "explore", threads: int = 2, guards: Any = None,
+    def for_evaluation(cls, scale: Any = "explore", threads: int = 1, guards: Any = None,
                        **overrides: Any) -> "Limits":
         """Limits for the ``evaluate`` task at ``scale`` (a name, Scale or scale dict) under
         ``guards`` (a ``training.guards.Guards`` or its dict; None: derived from the scale's
@@ -88,7 +88,9 @@ class Limits:
         its partial metrics); these kernel-enforced limits are the backstop above them: wall time
         = the hang guard + 60 s (interpreter start-up, torch import), CPU time = 1.25 x the
         efficiency cap + 60 s (or, without a cap, the wall limit x ``threads``), 8 GiB of address
-        space. Wall time is not a budget. ``overrides`` replace fields."""
+        space. Wall time is not a budget. One thread by default: CPU seconds then stay comparable
+        however busy the machine is (oversubscribed intra-op threads spin and burn CPU time), and
+        on a shared CPU one thread is faster than contended ones. ``overrides`` replace fields."""
         from training.guards import Guards
 
         if guards is None:

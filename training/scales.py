@@ -56,8 +56,10 @@ class Scale:
     device: str = "cpu"
     description: str = ""
     extra: tuple[tuple[str, object], ...] = field(default_factory=tuple)
-    #: rough seconds of one evaluation of the seed on one thread; it only sizes the hang guard
-    #: before the seed has been measured (never a budget: runs do their fixed steps)
+    #: rough wall seconds of one evaluation of the seed on one thread of a busy machine; it only
+    #: sizes the hang guard before the seed has been measured (``max(min_wall_s, wall_factor x
+    #: this)``: generous, since a shared CPU can be 10-20x slower than an idle one). Never a
+    #: budget: runs do their fixed steps.
     expected_seconds: float = 120.0
 
     @property
@@ -111,7 +113,7 @@ SCALES: dict[str, Scale] = {
     "demo": Scale(
         name="demo",
         d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
-        lm_steps=0, lr=3e-3, expected_seconds=30.0,
+        lm_steps=0, lr=3e-3, expected_seconds=90.0,
         mixer_param_budget=8 * 64 * 64,
         probes=_DEMO_SUITE,
         description="two recall probes (CPU, under a minute per experiment; the default of a new lab)",
@@ -119,7 +121,7 @@ SCALES: dict[str, Scale] = {
     "probe": Scale(
         name="probe",
         d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=16,
-        lm_steps=0, lr=3e-3, expected_seconds=90.0,
+        lm_steps=0, lr=3e-3, expected_seconds=180.0,
         mixer_param_budget=8 * 64 * 64,
         probes=_PROBE_SUITE,
         description="synthetic probes only (CPU, tens of seconds)",
@@ -127,7 +129,7 @@ SCALES: dict[str, Scale] = {
     "explore": Scale(
         name="explore",
         d_model=128, n_heads=4, n_layers=2, vocab_size=256, seq_len=256, batch_size=16,
-        lm_steps=300, lr=3e-3, expected_seconds=240.0,
+        lm_steps=300, lr=3e-3, expected_seconds=480.0,
         mixer_param_budget=8 * 128 * 128,
         probes=_PROBE_SUITE,
         warmup_steps=25, val_batches=8,
