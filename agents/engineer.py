@@ -60,14 +60,29 @@ class StepResult:
 class Executor(Protocol):
     """Runs checks and evaluations of a mixer file (in a sandbox)."""
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
-        """Static and dynamic checks of the file at ``path``."""
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """Static and dynamic checks of the file at ``path``. ``trusted``: the project's own code
+        (may run without the OS sandbox where it is unavailable)."""
         ...
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
-        """The evaluation ladder at the executor's scale."""
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """The evaluation ladder at the executor's scale (``trusted`` as for :meth:`check`)."""
         ...
+
+
+def with_trust(fn: Callable[..., Any], *args: Any, trusted: bool = False, **kwargs: Any) -> Any:
+    """Call an executor's ``check``/``evaluate`` passing ``trusted`` when it accepts it (an older
+    or test executor without the keyword treats every file alike)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "trusted" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs["trusted"] = trusted
+    return fn(*args, **kwargs)
 
 
 def scale_spec(scale: Any, as_dict: bool = False) -> Any:
@@ -111,18 +126,33 @@ class SandboxExecutor:
     """Check and evaluate through ``training.sandbox.run_sandboxed`` at a given scale.
 
     ``scale`` is a scale name or a ``Scale`` (e.g. ``training.scales.scaled_down("probe")`` for
-    tests); ``limits`` is passed to the sandbox (default: derived from the guards).
-    ``guards``: the factors of the evaluation guards (``training.guards.GuardSettings`` or its
-    dict, the lab's ``[guards]``); each evaluation's limits are derived from them and from the
-    seed's metrics passed as ``baseline`` (:meth:`guards_for`).
+    tests); ``limits`` is passed to the sandbox (default: ``Limits()`` for checks, derived from
+    the guards for evaluations). ``guards``: the factors of the evaluation guards
+    (``training.guards.GuardSettings`` or its dict, the lab's ``[guards]``); each evaluation's
+    limits are derived from them and from the seed's metrics passed as ``baseline``
+    (:meth:`guards_for`). ``unsafe_no_sandbox``: where bubblewrap is unavailable, run untrusted
+    code anyway (rlimits and the in-process guard only; the ``[executor] unsafe_no_sandbox``
+    key) instead of failing the step.
     """
 
-    def __init__(self, scale: Any = "probe", limits: Any = None, guards: Any = None) -> None:
+    def __init__(self, scale: Any = "probe", limits: Any = None, guards: Any = None,
+                 unsafe_no_sandbox: bool = False) -> None:
         from training.guards import GuardSettings
 
         self.scale = scale
         self.limits = limits
         self.guard_settings = GuardSettings.from_any(guards)
+        self.unsafe_no_sandbox = bool(unsafe_no_sandbox)
+
+    def _unsafe(self, limits: Any) -> Any:
+        """``limits`` with ``unsafe_no_sandbox`` set when this executor was asked for it."""
+        if not self.unsafe_no_sandbox:
+            return limits
+        import dataclasses
+
+        from training.sandbox import Limits
+
+        return dataclasses.replace(limits if limits is not None else Limits(), unsafe_no_sandbox=True)
 
     def guards_for(self, baseline: dict[str, Any] | None) -> Any:
         """The ``training.guards.Guards`` of an evaluation against ``baseline`` (the seed's
@@ -136,7 +166,7 @@ class SandboxExecutor:
     def _payload(self, path: Path, as_dict: bool, **more: Any) -> dict[str, Any]:
         return {"path": str(path), "scale": scale_spec(self.scale, as_dict), **more}
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
         """``training.checker.check_file``: static checks here, dynamic ones in the sandbox."""
         from training.checker import CheckError, check_file
 
@@ -144,7 +174,8 @@ class SandboxExecutor:
 
         t0 = time.perf_counter()
         try:
-            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line, limits=self.limits)
+            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line,
+                             limits=self._unsafe(self.limits) if self.unsafe_no_sandbox else self.limits, trusted=trusted)
         except (CheckError, SandboxError) as exc:
             return StepResult(False, [], None, str(exc), "", time.perf_counter() - t0)
         checks = [c.to_dict() for c in rep.checks]
@@ -156,7 +187,8 @@ class SandboxExecutor:
         return StepResult(rep.passed, checks, None, error, tail, time.perf_counter() - t0)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """One evaluation in the sandbox (``trusted``: see :meth:`check`)."""
         from training.sandbox import Limits, SandboxError, run_sandboxed
 
         t0 = time.perf_counter()
@@ -165,7 +197,7 @@ class SandboxExecutor:
         try:
             res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline,
                                                           guards=guards.to_dict()),
-                                run_dir, limits=limits, on_line=on_line)
+                                run_dir, limits=self._unsafe(limits), on_line=on_line, trusted=trusted)
         except SandboxError as exc:
             return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
         result = res.result if isinstance(res.result, dict) else None
@@ -289,11 +321,14 @@ class Engineer:
         approval: Callable[[str, list[dict[str, Any]]], Decision] | None = None,
         on_stage: Callable[[str, str, str], None] | None = None,
         on_line: Callable[[str, str], None] | None = None,
+        trusted: bool = False,
     ) -> DevelopOutcome:
         """Check, get approval (if ``approval`` is given), evaluate; repair failures.
 
         ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
         and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
+        ``trusted``: ``code`` is the project's own (built-in researcher); a repaired or edited
+        version never is.
         """
         rec = recorder or CallRecorder()
         run_dir = Path(run_dir)
@@ -312,7 +347,9 @@ class Engineer:
             path.write_text(out.code, encoding="utf-8")
             (run_dir / "mixer.py").write_text(out.code, encoding="utf-8")
             stage_cb("check", "started", f"attempt {attempt}")
-            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l))
+            own = trusted and out.code == code  # a repair or an edit is not the project's code
+            chk = with_trust(self.executor.check, path, run_dir / f"check_r{attempt}",
+                             on_line=lambda l: line_cb("check", l), trusted=own)
             out.timings["check"] = out.timings.get("check", 0.0) + chk.seconds
             out.checks = chk.checks
             stage_cb("check", "finished" if chk.ok else "failed", chk.error)
@@ -333,8 +370,8 @@ class Engineer:
                         continue
                     approved = True
                 stage_cb("evaluate", "started", "")
-                ev = self.executor.evaluate(path, run_dir / f"eval_r{attempt}", seed, baseline,
-                                            on_line=lambda l: line_cb("train", l))
+                ev = with_trust(self.executor.evaluate, path, run_dir / f"eval_r{attempt}", seed, baseline,
+                                on_line=lambda l: line_cb("train", l), trusted=own)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail

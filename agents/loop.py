@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from agents.analyst import BuiltinAnalyst, LLMAnalyst
-from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor
+from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor, with_trust
 from agents.events import (
     ApprovalRequested,
     BaselineProgress,
@@ -248,7 +248,8 @@ class Loop:
             # connected now: a missing Ray or an unreachable cluster is a clear error (a
             # ValueError) before the loop starts, not a crash in its first evaluation
             return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None))
+        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
+                               unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
     def _backend(self, spec: LLMSpec):
         return make_backend(spec, timeout_s=self.timeout_s)
@@ -575,8 +576,9 @@ class Loop:
             if sd in runs:
                 continue
             self.poll()
-            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
-                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)))
+            res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
+                             on_line=lambda l: self.emit(LogLine(source="train", line=l)),
+                             trusted=True)  # our own code
             runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
             runs[sd].setdefault("seed", sd)
             error = error or res.error
@@ -938,7 +940,8 @@ class Loop:
             failure = ""
             if saved.get("proposal"):
                 p = saved["proposal"]
-                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {})
+                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {},
+                                    trusted=bool(p.get("trusted", False)))
                 researcher_spec = saved.get("researcher", researcher_spec)
                 recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
                 record.extra["redone_after_crash"] = True
@@ -1038,7 +1041,7 @@ class Loop:
         t0 = time.perf_counter()
         out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
                                     baseline=baseline, recorder=recorder, approval=approval,
-                                    on_stage=on_stage, on_line=on_line)
+                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted)
         eng_time = time.perf_counter() - t0
         for k, v in out.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
@@ -1058,7 +1061,8 @@ class Loop:
         # -- 6b. successive halving: a rung-0 result that would enter the top earns more seeds
         if record.metrics:
             with stage("seeds") as st:
-                self._more_seeds(record, run_dir, baseline, on_line, st)
+                self._more_seeds(record, run_dir, baseline, on_line, st,
+                                 trusted=proposal.trusted and out.code == proposal.code)
             self.poll()
 
         # -- 7. analyse
@@ -1105,7 +1109,7 @@ class Loop:
         return design_seeds(self.seed, self.n_seeds)
 
     def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
-                    on_line: Callable[[str, str], None], st: "_Stage") -> None:
+                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False) -> None:
         """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
         multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
         measured on several seeds, else the one-seed form (``seeds`` with one entry)."""
@@ -1125,8 +1129,8 @@ class Loop:
                 self.poll()
                 self.emit(LogLine(exp_id=record.id, source="loop",
                                   line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seed {sd}"))
-                res = self.executor.evaluate(code_path, run_dir / f"eval_seed{sd}", sd, baseline,
-                                             on_line=lambda l: on_line("train", l))
+                res = with_trust(self.executor.evaluate, code_path, run_dir / f"eval_seed{sd}", sd, baseline,
+                                 on_line=lambda l: on_line("train", l), trusted=trusted)
                 m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
                 m.setdefault("seed", sd)
                 runs.append(m)

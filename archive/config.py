@@ -79,6 +79,8 @@ class ExecutorConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     concurrency: int = 1
+    #: run untrusted candidates without the OS sandbox (bubblewrap) where it is unavailable
+    unsafe_no_sandbox: bool = False
 
 
 @dataclass
@@ -329,6 +331,10 @@ gpus_per_task = {executor.gpus_per_task}
 # How many experiments may be in flight at once: sampling, research and novelty stay
 # sequential, checks and evaluations run in parallel, results are committed as they finish.
 concurrency = {executor.concurrency}
+# Candidate code runs in an OS sandbox (bubblewrap). Where bubblewrap is missing, LLM-written
+# candidates are refused; true runs them anyway with rlimits and an in-process guard only (no
+# OS boundary: only for code you trust). The built-in researcher's designs always run.
+unsafe_no_sandbox = {executor.unsafe_no_sandbox}
 
 [data]
 # Training text files for the explore / verify scales; empty = the shipped Shakespeare corpus.

@@ -310,9 +310,14 @@ def register(app: typer.Typer) -> None:
         cpu_limit: Optional[float] = typer.Option(None, "--cpu-limit", help="End the run as too_slow after this many CPU seconds."),
         wall_limit: Optional[float] = typer.Option(None, "--wall-limit", help="End the run as hung after this many wall seconds "
                                                    "(default: 20x the scale's expected time, at least 600 s)."),
+        unsafe_no_sandbox: bool = typer.Option(
+            False, "--unsafe-no-sandbox",
+            help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
+                 "(no OS boundary: only for code you trust)."),
     ) -> None:
         """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
-        The file runs in this process: use it on trusted code (agents' candidates are sandboxed).
+        The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
+        reference mixers (training/mixers) also run where bubblewrap is missing.
 
         Every run does its fixed steps; wall time is no budget. Exit codes: 0 finished; 1 the mixer
         is broken (error, NaN, divergence, suspected leak); 2 usage error; 3 a guard ended the run
@@ -327,17 +332,43 @@ def register(app: typer.Typer) -> None:
         if not file.is_file():
             _fail(f"{file} is not a file. Give the path of one Python file that defines `class Mixer(nn.Module)`.", 2)
         _check_scale(scale, force)
-        from training.evaluate import evaluate_file
+        import tempfile
+
+        from agents.engineer import scale_spec
+        from asiarch_tui.cli_check import _is_reference
+        from training.sandbox import Limits, SandboxError, run_sandboxed
 
         guards = _eval_guards(scale, lab, cpu_limit, wall_limit)
         err = Console(stderr=True)
         on_log = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
-        with _progress() as bar:
+        with _progress() as bar, tempfile.TemporaryDirectory(prefix="asiarch-eval-") as tmp:
             task = bar.add_task(f"{file.name} @ {scale}", total=1.0)
-            metrics = evaluate_file(
-                file, scale=scale, seed=seed, on_log=on_log, guards=guards,
-                progress=lambda frac, desc: bar.update(task, completed=frac, description=f"{file.name}: {desc}"),
-            )
+
+            def on_event(msg: dict) -> None:
+                if msg.get("event") == "progress":
+                    bar.update(task, completed=float(msg.get("fraction") or 0.0),
+                               description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
+
+            try:
+                spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
+                res = run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
+                                                 "guards": guards.to_dict()}, tmp,
+                                    limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
+                                    on_line=on_log, on_event=on_event, trusted=_is_reference(file))
+            except SandboxError as exc:
+                _fail(str(exc), 2)
+                return
+        metrics = (res.result or {}).get("metrics")
+        if (not isinstance(metrics, dict) or "status" not in metrics) and res.reason and (
+                res.reason.startswith("killed after") or ("exceeded" in res.reason and "CPU time" in res.reason)):
+            # the kernel-level backstop above the guards ended the child: still a guard's verdict
+            from agents.engineer import killed_metrics
+
+            metrics = killed_metrics(scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
+                                     res.reason, guards.to_dict(), res.duration_s)
+        if not isinstance(metrics, dict) or "status" not in metrics:
+            _fail(f"{file} could not be evaluated: {res.reason or 'the sandbox returned no metrics'}", 1)
+            return
         if as_json:
             sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         elif metrics["status"] != "error":

@@ -28,7 +28,7 @@ class GatedExecutor(FakeExecutor):
         self.calls = 0
         self.order: list[str] = []  # experiment ids in the order their evaluations started
 
-    def evaluate(self, path, run_dir, seed, baseline, on_line=None):
+    def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
         baseline_run = "baselines" in Path(run_dir).parts
         with self.lock:
             self.running += 1

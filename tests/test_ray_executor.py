@@ -6,6 +6,7 @@ recorded as failed), the orphaned sandbox child cleaned up. Skipped when Ray is 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -95,11 +96,18 @@ def _executor(tmp_path: Path, **kw) -> RayExecutor:
 
 
 def _sandbox_children(scratch: Path) -> list:
-    """Sandbox children of Ray workers whose run folder is under ``scratch`` (this test's)."""
+    """Sandbox children of Ray workers whose run folder is under ``scratch`` (this test's): the
+    bwrap process binding a candidate from there, or (without bwrap) the child whose HOME is
+    there."""
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
+            argv = p.info["cmdline"] or []
+            cmd = " ".join(argv)
+            if argv and os.path.basename(argv[0]) == "bwrap":
+                if str(scratch) in cmd:
+                    found.append(p)
+                continue
             if "training.sandbox_child" not in cmd and "sandbox" not in cmd:
                 continue
             home = p.environ().get("HOME", "")

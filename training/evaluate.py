@@ -137,6 +137,7 @@ def evaluate_class(
     log_path: str | Path | None = None,
     num_threads: int | None = None,
     guards: Guards | dict | None = None,
+    keep_model: Callable[[str, torch.nn.Module], None] | None = None,
 ) -> dict:
     """Evaluate ``mixer_cls`` at ``scale`` with ``seed``; returns the contract's metrics dict.
 
@@ -150,7 +151,8 @@ def evaluate_class(
     ``status='error'`` and ``error``. ``probe_mean`` is the mean over the whole probe suite and
     None unless every probe was measured (``probe_mean_partial`` is the mean over those that
     were). ``num_threads`` sets torch's intra-op threads (default: ``ASIARCH_TORCH_THREADS`` or
-    torch's own).
+    torch's own). ``keep_model(label, model)`` is given each trained model (a probe's label, or
+    ``"lm"``) once it is measured (the sandbox worker keeps them for the harness to verify).
     """
     scale = get_scale(scale)
     if guards is None:
@@ -159,7 +161,7 @@ def evaluate_class(
         guards = Guards.from_dict(guards)
     with torch_threads(num_threads):
         return _evaluate_class(mixer_cls, scale, seed, on_log, baseline, progress, mixer_kwargs,
-                               corpus_paths, log_path, guards)
+                               corpus_paths, log_path, guards, keep_model)
 
 
 class _GuardStop(Exception):
@@ -171,7 +173,7 @@ class _GuardStop(Exception):
 
 
 def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, mixer_kwargs, corpus_paths,
-                    log_path, guards: Guards) -> dict:
+                    log_path, guards: Guards, keep_model=None) -> dict:
     device = _device(scale)
     m = _empty_metrics(scale, seed)
     m["guards"] = guards.to_dict()
@@ -235,6 +237,8 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
             log(f"[{spec.label}] accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)")
             work["done"] += w
             work["stage"] = 0.0
+            if keep_model is not None:
+                keep_model(spec.label, model)
             del model
         # ---- language modelling
         if scale.has_lm and m["status"] == "ok":
@@ -273,6 +277,8 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                 if not math.isfinite(vl):
                     m["status"], m["stop_reason"] = "stopped", "validation loss is not finite"
                 log(f"[lm] validation loss {vl:.4f} nats/byte = {vl / LN2:.4f} bits/byte")
+                if keep_model is not None:
+                    keep_model("lm", model)
             work["done"] += w
             work["stage"] = 0.0
         elif not scale.has_lm:
