@@ -71,7 +71,8 @@ class ExperimentStarted(Event):
 class StageChanged(Event):
     """A stage of one experiment starts, ends or fails.
 
-    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, analyse,
+    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, seeds (more seeds
+    for a rung-0 result that would enter the top; "failed" = it stays at one seed), analyse,
     judge, score, commit``; ``status`` is ``started | finished | failed``.
     """
 
@@ -145,6 +146,9 @@ class ExperimentFinished(Event):
     sha: str | None = None
     duration_s: float | None = None
     reason: str = ""
+    #: the promotion rule's outcome at the commit (``promoted``, ``tied``, ``below``,
+    #: ``single_seed``, ``unmeasured``; empty when not decided)
+    promotion: str = ""
 
 
 @dataclass(kw_only=True)

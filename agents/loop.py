@@ -43,6 +43,7 @@ from agents.events import (
     StageChanged,
     Warning,
 )
+from agents.seeds import combine as combine_seeds
 from agents.yardstick import (
     Yardstick,
     baseline_key,
@@ -69,8 +70,8 @@ from agents.researcher import (
 
 __all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
 
-STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "analyse", "judge",
-          "score", "commit")
+STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "seeds", "analyse",
+          "judge", "score", "commit")
 
 _METRIC_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+).*?loss\s+(?P<loss>[-+0-9.eE]+|nan|inf)")
 
@@ -158,6 +159,9 @@ class Loop:
         self.budget_experiments = cfg.loop.experiments if experiments is None else experiments
         self.budget_hours = cfg.loop.hours if hours is None else hours
         self.seed = cfg.loop.seed if seed is None else seed
+        # noise-aware evaluation (agents.stats): seeds per design entering the top, and the top
+        self.n_seeds = max(1, int(getattr(cfg.loop, "seeds", 1) or 1))
+        self.top_k_seeds = max(1, int(getattr(cfg.loop, "top_k_seeds", 5) or 5))
         self.debug_rounds = int(getattr(cfg.loop, "debug_rounds", 3)) if debug_rounds is None else debug_rounds
         self.novelty_rounds = cfg.loop.novelty_rounds if novelty_rounds is None else novelty_rounds
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -502,6 +506,8 @@ class Loop:
 
     def _commit_here(self, record: Any) -> str:
         with self._novelty_lock:
+            if not record.promotion:
+                self._decide_promotion(record)
             return self._commit_locked(record)
 
     def _commit_locked(self, record: Any) -> str:
@@ -535,12 +541,19 @@ class Loop:
                 self._baselines = load_baselines(self.path, self.scale)
             return self._baselines
 
+    def _all_seeds(self, metrics: dict[str, Any] | None) -> bool:
+        """A complete measurement on every seed of the schedule (``[loop] seeds``)."""
+        if not is_complete(metrics):
+            return False
+        got = {e.get("seed") for e in ((metrics or {}).get("seeds") or [metrics]) if e.get("status") == "ok"}
+        return set(self._seed_list()) <= got
+
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """The reference baselines measured so far at the loop's scale (complete measurements
-        only; cached in ``lab/baselines/<scale>.json``). Measures nothing: the seed is measured
-        by :meth:`measure_seed` before any experiment, the others between experiments
-        (:meth:`measure_pending_baselines`)."""
-        return {n: m for n, m in self._cached_baselines().items() if is_complete(m)}
+        """The reference baselines measured so far at the loop's scale (complete measurements on
+        every seed of the schedule only; cached in ``lab/baselines/<scale>.json``). Measures
+        nothing: the seed is measured by :meth:`measure_seed` before any experiment, the others
+        between experiments (:meth:`measure_pending_baselines`)."""
+        return {n: m for n, m in self._cached_baselines().items() if self._all_seeds(m)}
 
     def measure_baseline(self, name: str, index: int = 0, total: int = 0) -> dict[str, Any]:
         """Evaluate one reference mixer at the loop's scale, store and return its metrics."""
@@ -553,9 +566,25 @@ class Loop:
         self.emit(BaselineProgress(name=name, status="started", seed=is_seed, index=index, total=total))
         self.emit(StageChanged(stage="baseline", status="started", detail=name))
         rd = self._runs() / "baselines" / baseline_key(self.scale) / name
-        res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
-                         on_line=lambda l: self.emit(LogLine(source="train", line=l)), trusted=True)  # our own code
-        metrics = res.metrics or {"status": "error", "error": res.error, "partial": True}
+        seeds = self._seed_list()
+        before = self._cached_baselines().get(name) or {}
+        # runs of this reference already measured on seeds of the schedule are kept
+        runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
+                if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
+        error = ""
+        for sd in seeds:  # the same seeds as every design in the top, so the yardstick has a spread
+            if sd in runs:
+                continue
+            self.poll()
+            res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
+                             on_line=lambda l: self.emit(LogLine(source="train", line=l)),
+                             trusted=True)  # our own code
+            runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
+            runs[sd].setdefault("seed", sd)
+            error = error or res.error
+            if not is_complete(runs[sd]):
+                break
+        metrics = combine_seeds([runs[sd] for sd in seeds if sd in runs])
         with self._lock:
             cached = self._cached_baselines()
             cached[name] = metrics
@@ -566,7 +595,8 @@ class Loop:
         pm = metrics.get("probe_mean")
         detail = (f"{name}: probe mean {pm:.3f}" if isinstance(pm, (int, float)) else f"{name}: {metrics.get('status')}")
         if not ok:
-            detail += f" ({metrics.get('stop_reason') or metrics.get('error') or res.error or 'incomplete'})"
+            detail += f" ({metrics.get('stop_reason') or metrics.get('error') or error or 'incomplete'})"
+        detail += f" ({metrics.get('n_seeds')} seeds)"
         self.emit(StageChanged(stage="baseline", status="finished" if ok else "failed", detail=detail[:500],
                                duration_s=time.perf_counter() - t0))
         self.emit(BaselineProgress(name=name, status="finished", seed=is_seed, index=index, total=total,
@@ -577,13 +607,20 @@ class Loop:
         """The yardstick (the seed's complete metrics at the loop's scale), or None."""
         from training.mixers import SEED_MIXER
 
-        return make_yardstick(self._cached_baselines().get(SEED_MIXER), self.scale)
+        seed = self._cached_baselines().get(SEED_MIXER)
+        if not self._all_seeds(seed):
+            return None
+        return make_yardstick(seed, self.scale)
 
     def yardstick_missing(self) -> str | None:
         """Why there is no yardstick (None when there is one)."""
         from training.mixers import SEED_MIXER
 
-        return missing_reason(self._cached_baselines().get(SEED_MIXER), self.scale)
+        seed = self._cached_baselines().get(SEED_MIXER)
+        why = missing_reason(seed, self.scale)
+        if why is None and not self._all_seeds(seed):
+            return f"the seed has not been measured on all {self.n_seeds} seeds yet"
+        return why
 
     def measure_seed(self, attempts: int = 2) -> Yardstick | None:
         """Measure the seed at the loop's scale unless a complete measurement is cached (up to
@@ -605,7 +642,7 @@ class Loop:
         not tried yet."""
         cached = self._cached_baselines()
         return [n for n in self._baseline_names()[1:]
-                if not is_complete(cached.get(n)) and n not in self._baselines_tried]
+                if not self._all_seeds(cached.get(n)) and n not in self._baselines_tried]
 
     def measure_pending_baselines(self, limit: int | None = None) -> int:
         """Measure up to ``limit`` (None: all) pending reference baselines, one at a time per
@@ -671,19 +708,26 @@ class Loop:
         if measured or ((seed.metrics or {}).get("scale") == ys.scale_name and is_complete(seed.metrics)):
             return
         base = ys.metrics
-        fitness, comps = score(base, None, ys)
         rec = dataclasses.replace(
-            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base, fitness=fitness,
-            fitness_components=comps, yardstick=ys.version, scale=_scale_name(self.scale), created=_utc(),
+            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base,
+            yardstick=ys.version, scale=_scale_name(self.scale), created=_utc(),
             analysis="The seed design measured at this scale: the yardstick of every fitness.",
             problem=seed.problem or "recall probes and loss of the seed at this scale",
             extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
         rec.slug = ""
         rec.__post_init__()
+        rec.reproduce = self._reproduce_info(rec)
+        # the seed is judged by the same judge as every candidate (not a flat 0.5)
+        seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
+        verdict = self._judge_record(rec, None, base, seed_recorder)
+        rec.transcript = seed_recorder.transcript
+        self._score(rec, verdict, ys)
+        fitness, comps = rec.fitness, rec.fitness_components
         sha = self._commit(rec)
         self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
                                      fitness_components=comps, metrics=_summary(base), sha=sha,
-                                     reason="seed measured"))
+                                     reason="seed measured",
+                                     promotion=str((rec.promotion or {}).get("outcome") or "")))
 
     # ------------------------------------------------------------------ the loop
     def budget_left(self) -> bool:
@@ -1014,6 +1058,13 @@ class Loop:
             return self._finish(record, "failed", f"check failed: {out.error}", run_dir, t_exp)
         self.poll()
 
+        # -- 6b. successive halving: a rung-0 result that would enter the top earns more seeds
+        if record.metrics:
+            with stage("seeds") as st:
+                self._more_seeds(record, run_dir, baseline, on_line, st,
+                                 trusted=proposal.trusted and out.code == proposal.code)
+            self.poll()
+
         # -- 7. analyse
         siblings = [store.get(c) for c in store.children(parent.id)]
         with stage("analyse") as st:
@@ -1030,29 +1081,11 @@ class Loop:
 
         # -- 8. judge and score
         with stage("judge") as st:
-            nearest = None
-            try:
-                with self._novelty_lock:
-                    near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
-                nearest = near[0] if near else None
-            except Exception:
-                nearest = None
-            try:
-                if isinstance(self.judge_agent, LLMJudge):
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder, baselines=self.baselines())
-                else:
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder)
-            except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
-                st.fail(str(exc))
-                verdict = None
-                record.extra["judge_failure"] = str(exc)
+            verdict = self._judge_record(record, parent, baseline, recorder, st)
         status = {"ok": "accepted", "too_slow": "too_slow"}.get(out.status, "failed")
         with stage("score"):
             ys = self.yardstick()
-            fitness, comps = score(record.metrics, verdict, ys, status,
-                                   None if ys is not None else self.yardstick_missing())
+            comps = self._score(record, verdict, ys, status)
             if comps.get("leak_suspected"):
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: validation loss more than 10% below the seed baseline's: suspected leak of "
@@ -1060,9 +1093,6 @@ class Loop:
             if ys is None and status == "accepted":
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: not scored: {comps.get('unscored')}")))
-            record.fitness = fitness
-            record.fitness_components = comps
-            record.yardstick = ys.version if ys is not None else ""
         reason = ""
         if status == "too_slow":
             tp = (record.metrics or {}).get("throughput_vs_seed")
@@ -1071,7 +1101,120 @@ class Loop:
             reason = f"evaluation failed: {out.error}"
         return self._finish(record, status, reason, run_dir, t_exp)
 
+    # ------------------------------------------------------------------ seeds and promotion
+    def _seed_list(self) -> list[int]:
+        """The seeds of a design measured in full (and of the yardstick): seed, seed+1, ..."""
+        from agents.stats import design_seeds
+
+        return design_seeds(self.seed, self.n_seeds)
+
+    def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
+                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False) -> None:
+        """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
+        multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
+        measured on several seeds, else the one-seed form (``seeds`` with one entry)."""
+        from agents.seeds import screen, screen_of
+        from agents.stats import needs_more_seeds
+
+        rung0 = dict(record.metrics)
+        rung0.setdefault("seed", self.seed)
+        seeds = [sd for sd in self._seed_list() if sd != rung0.get("seed")]
+        runs = [rung0]
+        value = screen(rung0, baseline)
+        top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
+               if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
+        if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
+            code_path = run_dir / "mixer.py"
+            for sd in seeds:
+                self.poll()
+                self.emit(LogLine(exp_id=record.id, source="loop",
+                                  line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seed {sd}"))
+                res = with_trust(self.executor.evaluate, code_path, run_dir / f"eval_seed{sd}", sd, baseline,
+                                 on_line=lambda l: on_line("train", l), trusted=trusted)
+                m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
+                m.setdefault("seed", sd)
+                runs.append(m)
+        elif seeds:
+            st.fail(f"rung 0 stays at one seed (measured terms {value if value is None else round(value, 4)} "
+                    f"below the top {self.top_k_seeds})")
+        record.metrics = combine_seeds(runs)
+        record.extra["rung"] = 0 if len(runs) == 1 else 1
+
+    def _score(self, record: Any, verdict: dict[str, Any] | None, ys: Yardstick | None,
+               status: str = "accepted") -> dict[str, Any]:
+        """Score ``record`` against the yardstick (agents.yardstick.score): the fitness is the
+        mean of its per-seed fitness values, with ``fitness_interval`` and ``fitness_seeds``;
+        None (with ``components["unscored"]``) without a yardstick or complete metrics."""
+        fitness, comps = score(record.metrics, verdict, ys, status, None if ys is not None else self.yardstick_missing())
+        record.fitness = fitness
+        record.fitness_components = comps
+        record.fitness_interval = comps.get("fitness_interval")
+        record.fitness_seeds = dict(comps.get("fitness_seeds") or {})
+        record.yardstick = ys.version if ys is not None else ""
+        return comps
+
+    def _decide_promotion(self, record: Any) -> None:
+        """The promotion rule against the current ``best`` (run in the committing thread, so
+        concurrent experiments are compared with the best that is current at their commit)."""
+        from agents.stats import promote
+
+        if record.status != "accepted" or record.fitness is None:
+            record.promotion = {"promoted": False, "outcome": "unmeasured", "rule": "", "text": "not measured",
+                                "incumbent": None}
+            return
+        inc = self.lab.store.best()
+        inc_seeds = None
+        if inc is not None:
+            book = getattr(self.lab, "scores", None)
+            rescored = book.get(inc.id) if book is not None else None
+            fs = inc.fitness_seeds
+            fit = inc.fitness
+            if rescored is not None:  # the incumbent as re-scored against the current yardstick
+                fs = (rescored.get("fitness_components") or {}).get("fitness_seeds") or {}
+                fit = rescored.get("fitness")
+            inc_seeds = ({int(k): v for k, v in fs.items()} if fs
+                         else ({int(inc.seed): fit} if fit is not None else None))
+        verdict = promote({int(k): v for k, v in record.fitness_seeds.items()}, inc_seeds)
+        record.promotion = {**verdict.to_dict(), "incumbent": inc.id if inc is not None else None}
+
+    def _reproduce_info(self, record: Any) -> dict[str, Any]:
+        """``record.reproduce`` (agents.repro.environment) for an evaluated record."""
+        from agents.repro import environment
+        from agents.seeds import per_seed
+
+        limits = getattr(self.executor, "limits", None)
+        seeds = [int(e["seed"]) for e in per_seed(record.metrics) if isinstance(e.get("seed"), int)]
+        try:
+            return environment(self.scale, seeds or [self.seed], self.seed, self.lab.config,
+                               threads=getattr(limits, "threads", None))
+        except Exception as exc:  # never lose the experiment over its environment record
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     # ------------------------------------------------------------------ steps
+    def _judge_record(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
+                      recorder: CallRecorder | None, st: "_Stage | None" = None) -> dict[str, Any] | None:
+        """The judge's verdict on ``record`` (candidates and the seed alike); None (s_judge
+        unmeasured, 0.5) when the judge fails twice, with the failure in ``record.extra``."""
+        nearest = None
+        try:
+            with self._novelty_lock:
+                near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
+            nearest = near[0] if near else None
+        except Exception:
+            nearest = None
+        history = [r for r in self._history() if r.id != record.id]
+        try:
+            if isinstance(self.judge_agent, LLMJudge):
+                return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                              recorder, baselines=self.baselines(), history=history)
+            return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                          recorder, history=history)
+        except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
+            if st is not None:
+                st.fail(str(exc))
+            record.extra["judge_failure"] = str(exc)
+            return None
+
     def _propose(self, ctx: ResearchContext) -> tuple[Proposal, str]:
         if self.researcher is None:
             fb = self.fallback_researcher
@@ -1168,6 +1311,8 @@ class Loop:
 
     def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:
         record.status = status
+        if record.metrics and not record.reproduce:
+            record.reproduce = self._reproduce_info(record)
         if reason:
             record.extra["failure"] = reason
         if not record.analysis and reason:
@@ -1182,7 +1327,8 @@ class Loop:
         self.emit(ExperimentFinished(exp_id=record.id, name=record.name, status=status, fitness=record.fitness,
                                      fitness_components=record.fitness_components,
                                      metrics=_summary(record.metrics), sha=sha,
-                                     duration_s=time.perf_counter() - t_exp, reason=reason))
+                                     duration_s=time.perf_counter() - t_exp, reason=reason,
+                                     promotion=str((record.promotion or {}).get("outcome") or "")))
         return record
 
 

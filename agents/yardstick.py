@@ -24,7 +24,8 @@ from typing import Any
 from agents.fitness import compute_fitness
 
 __all__ = ["FITNESS_VERSION", "Yardstick", "baseline_key", "baselines_path", "load_baselines", "make_yardstick",
-           "missing_reason", "yardstick_version", "is_complete", "score", "rescore_lab", "lab_yardstick"]
+           "missing_reason", "yardstick_version", "is_complete", "score", "rescore_lab", "lab_yardstick",
+           "replay_promotions"]
 
 #: Bump when the fitness formula changes: every yardstick version changes with it.
 FITNESS_VERSION = "2"
@@ -140,8 +141,10 @@ def score(metrics: dict[str, Any] | None, judge: dict[str, Any] | None, yardstic
     Fitness is None (with ``components["unscored"]`` saying why) when there is no yardstick
     (``missing``: the reason), the experiment's status is not accepted, its metrics are partial
     or not ``ok``, or they were measured at another scale. Otherwise
-    :func:`agents.fitness.compute_fitness` against the seed's metrics, with ``judge`` (the
-    judge's verdict, kept in ``components["judge"]``) and ``components["yardstick"]``."""
+    :func:`agents.fitness.compute_fitness` of each seed against the seed's (mean) metrics, the
+    fitness being their mean (``agents.seeds.fitness_of``), with ``judge`` (the judge's verdict,
+    kept in ``components["judge"]``), ``components["yardstick"]``, ``["fitness_interval"]``
+    ([lo, hi] over seeds, None for one seed) and ``["fitness_seeds"]`` ({seed: fitness})."""
     base = {"judge": judge}
     if yardstick is None:
         return None, {**base, "unscored": missing or "no yardstick: the seed has not been measured at this scale"}
@@ -154,8 +157,15 @@ def score(metrics: dict[str, Any] | None, judge: dict[str, Any] | None, yardstic
         return None, {**base, "unscored": f"metrics are {'partial' if st == 'ok' else st}"}
     if m.get("scale") not in (None, yardstick.scale_name):
         return None, {**base, "unscored": f"measured at scale {m.get('scale')}; the yardstick is at {yardstick.scale}"}
-    fitness, comps = compute_fitness(m, yardstick.metrics, judge)
+    from agents.seeds import fitness_of
+
+    # a design measured on several seeds: the mean of its per-seed fitness values, with the
+    # interval over seeds (agents.stats) and each seed's value, kept with the components so that
+    # a re-score carries them too
+    fitness, comps, interval, per_seed = fitness_of(m, yardstick.metrics, judge, compute_fitness)
     comps.update(base)
+    comps["fitness_interval"] = interval
+    comps["fitness_seeds"] = {str(k): v for k, v in per_seed.items()}
     return fitness, comps
 
 
@@ -180,11 +190,46 @@ def rescore_lab(lab: Any, scale: Any = None) -> dict[str, Any]:
         if (before is None) != (fitness is None) or (fitness is not None and abs(before - fitness) > 1e-9):
             changed.append(rec.id)
         scores[rec.id] = {"fitness": fitness, "fitness_components": comps,
-                          "yardstick": ys.version if ys else None}
-    out = lab.apply_scores(ys.version if ys else None, scores)
+                          "yardstick": ys.version if ys else None, "_record": rec}
+    best = replay_promotions(scores)
+    for v in scores.values():
+        v.pop("_record", None)
+    out = lab.apply_scores(ys.version if ys else None, scores, best=best)
     out.update(yardstick=ys.version if ys else None, reason=why, scored=scored,
                unscored=len(scores) - scored, changed=changed)
     return out
+
+
+def replay_promotions(scores: dict[str, dict[str, Any]]) -> str | None:
+    """Decide ``best`` again over re-scored experiments, in id order, by the promotion rule
+    (agents.stats.promote on the per-seed fitness values): each re-scored entry gets
+    ``fitness_components["promotion"]`` (the outcome; None for a record made before the rule,
+    which moves ``best`` by the higher fitness as it did). ``scores``: ``{id: {"fitness",
+    "fitness_components", "_record"}}``. Returns the id of the final best (None if none)."""
+    from agents.stats import promote
+
+    best_id: str | None = None
+    best_seeds: dict[int, float] | None = None
+    best_fit: float | None = None
+    for exp_id in sorted(scores, key=int):
+        entry = scores[exp_id]
+        rec, comps, fit = entry["_record"], entry["fitness_components"], entry["fitness"]
+        legacy = not (rec.promotion and "promoted" in rec.promotion)
+        if rec.status != "accepted" or fit is None:
+            comps["promotion"] = None if legacy else "unmeasured"
+            continue
+        per_seed = {int(k): float(v) for k, v in (comps.get("fitness_seeds") or {}).items()}
+        if legacy:
+            comps["promotion"] = None
+            if best_fit is None or fit > best_fit:
+                best_id, best_fit, best_seeds = exp_id, fit, per_seed or {int(rec.seed): fit}
+            continue
+        verdict = promote(per_seed, best_seeds)
+        comps["promotion"] = verdict.outcome
+        comps["promotion_text"] = verdict.text
+        if verdict.promoted:
+            best_id, best_fit, best_seeds = exp_id, fit, per_seed
+    return best_id
 
 
 def needs_rescore(lab: Any, yardstick: Yardstick | None) -> bool:

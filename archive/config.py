@@ -57,6 +57,8 @@ class LoopConfig:
     novelty_rounds: int = 3
     debug_rounds: int = 3
     seed: int = 0
+    seeds: int = 3
+    top_k_seeds: int = 5
 
 
 @dataclass
@@ -145,6 +147,10 @@ class LabConfig:
         for key in ("novelty_rounds", "debug_rounds"):
             if getattr(self.loop, key) < 0:
                 raise bad(f"loop.{key}", "must be 0 or more")
+        if self.loop.seeds < 1:
+            raise bad("loop.seeds", "must be at least 1 (3 gives every design in the top an interval)")
+        if self.loop.top_k_seeds < 1:
+            raise bad("loop.top_k_seeds", "must be at least 1")
         if self.sampling.top_k < 1:
             raise bad("sampling.top_k", "must be at least 1")
         rr = self.sampling.reference_ranks
@@ -297,6 +303,12 @@ novelty_rounds = {loop.novelty_rounds}
 debug_rounds = {loop.debug_rounds}
 # Random seed of the loop (sampling, builtin researcher, training).
 seed = {loop.seed}
+# Seeds per design that may enter the top (and for the seed design and the reference
+# baselines): seed, seed+1, ... Every candidate is first trained on one seed; one whose one-seed
+# result would enter the top top_k_seeds designs is re-evaluated on the others, and `best` moves
+# only when the promotion rule says it is better beyond noise (docs/NOISE.md). 1 = no intervals.
+seeds = {loop.seeds}
+top_k_seeds = {loop.top_k_seeds}
 
 [sampling]
 # Parents are drawn (rank-weighted) from the top_k accepted experiments by fitness.

@@ -2,7 +2,8 @@
 UI and sampling need, derived from the archive and rebuilt from it at will.
 
 Fields of a document: ``id, name, slug, tag, parent, references, status, fitness,
-fitness_components, yardstick, scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
+fitness_components, yardstick, fitness_interval, fitness_std, n_seeds, promotion (the promotion rule's
+outcome), scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
 ``summary`` (the commit subject), ``problem, researcher, created, commit``. The document of
 experiment ``N`` has tinydb doc_id ``N + 1``.
 
@@ -65,6 +66,25 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def n_seeds(record: ExperimentRecord) -> int:
+    """How many seeds the record's design was evaluated on (0 when never evaluated)."""
+    if record.fitness_seeds:
+        return len(record.fitness_seeds)
+    seeds = (record.metrics or {}).get("seeds")
+    if isinstance(seeds, list) and seeds:
+        return len(seeds)
+    return 1 if record.metrics else 0
+
+
+def fitness_std(record: ExperimentRecord) -> float | None:
+    """The sample std of the per-seed fitness values (None for fewer than 2 seeds)."""
+    vals = [float(v) for v in (record.fitness_seeds or {}).values() if isinstance(v, (int, float))]
+    if len(vals) < 2:
+        return None
+    mean = sum(vals) / len(vals)
+    return round((sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5, 6)
+
+
 def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
     """The index document of ``record`` committed as ``commit``."""
     return {
@@ -77,6 +97,10 @@ def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
         "status": record.status,
         "fitness": record.fitness,
         "fitness_components": record.fitness_components,
+        "fitness_interval": record.fitness_interval,
+        "fitness_std": fitness_std(record),
+        "n_seeds": n_seeds(record),
+        "promotion": (record.promotion or {}).get("outcome"),
         "yardstick": record.yardstick,
         "scale": record.scale,
         "metrics": metrics_summary(record.metrics),

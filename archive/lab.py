@@ -101,6 +101,7 @@ class Lab:
         self.scores = scores if scores is not None else ScoreBook(path / SCORES_NAME)
         self.index.overlay = self.scores.overlay
         self.store.score_of = self.scores.fitness
+        self.store.promotion_of = self.scores.promotion
         self._lock = lock
         self._embedder = embedder
         self._novelty: NoveltyIndex | None = None
@@ -204,6 +205,7 @@ class Lab:
             store = ArchiveStore(path / "archive", maintenance_every=maintenance_every)
             scores = ScoreBook(path / SCORES_NAME)
             store.score_of = scores.fitness  # before recover(): best follows the re-scored fitness
+            store.promotion_of = scores.promotion  # ... and the re-decided promotions
             recovered: list[str] = []
             if locked:
                 recovered = store.recover(remove_stale=lock.previous_crashed is not None)
@@ -292,17 +294,22 @@ class Lab:
                     self.recovered.append(f"novelty index behind the archive: {exc}")
             return sha
 
-    def apply_scores(self, yardstick: str | None, scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def apply_scores(self, yardstick: str | None, scores: dict[str, dict[str, Any]],
+                     best: Any = "fittest") -> dict[str, Any]:
         """Store re-scored fitness (``{id: {"fitness", "fitness_components", "yardstick"}}``,
         computed against the yardstick of version ``yardstick``) in ``scores.json``, rebuild the
-        index with it and move ``best`` to the fittest accepted experiment. Records keep their
-        committed metrics. Returns ``{"rescored", "best_before", "best", "best_moved"}``."""
+        index with it and move ``best``: to ``best`` (an id, or None for no best) when the caller
+        decided it (the promotion rule replayed over the re-scored experiments), else
+        (``"fittest"``) to the fittest accepted experiment. Records keep their committed
+        metrics. Returns ``{"rescored", "best_before", "best", "best_moved"}``."""
         with self.lock():
             before = self.store.best()
             self.scores.replace(yardstick, scores)
             self.index.rebuild(self.store)
-            ranked = [d for d in self.index.all() if d.get("status") == "accepted" and d.get("fitness") is not None]
-            best = max(ranked, key=lambda d: (float(d["fitness"]), -int(d["id"])))["id"] if ranked else None
+            if best == "fittest":
+                ranked = [d for d in self.index.all()
+                          if d.get("status") == "accepted" and d.get("fitness") is not None]
+                best = max(ranked, key=lambda d: (float(d["fitness"]), -int(d["id"])))["id"] if ranked else None
             moved = self.store.move_best(best)
             return {"rescored": len(scores), "best_before": before.id if before else None, "best": best,
                     "best_moved": moved}

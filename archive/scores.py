@@ -64,6 +64,14 @@ class ScoreBook:
         s = self.get(exp_id)
         return committed if s is None else s.get("fitness")
 
+    def promotion(self, exp_id: str, committed: str | None) -> str | None:
+        """The current promotion outcome of ``exp_id``: the re-decided one when it was
+        re-scored (None for a record from before the promotion rule), else ``committed``."""
+        s = self.get(exp_id)
+        if s is None:
+            return committed
+        return (s.get("fitness_components") or {}).get("promotion")
+
     def replace(self, yardstick: str | None, scores: dict[str, dict[str, Any]]) -> None:
         """Replace the whole book (atomic write)."""
         clean = {str(k): {"fitness": v.get("fitness"), "fitness_components": v.get("fitness_components") or {},
@@ -78,8 +86,17 @@ class ScoreBook:
         s = self.get(doc.get("id", ""))
         if s is None:
             return doc
-        return {**doc, "fitness": s.get("fitness"), "fitness_components": s.get("fitness_components") or {},
-                "yardstick": s.get("yardstick")}
+        comps = s.get("fitness_components") or {}
+        out = {**doc, "fitness": s.get("fitness"), "fitness_components": comps, "yardstick": s.get("yardstick")}
+        if "fitness_interval" in comps:  # multi-seed fields re-scored with the fitness
+            out["fitness_interval"] = comps.get("fitness_interval")
+            vals = [float(v) for v in (comps.get("fitness_seeds") or {}).values()]
+            mean = sum(vals) / len(vals) if vals else 0.0
+            out["fitness_std"] = (round((sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5, 6)
+                                  if len(vals) >= 2 else None)
+        if "promotion" in comps:
+            out["promotion"] = comps.get("promotion")
+        return out
 
     def __len__(self) -> int:
         return len(self._data["scores"])

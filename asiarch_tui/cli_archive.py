@@ -44,6 +44,11 @@ def _open(lab: Path) -> Lab:
 
 def _resolve_id(lab: Lab, ref: str) -> str:
     ref = ref.strip()
+    if ref == "best":
+        best = lab.store.best()
+        if best is None:
+            raise ArchiveError(f"{lab.path} has no best experiment yet (the loop measures the seed first)")
+        return best.id
     if ref.isdigit():
         return f"{int(ref):04d}"
     name = ref if ref.startswith("exp/") else "exp/" + ref
@@ -77,13 +82,17 @@ def status(lab: Path = LAB_OPTION,
         opened = _open(lab)
         docs = opened.index.all()
         counts = opened.index.counts()
-        best = max((d for d in docs if d["status"] == "accepted" and d["fitness"] is not None),
-                   key=lambda d: d["fitness"], default=None)
+        best_id = opened.store.best_id()  # moved by the promotion rule, not the highest number
+        best = next((d for d in docs if d["id"] == best_id), None)
         console.print(f"[bold]{escape(str(opened.path))}[/]  {len(docs)} experiments: "
                       f"[green]{counts.get('accepted', 0)} accepted[/], [red]{counts.get('failed', 0)} failed[/], "
                       f"[yellow]{counts.get('rejected', 0)} rejected[/]   scale {opened.config.loop.scale}, mode {opened.config.loop.mode}")
         if best:
-            console.print(f"best: [cyan]{best['id']}[/] {escape(best['name'])}  fitness [magenta]{best['fitness']:.3f}[/]  ({best['tag']})")
+            spread = (f" ± {best['fitness_std']:.3f} ({best['n_seeds']} seeds)"
+                      if best.get("fitness_std") is not None else "")
+            iv = best.get("fitness_interval")
+            console.print(f"best: [cyan]{best['id']}[/] {escape(best['name'])}  fitness [magenta]{best['fitness']:.3f}"
+                          f"{spread}[/]" + (f"  interval [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "") + f"  ({best['tag']})")
         else:
             console.print("best: none measured yet (the loop evaluates the seed first)")
         fits = [d["fitness"] if d["status"] == "accepted" else None for d in docs]
@@ -100,7 +109,7 @@ def status(lab: Path = LAB_OPTION,
         opened.close()
 
 
-def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."), lab: Path = LAB_OPTION,
+def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."), lab: Path = LAB_OPTION,
          code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
          as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
     """One experiment: its record, code (highlighted) and metrics."""

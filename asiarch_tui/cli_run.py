@@ -85,8 +85,10 @@ class _Display:
                 return f"{ev.exp_id}: waiting for approval (not possible headless; use the console)"
             if kind == "ExperimentFinished":
                 self.finished.append(ev)
-                f = f"{ev.fitness:.3f}" if ev.fitness is not None else "n/a"
-                return f"{ev.exp_id}: {ev.name} {ev.status}, fitness {f}" + (f" ({ev.reason})" if ev.reason else "")
+                f = _fitness_text(ev)
+                promo = _PROMOTION.get(getattr(ev, "promotion", ""), "")
+                return (f"{ev.exp_id}: {ev.name} {ev.status}, fitness {f}" + (f", {promo}" if promo else "")
+                        + (f" ({ev.reason})" if ev.reason else ""))
         return None
 
     def render(self) -> Group:
@@ -111,6 +113,20 @@ class _Display:
             return Group(*lines)
 
 
+_PROMOTION = {"promoted": "new best", "tied": "tied with best (within noise)", "below": "below best",
+              "single_seed": "one seed (not compared with best)"}
+
+
+def _fitness_text(ev: Any) -> str:
+    """``0.612 ± 0.021 (3 seeds)`` from an ExperimentFinished event (``n/a`` when unscored)."""
+    from agents.stats import format_spread, summarize
+
+    if ev.fitness is None:
+        return "n/a"
+    s = summarize(((ev.fitness_components or {}).get("fitness_seeds") or {}).values())
+    return format_spread(ev.fitness, s.std if s else None, s.n if s else 1) if s and s.n >= 2 else f"{ev.fitness:.3f}"
+
+
 def _table(finished: list[Any]) -> Table:
     t = Table(show_header=True, header_style="bold", expand=False)
     for col in ("id", "name", "status", "fitness", "probe mean", "val bpb", "time"):
@@ -119,7 +135,7 @@ def _table(finished: list[Any]) -> Table:
         m = ev.metrics or {}
         style = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta"}.get(ev.status, "")
         t.add_row(ev.exp_id or "", ev.name[:40], Text(ev.status, style=style),
-                  f"{ev.fitness:.3f}" if ev.fitness is not None else "-",
+                  _fitness_text(ev) if ev.fitness is not None else "-",
                   f"{m['probe_mean']:.3f}" if isinstance(m.get("probe_mean"), (int, float)) else
                   (f"({m['probe_mean_partial']:.3f} partial)" if isinstance(m.get("probe_mean_partial"), (int, float))
                    else "-"),

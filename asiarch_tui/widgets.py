@@ -31,6 +31,25 @@ def fmt_fitness(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def fmt_fitness_spread(rec: Mapping[str, Any]) -> str:
+    """``fitness ± spread (n seeds)`` for a design measured on several seeds, else the fitness."""
+    f, sd, n = rec.get("fitness"), rec.get("fitness_std"), rec.get("n_seeds")
+    if sd is None and rec.get("fitness_seeds"):  # a whole record rather than an index document
+        vals = [float(v) for v in rec["fitness_seeds"].values()]
+        n = len(vals)
+        if n >= 2:
+            m = sum(vals) / n
+            sd = (sum((v - m) ** 2 for v in vals) / (n - 1)) ** 0.5
+    if f is None or sd is None or not n or int(n) < 2:
+        return fmt_fitness(f)
+    return f"{f:.3f} ± {sd:.3f} ({int(n)} seeds)"
+
+
+#: What the promotion rule said about a design, for people.
+PROMOTION_TEXT = {"promoted": "promoted to best", "tied": "tied with best (within noise)",
+                  "below": "below best", "single_seed": "one seed: not compared with best"}
+
+
 def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
     """The tree label of one experiment: id, name, fitness, coloured by status, best starred."""
     status = rec.get("status", "accepted")
@@ -40,7 +59,9 @@ def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
     text.append(f"{rec.get('id', '?')} ", style="dim")
     text.append(str(rec.get("name", "?")), style=STATUS_STYLE.get(status, "white"))
     text.append(" · ", style="dim")
-    text.append(fmt_fitness(rec.get("fitness")), style="bold" if status == "accepted" else "dim")
+    text.append(fmt_fitness_spread(rec), style="bold" if status == "accepted" else "dim")
+    if rec.get("promotion") == "tied" and rec.get("id") != best_id:
+        text.append(" ≈best", style="dim yellow")
     if status != "accepted":
         text.append(f" ({status})", style="dim " + STATUS_STYLE.get(status, ""))
     return text
@@ -140,10 +161,16 @@ class ExperimentTabs(Vertical):
         """Fill every tab from an experiment record (dict), its parent and the baselines."""
         if rec is None:
             return
-        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness(rec.get('fitness'))}"
+        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness_spread(rec)}"
         unscored = (rec.get("fitness_components") or {}).get("unscored")
         if rec.get("fitness") is None and unscored:
             title += f" (not scored: {unscored})"
+        iv = rec.get("fitness_interval")
+        if iv:
+            title += f" · 90% interval [{iv[0]:.3f}, {iv[1]:.3f}]"
+        promo = (rec.get("promotion") or {}).get("outcome")
+        if promo in PROMOTION_TEXT:
+            title += f" · {PROMOTION_TEXT[promo]}"
         self.query_one("#motivation", Markdown).update(title + "\n\n" + (rec.get("motivation") or "_no motivation_"))
         code = rec.get("code") or ""
         self.query_one("#code-view", Static).update(Syntax(code, "python", line_numbers=True, word_wrap=False))
@@ -182,7 +209,11 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def metric_value(metrics: Mapping[str, Any] | None, key: str) -> str:
-    """Look up a dotted key in a metrics dict and format it."""
+    """Look up a dotted key in a metrics dict and format it (``mean ± std (n)`` when the dict
+    has the metric's spread over several seeds)."""
+    spread = ((metrics or {}).get("spread") or {}).get(key) if isinstance((metrics or {}).get("spread"), Mapping) else None
+    if isinstance(spread, Mapping) and int(spread.get("n") or 0) >= 2 and spread.get("std") is not None:
+        return f"{spread['mean']:.4g} ± {spread['std']:.2g} ({int(spread['n'])})"
     cur: Any = metrics or {}
     for part in key.split("."):
         if not isinstance(cur, Mapping) or part not in cur:
@@ -234,8 +265,10 @@ class PlotPanel(Vertical):
         yield PlotextPlot(id="discovery-plot")
         yield PlotextPlot(id="loss-plot")
 
-    def draw_discovery(self, fitnesses: list[float | None]) -> None:
-        """Plot each experiment's fitness and the running best."""
+    def draw_discovery(self, fitnesses: list[float | None], best_lower: list[float | None] | None = None) -> None:
+        """Plot each experiment's fitness and the best design over time: the lower bound of its
+        fitness interval when ``best_lower`` is given (one value per experiment), else the
+        running maximum."""
         plot = self.query_one("#discovery-plot", PlotextPlot)
         plt = plot.plt
         plt.clear_data()
@@ -244,12 +277,16 @@ class PlotPanel(Vertical):
         xs = [i for i, f in enumerate(fitnesses) if f is not None]
         ys = [f for f in fitnesses if f is not None]
         if ys:
-            best, run = [], float("-inf")
-            for y in ys:
-                run = max(run, y)
-                best.append(run)
             plt.scatter(xs, ys, marker="dot", label="fitness")
-            plt.plot(xs, best, label="best")
+            if best_lower is not None:
+                bx = [i for i, v in enumerate(best_lower) if v is not None]
+                plt.plot(bx, [best_lower[i] for i in bx], label="best (lower bound)")
+            else:
+                best, run = [], float("-inf")
+                for y in ys:
+                    run = max(run, y)
+                    best.append(run)
+                plt.plot(xs, best, label="best")
         plot.refresh()
 
     def draw_loss(self, points: list[tuple[int, float]], label: str = "") -> None:

@@ -44,7 +44,9 @@ class Recording(FakeExecutor):
         self.dirs: list[str] = []
 
     def evaluate(self, path, run_dir, seed, baseline, on_line=None):
-        self.dirs.append(Path(run_dir).name if "baselines" in Path(run_dir).parts else "experiment")
+        rd = Path(run_dir)
+        name = rd.parent.name if rd.name.startswith("seed-") else rd.name  # lab/runs/baselines/<scale>/<name>/seed-N
+        self.dirs.append(name if "baselines" in rd.parts else "experiment")
         return super().evaluate(path, run_dir, seed, baseline, on_line)
 
 
@@ -93,7 +95,7 @@ def test_lab_without_a_seed_measurement_scores_nothing_and_says_why(tmp_path: Pa
 
 
 def test_seed_first_comparisons_between_and_after_experiments(tmp_path: Path):
-    lab = make_lab(tmp_path / "lab")
+    lab = make_lab(tmp_path / "lab", seeds=1)  # one evaluation per mixer: the order is the point here
     ex = Recording()
     loop = Loop(lab, llm="builtin", executor=ex, experiments=2,
                 baselines=("deltanet", "linear_attention", "gla", "retnet"))
@@ -165,7 +167,7 @@ def rep_fitness(lab: Lab, exp_id: str) -> float | None:
 
 def test_loop_rescores_when_the_seed_was_measured_after_experiments(tmp_path: Path):
     """The issue's case: children scored while the seed was unmeasured must not stay best."""
-    lab = make_lab(tmp_path / "lab")
+    lab = make_lab(tmp_path / "lab", seeds=1)  # the seed written below is one measurement
     # an older version scored two children without a yardstick (fitness from the judge alone)
     for i, (pm, fit) in enumerate(((0.35, 0.7), (0.7, 0.6)), start=1):
         rec = ExperimentRecord(id=f"{i:04d}", name=f"child {i}", parent="0000", metrics=_metrics(pm), scale="probe",
