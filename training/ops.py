@@ -51,6 +51,8 @@ __all__ = [
     "feature_map",
     "FEATURE_MAPS",
     "fla_available",
+    "chunk_size_for",
+    "CHUNK_SIZES",
 ]
 
 
@@ -96,6 +98,41 @@ def _btHd(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+# Chunk size per op when the caller passes ``chunk_size=None``: ``(max_length, chunk)`` pairs, the
+# first whose max_length >= L wins. Measured with benchmarks/ops_throughput.py --chunks (forward +
+# backward, fp32, one thread, medians; see docs/OPS.md): a larger chunk does more intra-chunk
+# work but fewer, larger matrix products and a shorter sequential state carry.
+CHUNK_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
+    "linear_attention": ((1 << 62, 64),),
+    "retention": ((1 << 62, 64),),
+    "simple_gla": ((1 << 62, 64),),
+    "gated_linear_attention": ((1 << 62, 64),),
+    "delta_rule": ((1 << 62, 64),),
+    "gated_delta_rule": ((1 << 62, 64),),
+}
+
+
+def chunk_size_for(op: str, length: int) -> int:
+    """The tuned chunk size of ``op`` (a name in :data:`CHUNK_SIZES`) at sequence length ``length``."""
+    try:
+        table = CHUNK_SIZES[op]
+    except KeyError:
+        raise ValueError(f"chunk_size_for: unknown op {op!r}; choose one of {', '.join(CHUNK_SIZES)}") from None
+    for max_len, chunk in table:
+        if length <= max_len:
+            return chunk
+    return table[-1][1]
+
+
+def _chunk(op: str, chunk_size: int | None, length: int) -> int:
+    """``chunk_size`` checked, or the tuned default when it is None."""
+    if chunk_size is None:
+        return chunk_size_for(op, length)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{op}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
 
 
 def _check_qkv(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -158,7 +195,7 @@ def linear_attention(
     v: torch.Tensor,
     scale: float | None = None,
     normalize: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Causal linear attention ``o_t = sum_{s<=t} (scale q_t . k_s) v_s``.
@@ -173,6 +210,7 @@ def linear_attention(
         o, _ = _fla_ops()["linear_attn"](_btHd(q), _btHd(k), _btHd(v), scale=s, normalize=normalize)
         return _btHd(o)
     length = q.shape[2]
+    chunk_size = _chunk("linear_attention", chunk_size, length)
     qs = q * s
     qc, kc, vc = _chunks(qs, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
     kv = kc.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv] per-chunk contributions
@@ -224,7 +262,7 @@ def retention(
     v: torch.Tensor,
     decay: torch.Tensor,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Retention (RetNet): ``S_t = gamma_h S_{t-1} + k_t v_t^T``, ``o_t = scale q_t S_t``.
 
@@ -241,7 +279,7 @@ def retention(
         o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g_gamma=log_gamma, scale=s)
         return _btHd(o)
     g = log_gamma.view(1, -1, 1).expand(q.shape[0], -1, q.shape[2])
-    return _scalar_decay_attention(q * s, k, v, g, chunk_size)
+    return _scalar_decay_attention(q * s, k, v, g, _chunk("retention", chunk_size, q.shape[2]))
 
 
 def simple_gla(
@@ -250,7 +288,7 @@ def simple_gla(
     v: torch.Tensor,
     log_decay: torch.Tensor,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Linear attention with a data-dependent *per-head* decay (Mamba-2 / "simple GLA").
 
@@ -263,7 +301,7 @@ def simple_gla(
     if _use_fla(q):
         o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
         return _btHd(o)
-    return _scalar_decay_attention(q * s, k, v, log_decay, chunk_size)
+    return _scalar_decay_attention(q * s, k, v, log_decay, _chunk("simple_gla", chunk_size, q.shape[2]))
 
 
 def gated_linear_attention(
@@ -272,7 +310,7 @@ def gated_linear_attention(
     v: torch.Tensor,
     log_decay: torch.Tensor,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Gated linear attention (GLA): ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``.
 
@@ -289,7 +327,8 @@ def gated_linear_attention(
     if _use_fla(q):
         o, _ = _fla_ops()["gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
         return _btHd(o)
-    length, C = q.shape[2], chunk_size
+    length = q.shape[2]
+    C = _chunk("gated_linear_attention", chunk_size, length)
     qc, kc, vc = _chunks(q * s, C), _chunks(k, C), _chunks(v, C)
     G = _chunks(log_decay, C).cumsum(3)  # [B, H, N, C, Dk]
     attn = _gla_intra_chunk(qc, kc, G)
@@ -302,39 +341,132 @@ def gated_linear_attention(
     return _unchunk(o_intra + q_in @ states, length)
 
 
-def _gla_intra_chunk(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor, split: int = 4, leaf: int = 4) -> torch.Tensor:
+# Exponents of a factored decay stay within +-_SPAN_LIMIT / 2 (e^30 ~ 1e13): far from fp32's
+# overflow (e^88) and from its denormals, so the factored products keep full relative precision.
+_SPAN_LIMIT = 60.0
+
+
+def _gla_intra_chunk(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor, splits: tuple[int, ...] = (16, 4)) -> torch.Tensor:
     """A_ij = sum_d q_id k_jd exp(G_id - G_jd) for j <= i, else 0: ``[..., C, Dk] -> [..., C, C]``.
 
-    The block is cut into ``split`` sub-blocks. A sub-block pair (a, b) with a after b factors through
-    the cumulative decay at the end of key block b, G_ref: ``(q_i exp(G_i - G_ref)) . (k_j exp(G_ref -
-    G_j))``, two factors with exponents <= 0, so it is one stable matrix product (fla's trick). The
-    diagonal sub-blocks recurse; blocks of at most ``leaf`` positions are computed elementwise. The
-    exponents that would be positive belong to acausal pairs: they are clamped to 0 before the exp
-    and those pairs are zeroed afterwards, so no exp ever overflows.
+    ``G`` is the cumulative log decay (non-increasing along C). Secondary chunking, as fla's chunk
+    kernels do, so that the work is matrix products and not a ``[C, C, Dk]`` elementwise tensor:
+
+    - When every block's log-decay span ``G_first - G_last`` is at most ``_SPAN_LIMIT`` (the usual
+      case: fla's GLA gates decay by ~1/16 per step), the decay factors through the block's midpoint
+      ``r``: ``(q_i exp(G_i - r)) . (k_j exp(r - G_j))``, exponents within +-span/2, one matmul.
+    - Otherwise the block is cut into sub-blocks of ``splits[0]``. Row block ``a`` meets every key
+      before its first position through ``G_ref = G[a*s - 1]``: ``(q_i exp(G_i - G_ref)) . (k_j
+      exp(G_ref - G_j))``, both exponents <= 0 for the pairs kept (the others are clamped to 0 before
+      the exp and masked out), one matmul per row block. The diagonal sub-blocks recurse with
+      ``splits[1:]``; with no splits left they are computed elementwise (clamped the same way).
+
+    No exp ever overflows, for any decay (tested with log decays of -10 per step).
     """
     *lead, C, dk = q.shape
-    if C <= leaf or C % split:
-        # exponents are > 0 only for acausal pairs (j > i): clamp them, then zero those pairs
+    span = float((G[..., 0, :] - G[..., -1, :]).detach().max()) if C > 1 else 0.0
+    if span <= _SPAN_LIMIT:
+        mid = (G[..., :1, :] + G[..., -1:, :]) * 0.5
+        A = (q * (G - mid).exp()) @ (k * (mid - G).exp()).transpose(-1, -2)
+        return A.masked_fill(~_tril_mask(C, q.device), 0.0)
+    if not splits or C <= splits[0] or C % splits[0]:
         decay = (G.unsqueeze(-2) - G.unsqueeze(-3)).clamp(max=0.0).exp()  # [..., C(i), C(j), Dk]
         A = (q.unsqueeze(-2) * k.unsqueeze(-3) * decay).sum(-1)
         return A.masked_fill(~_tril_mask(C, q.device), 0.0)
-    m, c = split, C // split
-    qs, ks, Gs = (x.reshape(*lead, m, c, dk) for x in (q, k, G))
-    diag = _gla_intra_chunk(qs, ks, Gs, split, leaf)  # [..., m, c, c]
-    G_ref = Gs[..., -1, :]  # [..., m(b), Dk]
-    k_rel = ks * (G_ref.unsqueeze(-2) - Gs).exp()  # exponent <= 0
-    q_exp = Gs.unsqueeze(-3) - G_ref.unsqueeze(-2).unsqueeze(-4)  # [..., m(a), m(b), c, Dk]
-    q_rel = qs.unsqueeze(-3) * q_exp.clamp(max=0.0).exp()  # clamped only where a <= b (unused)
-    off = torch.einsum("...abid,...bjd->...abij", q_rel, k_rel)
-    later = torch.ones(m, m, device=q.device).tril(-1).to(q.dtype)  # keep a > b
-    eye = torch.eye(m, dtype=q.dtype, device=q.device)
-    blocks = off * later.view(m, m, 1, 1) + eye.view(m, m, 1, 1) * diag.unsqueeze(-3)  # [..., a, b, i, j]
-    return blocks.transpose(-3, -2).reshape(*lead, C, C)
+    s = splits[0]
+    m = C // s
+    qs, ks, Gs = (x.reshape(*lead, m, s, dk) for x in (q, k, G))
+    diag = _gla_intra_chunk(qs, ks, Gs, splits[1:])  # [..., m, s, s]
+    G_ref = Gs[..., :-1, -1:, :]  # [..., m-1, 1, Dk]: G just before row block a = 1..m-1
+    q_rel = qs[..., 1:, :, :] * (Gs[..., 1:, :, :] - G_ref).exp()  # exponent <= 0
+    k_rel = k[..., None, : C - s, :] * (G_ref - G[..., None, : C - s, :]).clamp(max=0.0).exp()
+    off = q_rel @ k_rel.transpose(-1, -2)  # [..., m-1, s, C-s]
+    later = torch.arange(C - s, device=q.device).view(1, -1) >= torch.arange(1, m, device=q.device).view(-1, 1) * s
+    off = off.masked_fill(later.unsqueeze(-2), 0.0)  # keep keys before the row block only
+    off = F.pad(torch.cat([off.new_zeros(*lead, 1, s, C - s), off], dim=-3), (0, s))  # [..., m, s, C]
+    eye = torch.eye(m, dtype=q.dtype, device=q.device).view(m, 1, m, 1)
+    blockdiag = (diag.unsqueeze(-2) * eye).reshape(*lead, m, s, C)
+    return (off + blockdiag).reshape(*lead, C, C)
 
 
 # --------------------------------------------------------------------------------------------
 # delta rule family (chunked WY / UT form)
 # --------------------------------------------------------------------------------------------
+
+
+class _UnitLowerInverse(torch.autograd.Function):
+    """``T = (I + A)^{-1}`` for a batch of strictly lower-triangular ``A: [..., C, C]``.
+
+    Only the strictly lower part of ``A`` is read. Forward: one batched triangular solve against
+    the identity (fp16/bf16 are solved in fp32). Backward: ``dA = -strict_tril(T^T dT T^T)``, two
+    matrix products, instead of autograd's second triangular solve with many right-hand sides.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor) -> torch.Tensor:
+        C = A.shape[-1]
+        work = _upcast(A)
+        eye = torch.eye(C, dtype=work.dtype, device=A.device)
+        T = torch.linalg.solve_triangular(work, eye.expand_as(work), upper=False, unitriangular=True)
+        T = T.to(A.dtype)
+        ctx.save_for_backward(T)
+        return T
+
+    @staticmethod
+    def backward(ctx: Any, grad_T: torch.Tensor) -> torch.Tensor:
+        (T,) = ctx.saved_tensors
+        Tt = T.transpose(-1, -2)
+        return -(Tt @ grad_T @ Tt).tril(-1)
+
+
+class _DeltaStates(torch.autograd.Function):
+    """The sequential part of the chunked delta rule, with a hand-written backward.
+
+    Inputs per chunk n (stacked on dim 2): ``u, w: [B, H, N, C, Dv|Dk]``, ``k_out: [B, H, N, C, Dk]``
+    and ``carry: [B, H, N, 1, 1]`` (the decay over the whole chunk; ones without a gate). With
+    ``S_0 = 0``: ``v_n = u_n - w_n S_n`` and ``S_{n+1} = carry_n S_n + k_out_n^T v_n``. Returns the
+    states entering each chunk ``S: [B, H, N, Dk, Dv]`` and the corrected values ``v: [B, H, N, C,
+    Dv]``. Forward and backward each take two ``[C, D] x [D, D]`` products per chunk in a loop; the
+    rest of the backward (the gradients of ``w``, ``k_out`` and ``carry``) is batched over all
+    chunks after the loop. Autograd through the loop would record ~10 ops per chunk instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, w: torch.Tensor, k_out: torch.Tensor, carry: torch.Tensor):
+        b, h, n, c, dv = u.shape
+        dk = w.shape[-1]
+        states = u.new_empty(b, h, n, dk, dv)
+        v_new = torch.empty_like(u)
+        state = u.new_zeros(b, h, dk, dv)
+        kT = k_out.transpose(-1, -2)
+        for i in range(n):
+            states[:, :, i] = state
+            v_i = torch.baddbmm(u[:, :, i].reshape(b * h, c, dv), w[:, :, i].reshape(b * h, c, dk),
+                                state.reshape(b * h, dk, dv), alpha=-1.0).view(b, h, c, dv)
+            v_new[:, :, i] = v_i
+            state = carry[:, :, i] * state + kT[:, :, i] @ v_i
+        ctx.save_for_backward(w, k_out, carry, states, v_new)
+        return states, v_new
+
+    @staticmethod
+    def backward(ctx: Any, d_states: torch.Tensor, d_v: torch.Tensor):
+        w, k_out, carry, states, v_new = ctx.saved_tensors
+        n = w.shape[2]
+        d_states = torch.zeros_like(states) if d_states is None else d_states
+        d_v = torch.zeros_like(v_new) if d_v is None else d_v.clone()  # becomes the total dv
+        g_next = torch.empty_like(states)  # gradient reaching S_{n+1} from later chunks
+        gS = torch.zeros_like(states[:, :, 0])
+        wT = w.transpose(-1, -2)
+        for i in range(n - 1, -1, -1):
+            g_next[:, :, i] = gS
+            gv = d_v[:, :, i] + k_out[:, :, i] @ gS
+            d_v[:, :, i] = gv
+            gS = carry[:, :, i] * gS - wT[:, :, i] @ gv + d_states[:, :, i]
+        d_u = d_v
+        d_w = -(d_v @ states.transpose(-1, -2))
+        d_k = v_new @ g_next.transpose(-1, -2)
+        d_carry = (states * g_next).sum((-1, -2), keepdim=True)
+        return d_u, d_w, d_k, d_carry
 
 
 def _chunk_delta(
@@ -347,18 +479,21 @@ def _chunk_delta(
 ) -> torch.Tensor:
     """Chunked (gated) delta rule; q pre-scaled, ``beta, g: [B, H, L]``.
 
-    Inside a chunk the sequential updates collapse (the UT transform) into one unit lower-triangular
-    solve: with ``A = strict_tril(diag(beta) (K K^T * Gamma))`` and ``Gamma_ij = exp(G_i - G_j)``,
-    ``u = (I + A)^{-1} diag(beta) V`` and ``w = (I + A)^{-1} diag(beta) diag(exp(G)) K``; then the
-    state entering the chunk corrects the values, ``v_new = u - w S``, exactly like one big delta
-    step. ``torch.linalg.solve_triangular`` replaces fla's Python-loop inverse (2.8x faster here).
+    Inside a chunk the sequential updates collapse (the WY / UT transform) into one unit
+    lower-triangular inverse: with ``A = strict_tril(diag(beta) (K K^T * Gamma))`` and ``Gamma_ij =
+    exp(G_i - G_j)``, ``T = (I + A)^{-1}``, ``u = T diag(beta) V`` and ``w = T diag(beta) diag(exp(G))
+    K``; the state entering the chunk then corrects the values, ``v_new = u - w S``, exactly like one
+    big delta step. ``T`` comes from one triangular solve batched over every chunk and head at once
+    (:class:`_UnitLowerInverse`), so ``u`` and ``w`` are plain matrix products; only the state carry
+    (two ``[C, D] x [D, D]`` products per chunk, :class:`_DeltaStates`) is sequential.
     """
     length, C = q.shape[2], chunk_size
     qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)
     bc = _chunks(beta, C).unsqueeze(-1)  # [B, H, N, C, 1]
     kb = kc * bc
-    kk = kb @ kc.transpose(-1, -2)  # [B, H, N, C, C]: beta_i k_i . k_j
-    qk = qc @ kc.transpose(-1, -2)
+    kT = kc.transpose(-1, -2)
+    kk = kb @ kT  # [B, H, N, C, C]: beta_i k_i . k_j
+    qk = qc @ kT
     if g is None:
         G = None
         qk = qk.masked_fill(~_tril_mask(C, q.device), 0.0)
@@ -369,28 +504,20 @@ def _chunk_delta(
         kk = kk * gamma
         qk = qk * gamma
         rhs_k = kb * G.exp().unsqueeze(-1)
-    eye = torch.eye(C, dtype=torch.float32, device=q.device)
-    lower = kk.tril(-1).float() + eye
-    dv = v.shape[-1]
-    rhs = torch.cat([vc * bc, rhs_k], dim=-1).float()
-    uw = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True).to(q.dtype)
-    u, w = uw[..., :dv], uw[..., dv:]
+    T = _UnitLowerInverse.apply(kk)  # reads the strictly lower part only
+    u = T @ (vc * bc)
+    w = T @ rhs_k
     if G is None:
-        q_in, k_out, carry = qc, kc, [None] * qc.shape[2]
+        q_in, k_out = qc, kc
+        carry = q.new_ones(*qc.shape[:3], 1, 1)
     else:
         G_last = G[..., -1:]
         q_in = qc * G.exp().unsqueeze(-1)
         k_out = kc * (G_last - G).exp().unsqueeze(-1)
-        carry = G_last.exp().unsqueeze(-1).unbind(2)  # N x [B, H, 1, 1]
+        carry = G_last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
     # the sequential part: per chunk, correct the values by what the entering state predicts
-    state = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], dv)
-    states, v_news = [], []
-    for u_n, w_n, kT_n, carry_n in zip(u.unbind(2), w.unbind(2), k_out.transpose(-1, -2).unbind(2), carry):
-        v_new = u_n - w_n @ state
-        states.append(state)
-        v_news.append(v_new)
-        state = (state if carry_n is None else carry_n * state) + kT_n @ v_new
-    o = q_in @ torch.stack(states, dim=2) + qk @ torch.stack(v_news, dim=2)
+    states, v_new = _DeltaStates.apply(u, w, k_out, carry)
+    o = q_in @ states + qk @ v_new
     return _unchunk(o, length)
 
 
@@ -400,7 +527,7 @@ def delta_rule(
     v: torch.Tensor,
     beta: torch.Tensor,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """DeltaNet: ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``, ``o_t = scale q_t S_t``.
 
@@ -414,7 +541,7 @@ def delta_rule(
     if _use_fla(q):
         o, _ = _fla_ops()["delta_rule"](_btHd(q), _btHd(k), _btHd(v), _btHd(beta), scale=s)
         return _btHd(o)
-    return _chunk_delta(q * s, k, v, beta, None, chunk_size)
+    return _chunk_delta(q * s, k, v, beta, None, _chunk("delta_rule", chunk_size, q.shape[2]))
 
 
 def gated_delta_rule(
@@ -424,7 +551,7 @@ def gated_delta_rule(
     beta: torch.Tensor,
     log_decay: torch.Tensor,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Gated DeltaNet: ``S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T``, ``a_t = exp(g_t)``.
 
@@ -442,7 +569,7 @@ def gated_delta_rule(
             _btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), beta=_btHd(beta), scale=s
         )
         return _btHd(o)
-    return _chunk_delta(q * s, k, v, beta, log_decay, chunk_size)
+    return _chunk_delta(q * s, k, v, beta, log_decay, _chunk("gated_delta_rule", chunk_size, q.shape[2]))
 
 
 # --------------------------------------------------------------------------------------------
