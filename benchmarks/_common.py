@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import enum
 import importlib.metadata
 import json
 import os
@@ -126,7 +127,9 @@ def _jsonable(x: Any) -> Any:
         return x.item()
     if isinstance(x, (set, tuple)):
         return list(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+    if isinstance(x, enum.Enum):
+        return x.value
+    return str(x)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,9 @@ and the fraction of the matmul roofline that represents.
 Timing. By default the clock is this thread's CPU time (``time.thread_time``) with
 ``torch.set_num_threads(1)``: tokens per CPU-second of one thread, which stays meaningful when
 other jobs share the machine (wall time does not). Every figure is the median of ``--repeats``
-runs after one warm-up; the roofline too (the median of its samples taken before, between and
-after the ops). ``--clock wall`` gives wall-clock figures (use it with --threads on an idle
+runs after one warm-up, the implementations of an op run in interleaved rounds (so a change in the
+machine's load hits all of them alike); the roofline is the median of samples taken before,
+between and after the ops. ``--clock wall`` gives wall-clock figures (use it with --threads on an idle
 machine). CPU time on a loaded VM still moves by tens of percent (shared caches, steal time): compare
 implementations within one run, not across runs.
 
@@ -75,17 +76,29 @@ def median_time(fn: Callable[[], None], repeats: int = 5, slow: float = 1.0) -> 
 
     A warm-up slower than ``slow`` seconds is the figure (one run of a slow reference is enough).
     """
-    t0 = CLOCK()
-    fn()
-    first = CLOCK() - t0
-    if first > slow:
-        return first
-    times = []
-    for _ in range(repeats):
+    return interleaved_medians({"fn": fn}, repeats, slow)["fn"]
+
+
+def interleaved_medians(runs: dict, repeats: int = 5, slow: float = 1.0) -> dict:
+    """Median time of each callable in ``runs``, measured in rounds (one run of each per round).
+
+    Interleaving spreads the machine's load changes over all implementations alike instead of
+    favouring whichever ran in a quiet moment. Each callable is warmed up once; one whose warm-up
+    takes longer than ``slow`` seconds keeps that single figure and sits out the rounds.
+    """
+    samples: dict = {}
+    for name, fn in runs.items():
         t0 = CLOCK()
         fn()
-        times.append(CLOCK() - t0)
-    return statistics.median(times)
+        first = CLOCK() - t0
+        samples[name] = [first] if first > slow else []
+    active = [n for n in runs if not samples[n]]
+    for _ in range(repeats):
+        for name in active:
+            t0 = CLOCK()
+            runs[name]()
+            samples[name].append(CLOCK() - t0)
+    return {n: statistics.median(ts) for n, ts in samples.items()}
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
@@ -245,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure (the median is reported)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=list(CLOCKS), default="thread")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("B", "H", "D"), default=[B, H, DK],
+                        help="batch, heads and head dim (Dk = Dv); the goal is stated for 1 4 64")
     add_json_flag(parser)
     args = parser.parse_args(argv)
     if args.threads > 1 and args.clock == "thread":
@@ -256,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, rec) -> None:
     """The benchmark proper; figures go to ``rec`` (see benchmarks/_common.py)."""
     torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, B, H, DK, DV
     CLOCK = CLOCKS[args.clock]
+    B, H, DK = args.shape
+    DV = DK
     rec.settings.update(
         B=B, H=H, Dk=DK, Dv=DV, dtype="float32", lengths=args.lengths, threads=args.threads,
         clock=args.clock, repeats=args.repeats, statistic="median", fla_chunk=FLA_CHUNK,
@@ -278,7 +295,7 @@ def run(args: argparse.Namespace, rec) -> None:
     for op in args.ops:
         for L in args.lengths:
             leaves, impls = build(op, L)
-            times: dict[str, float] = {}
+            runs: dict[object, Callable[[], None]] = {}
             for name in IMPLS:
                 if name not in impls:
                     continue
@@ -290,12 +307,15 @@ def run(args: argparse.Namespace, rec) -> None:
                         notes.append(f"{op} L={L}: {name} skipped (projected {projected:.1f} s per run "
                                      f"> {SLOW_BUDGET_S:.0f} s budget)")
                         continue
-                times[name] = median_time(fwd_bwd(impls[name][0], leaves), repeats=args.repeats)
-                run_time[(op, name, L)] = times[name]
-            sweep: dict[int, float] = {}
+                runs[name] = fwd_bwd(impls[name][0], leaves)
             for c in args.chunks or []:
                 lv, im = build(op, L, chunk=c)
-                sweep[c] = B * L / median_time(fwd_bwd(im["ours"][0], lv), repeats=args.repeats)
+                runs[c] = fwd_bwd(im["ours"][0], lv)
+            measured = interleaved_medians(runs, args.repeats)
+            times = {n: t for n, t in measured.items() if isinstance(n, str)}
+            sweep = {c: B * L / t for c, t in measured.items() if isinstance(c, int)}
+            for name, t in times.items():
+                run_time[(op, name, L)] = t
             rows.append({"op": op, "L": L, "chunk": impls["ours"][1], "times": times, "sweep": sweep,
                          "chunks": {n: c for n, (_, c) in impls.items()}})
         roof_samples.append(matmul_gflops())
@@ -332,7 +352,7 @@ def run(args: argparse.Namespace, rec) -> None:
     print(f"\nroofline: median of {len(roof_samples)} samples = {roof:.1f} GFLOP/s "
           f"(samples {', '.join(f'{r:.1f}' for r in roof_samples)})")
     goal_L = 1024
-    if any(r["L"] == goal_L for r in rows):
+    if any(r["L"] == goal_L for r in rows) and (B, H, DK) == (1, 4, 64):
         print(f"goal at L={goal_L}: >= {GOAL_ROOF:.0%} of the roofline and >= {GOAL_FLA:.0f}x fla's naive chunked code:")
         for row in rows:
             if row["L"] != goal_L:

@@ -488,3 +488,24 @@ def test_fla_dispatch_is_cuda_only(monkeypatch):
     assert not ops._use_fla(x)
     assert ops.linear_attention(x, x, x).shape == x.shape
 
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "retention", "simple_gla", "gated_linear_attention",
+                                  "delta_rule", "gated_delta_rule"])
+def test_ops_run_under_cpu_bf16_autocast(name):
+    """Under ``torch.autocast("cpu", bfloat16)`` (inputs rounded to bf16) every op runs forward and
+    backward (decay sums, the triangular inverse and the delta state carry stay fp32 inside) and
+    stays within bf16 rounding of the fp32 result."""
+    t = rand_inputs(2, 2, 100, 16, 16, seed=41, dtype=torch.float32)
+    cases = _cases(t)
+    ours, _ = cases[name]
+    ref = ours(32)
+    leaves = {n: x.bfloat16().requires_grad_() for n, x in t.items()}
+    cases_bf16 = _cases(leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cases_bf16[name][0](32)
+    out.float().square().sum().backward()
+    assert torch.isfinite(out.float()).all()
+    assert leaves["q"].grad is not None and torch.isfinite(leaves["q"].grad.float()).all()
+    rel = (out.float() - ref).norm() / ref.norm()
+    assert rel < 3e-2, f"{name}: relative error {rel:.3g} under bf16 autocast"

@@ -173,6 +173,11 @@ def _tril_mask(c: int, device: torch.device, diagonal: int = 0) -> torch.Tensor:
     return torch.ones(c, c, dtype=torch.bool, device=device).tril(diagonal)
 
 
+def _no_autocast(x: torch.Tensor) -> Any:
+    """Autocast switched off for ``x``'s device type (for the parts that must stay in fp32)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _pairwise_decay(G: torch.Tensor) -> torch.Tensor:
     """exp(G_i - G_j) for j <= i, 0 above the diagonal. ``G: [..., C]`` cumulative log decays.
 
@@ -230,7 +235,7 @@ def _scalar_decay_attention(
     """S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t S_t; ``g: [B, H, L]`` (<= 0), q pre-scaled."""
     length = q.shape[2]
     qc, kc, vc = _chunks(q, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
-    G = _chunks(g, chunk_size).cumsum(-1)  # [B, H, N, C] log decay from chunk start to i
+    G = _chunks(_upcast(g), chunk_size).cumsum(-1)  # [B, H, N, C] log decay from chunk start to i (fp32)
     attn = (qc @ kc.transpose(-1, -2)) * _pairwise_decay(G)
     o_intra = attn @ vc
     q_in = qc * G.exp().unsqueeze(-1)  # queries see the entering state decayed to their position
@@ -330,7 +335,7 @@ def gated_linear_attention(
     length = q.shape[2]
     C = _chunk("gated_linear_attention", chunk_size, length)
     qc, kc, vc = _chunks(q * s, C), _chunks(k, C), _chunks(v, C)
-    G = _chunks(log_decay, C).cumsum(3)  # [B, H, N, C, Dk]
+    G = _chunks(_upcast(log_decay), C).cumsum(3)  # [B, H, N, C, Dk], fp32 even from bf16 gates
     attn = _gla_intra_chunk(qc, kc, G)
     o_intra = attn @ vc
     q_in = qc * G.exp()
@@ -499,12 +504,13 @@ def _chunk_delta(
         qk = qk.masked_fill(~_tril_mask(C, q.device), 0.0)
         rhs_k = kb
     else:
-        G = _chunks(g, C).cumsum(-1)  # [B, H, N, C]
+        G = _chunks(_upcast(g), C).cumsum(-1)  # [B, H, N, C], fp32 even from bf16 gates
         gamma = _pairwise_decay(G)
         kk = kk * gamma
         qk = qk * gamma
         rhs_k = kb * G.exp().unsqueeze(-1)
-    T = _UnitLowerInverse.apply(kk)  # reads the strictly lower part only
+    with _no_autocast(q):  # the inverse and (below) the state carry run in fp32 under autocast
+        T = _UnitLowerInverse.apply(_upcast(kk))  # reads the strictly lower part only
     u = T @ (vc * bc)
     w = T @ rhs_k
     if G is None:
@@ -516,7 +522,8 @@ def _chunk_delta(
         k_out = kc * (G_last - G).exp().unsqueeze(-1)
         carry = G_last.exp().unsqueeze(-1)  # [B, H, N, 1, 1]
     # the sequential part: per chunk, correct the values by what the entering state predicts
-    states, v_new = _DeltaStates.apply(u, w, k_out, carry)
+    with _no_autocast(q):
+        states, v_new = _DeltaStates.apply(*(_upcast(x) for x in (u, w, k_out, carry)))
     o = q_in @ states + qk @ v_new
     return _unchunk(o, length)
 
