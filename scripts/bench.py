@@ -27,6 +27,7 @@ BENCH_DIR = ROOT / "benchmarks"
 # the smallest settings of each benchmark (``--quick``)
 QUICK_ARGS: dict[str, list[str]] = {
     "archive_scale": ["--quick"],
+    "bf16": ["--steps", "2", "--only", "deltanet"],
     "baseline_ranking": ["--scale", "probe", "--seeds", "1", "--only", "deltanet", "--threads", "1"],
     "check_latency": ["--repeats", "1", "deltanet"],
     "corpus_recall": ["--embedder", "hash"],
