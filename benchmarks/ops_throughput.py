@@ -182,7 +182,7 @@ def build(op: str, L: int, chunk: int | None = None):
     leaves = [q, k, v, beta, g_head, g_chan]
     for t in leaves:
         t.requires_grad_(True)
-    C = ops.chunk_size_for(op, L) if chunk is None else chunk
+    C = ops.chunk_size_for(op, L, DK) if chunk is None else chunk
     impls: dict[str, tuple[Callable[[], torch.Tensor], int]] = {}
     if op == "linear_attention":
         impls["ours"] = (lambda: ops.linear_attention(q, k, v, chunk_size=C)), C

@@ -264,12 +264,21 @@ def test_default_chunk_size_is_tuned_per_op_and_checked():
     t = rand_inputs(1, 2, 70, 8, 8, seed=3)
     for name, (ours, _) in _cases(t).items():
         close(ours(None), ours(16))
-    for op in ops.CHUNK_SIZES:
-        for length in (1, 256, 1024, 4096, 10**6):
-            c = ops.chunk_size_for(op, length)
-            assert isinstance(c, int) and c >= 1
+    for op in ops.CHUNK_OPS:
+        for length in (1, 10, 256, 1024, 4096, 10**6):
+            for head_dim in (8, 32, 64, 256):
+                c = ops.chunk_size_for(op, length, head_dim)
+                assert isinstance(c, int) and ops.MIN_CHUNK <= c <= ops.MAX_CHUNK and c & (c - 1) == 0
+                assert c <= max(ops.MIN_CHUNK, 2 * length)  # no chunk of pure padding
+    # the measured choices (docs/OPS.md): C = D for the linear family, D / 2 for the delta rules
+    assert ops.chunk_size_for("gated_linear_attention", 1024, 64) == 64
+    assert ops.chunk_size_for("linear_attention", 256, 32) == 32
+    assert ops.chunk_size_for("delta_rule", 1024, 64) == 32
+    assert ops.chunk_size_for("gated_delta_rule", 256, 32) == 16
     with pytest.raises(ValueError, match="unknown op"):
         ops.chunk_size_for("nope", 10)
+    with pytest.raises(ValueError, match="length"):
+        ops.chunk_size_for("delta_rule", 0)
     q = torch.randn(1, 1, 8, 4)
     for bad in (0, -4, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):

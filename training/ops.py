@@ -52,7 +52,7 @@ __all__ = [
     "FEATURE_MAPS",
     "fla_available",
     "chunk_size_for",
-    "CHUNK_SIZES",
+    "CHUNK_OPS",
 ]
 
 
@@ -100,36 +100,38 @@ def _btHd(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-# Chunk size per op when the caller passes ``chunk_size=None``: ``(max_length, chunk)`` pairs, the
-# first whose max_length >= L wins. Measured with benchmarks/ops_throughput.py --chunks (forward +
-# backward, fp32, one thread, medians; see docs/OPS.md): a larger chunk does more intra-chunk
-# work but fewer, larger matrix products and a shorter sequential state carry.
-CHUNK_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
-    "linear_attention": ((1 << 62, 64),),
-    "retention": ((1 << 62, 64),),
-    "simple_gla": ((1 << 62, 64),),
-    "gated_linear_attention": ((1 << 62, 64),),
-    "delta_rule": ((1 << 62, 64),),
-    "gated_delta_rule": ((1 << 62, 64),),
-}
+# The chunk size an op uses when the caller passes ``chunk_size=None``. Measured on a 2-core AMD
+# EPYC (Zen 3, AVX2) with benchmarks/ops_throughput.py --chunks 16 32 64 128 (forward + backward,
+# fp32, one thread, medians; docs/OPS.md has the tables): the fastest chunk follows the head dim D,
+# not the length (L = 128 ... 4096 all agree within noise). The linear-attention family is fastest
+# at C = D (the intra-chunk products C x C x D then match the state products D x D x C); the delta
+# rule family at C = D / 2 (its triangular inverse and its extra C x C products grow with C).
+_LINEAR_FAMILY = ("linear_attention", "retention", "simple_gla", "gated_linear_attention")
+_DELTA_FAMILY = ("delta_rule", "gated_delta_rule")
+CHUNK_OPS: tuple[str, ...] = _LINEAR_FAMILY + _DELTA_FAMILY
+MIN_CHUNK, MAX_CHUNK = 16, 64
 
 
-def chunk_size_for(op: str, length: int) -> int:
-    """The tuned chunk size of ``op`` (a name in :data:`CHUNK_SIZES`) at sequence length ``length``."""
-    try:
-        table = CHUNK_SIZES[op]
-    except KeyError:
-        raise ValueError(f"chunk_size_for: unknown op {op!r}; choose one of {', '.join(CHUNK_SIZES)}") from None
-    for max_len, chunk in table:
-        if length <= max_len:
-            return chunk
-    return table[-1][1]
+def chunk_size_for(op: str, length: int, head_dim: int = 64) -> int:
+    """The tuned chunk size of ``op`` (one of :data:`CHUNK_OPS`) for ``length`` and key head dim.
+
+    ``D`` for the linear-attention family, ``D / 2`` for the delta rules, rounded to a power of two
+    in [16, 64], and never more than the length rounded up to a power of two (no chunk of padding).
+    """
+    if op not in CHUNK_OPS:
+        raise ValueError(f"chunk_size_for: unknown op {op!r}; choose one of {', '.join(CHUNK_OPS)}")
+    if length < 1 or head_dim < 1:
+        raise ValueError(f"chunk_size_for: length and head_dim must be >= 1, got {length} and {head_dim}")
+    target = head_dim if op in _LINEAR_FAMILY else head_dim / 2
+    chunk = 2 ** round(math.log2(max(target, 1)))
+    chunk = min(MAX_CHUNK, max(MIN_CHUNK, chunk))
+    return min(chunk, max(MIN_CHUNK, 1 << (length - 1).bit_length()))
 
 
-def _chunk(op: str, chunk_size: int | None, length: int) -> int:
+def _chunk(op: str, chunk_size: int | None, length: int, head_dim: int) -> int:
     """``chunk_size`` checked, or the tuned default when it is None."""
     if chunk_size is None:
-        return chunk_size_for(op, length)
+        return chunk_size_for(op, max(length, 1), head_dim)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be a positive int or None, got {chunk_size!r}")
     return chunk_size
@@ -215,7 +217,7 @@ def linear_attention(
         o, _ = _fla_ops()["linear_attn"](_btHd(q), _btHd(k), _btHd(v), scale=s, normalize=normalize)
         return _btHd(o)
     length = q.shape[2]
-    chunk_size = _chunk("linear_attention", chunk_size, length)
+    chunk_size = _chunk("linear_attention", chunk_size, length, q.shape[-1])
     qs = q * s
     qc, kc, vc = _chunks(qs, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
     kv = kc.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv] per-chunk contributions
@@ -284,7 +286,7 @@ def retention(
         o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g_gamma=log_gamma, scale=s)
         return _btHd(o)
     g = log_gamma.view(1, -1, 1).expand(q.shape[0], -1, q.shape[2])
-    return _scalar_decay_attention(q * s, k, v, g, _chunk("retention", chunk_size, q.shape[2]))
+    return _scalar_decay_attention(q * s, k, v, g, _chunk("retention", chunk_size, q.shape[2], q.shape[-1]))
 
 
 def simple_gla(
@@ -306,7 +308,7 @@ def simple_gla(
     if _use_fla(q):
         o, _ = _fla_ops()["simple_gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
         return _btHd(o)
-    return _scalar_decay_attention(q * s, k, v, log_decay, _chunk("simple_gla", chunk_size, q.shape[2]))
+    return _scalar_decay_attention(q * s, k, v, log_decay, _chunk("simple_gla", chunk_size, q.shape[2], q.shape[-1]))
 
 
 def gated_linear_attention(
@@ -333,7 +335,7 @@ def gated_linear_attention(
         o, _ = _fla_ops()["gla"](_btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), scale=s)
         return _btHd(o)
     length = q.shape[2]
-    C = _chunk("gated_linear_attention", chunk_size, length)
+    C = _chunk("gated_linear_attention", chunk_size, length, q.shape[-1])
     qc, kc, vc = _chunks(q * s, C), _chunks(k, C), _chunks(v, C)
     G = _chunks(_upcast(log_decay), C).cumsum(3)  # [B, H, N, C, Dk], fp32 even from bf16 gates
     G_last = G[:, :, :, -1:]  # [B, H, N, 1, Dk]
@@ -562,7 +564,7 @@ def delta_rule(
     if _use_fla(q):
         o, _ = _fla_ops()["delta_rule"](_btHd(q), _btHd(k), _btHd(v), _btHd(beta), scale=s)
         return _btHd(o)
-    return _chunk_delta(q * s, k, v, beta, None, _chunk("delta_rule", chunk_size, q.shape[2]))
+    return _chunk_delta(q * s, k, v, beta, None, _chunk("delta_rule", chunk_size, q.shape[2], q.shape[-1]))
 
 
 def gated_delta_rule(
@@ -590,7 +592,7 @@ def gated_delta_rule(
             _btHd(q), _btHd(k), _btHd(v), g=_btHd(log_decay), beta=_btHd(beta), scale=s
         )
         return _btHd(o)
-    return _chunk_delta(q * s, k, v, beta, log_decay, _chunk("gated_delta_rule", chunk_size, q.shape[2]))
+    return _chunk_delta(q * s, k, v, beta, log_decay, _chunk("gated_delta_rule", chunk_size, q.shape[2], q.shape[-1]))
 
 
 # --------------------------------------------------------------------------------------------
