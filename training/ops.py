@@ -238,6 +238,8 @@ def _scalar_decay_attention(
     length = q.shape[2]
     qc, kc, vc = _chunks(q, chunk_size), _chunks(k, chunk_size), _chunks(v, chunk_size)
     G = _chunks(_upcast(g), chunk_size).cumsum(-1)  # [B, H, N, C] log decay from chunk start to i (fp32)
+    if _small_spans(G.unsqueeze(-1)):
+        return _unchunk(_factored_decay_attention(qc, kc, vc, G.unsqueeze(-1)), length)
     attn = (qc @ kc.transpose(-1, -2)) * _pairwise_decay(G)
     o_intra = attn @ vc
     q_in = qc * G.exp().unsqueeze(-1)  # queries see the entering state decayed to their position
@@ -246,6 +248,32 @@ def _scalar_decay_attention(
     kv = k_out.transpose(-1, -2) @ vc  # [B, H, N, Dk, Dv]: each chunk's write to the state
     states = _carry_states(kv, G_last.exp().unsqueeze(-1))
     return _unchunk(o_intra + q_in @ states, length)
+
+
+def _small_spans(G: torch.Tensor) -> bool:
+    """True when no chunk's cumulative log decay ``G: [B, H, N, C, Dk or 1]`` falls below -_SPAN_LIMIT."""
+    return G.numel() == 0 or float((-G[:, :, :, -1]).detach().max()) <= _SPAN_LIMIT
+
+
+def _factored_decay_attention(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Chunked decayed linear attention when every chunk's decay span is at most ``_SPAN_LIMIT``.
+
+    ``qc, kc: [B, H, N, C, Dk]`` (q pre-scaled), ``vc: [B, H, N, C, Dv]``, ``G: [B, H, N, C, Dk]``
+    (GLA) or ``[B, H, N, C, 1]`` (a decay per head): cumulative log decays from the chunk start. The
+    decay factors through the chunk's midpoint r: ``q_i exp(G_i - r)`` and ``k_j exp(r - G_j)``,
+    exponents within +-span/2, so the intra-chunk scores are one matrix product; the inter-chunk
+    terms follow by scaling the small ``[Dk, Dv]`` states: ``q_i exp(G_i) S = (q_i exp(G_i - r))
+    (diag(exp(r)) S)`` and ``exp(G_last - G_j) k_j = exp(G_last - r) exp(r - G_j) k_j``. The cost
+    is linear attention's plus two exps. Returns ``[B, H, N, C, Dv]``.
+    """
+    C = qc.shape[3]
+    G_last = G[:, :, :, -1:]
+    mid = (G[:, :, :, :1] + G_last) * 0.5
+    q_rel, k_rel = qc * (G - mid).exp(), kc * (mid - G).exp()
+    attn = (q_rel @ k_rel.transpose(-1, -2)).masked_fill(~_tril_mask(C, qc.device), 0.0)
+    kv = (k_rel.transpose(-1, -2) @ vc) * (G_last - mid).exp().transpose(-1, -2)
+    states = _carry_states(kv, G_last.exp().transpose(-1, -2))
+    return attn @ vc + q_rel @ (states * mid.exp().transpose(-1, -2))
 
 
 def _carry_states(kv: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
@@ -338,21 +366,10 @@ def gated_linear_attention(
     C = _chunk("gated_linear_attention", chunk_size, length, q.shape[-1])
     qc, kc, vc = _chunks(q * s, C), _chunks(k, C), _chunks(v, C)
     G = _chunks(_upcast(log_decay), C).cumsum(3)  # [B, H, N, C, Dk], fp32 even from bf16 gates
+    if _small_spans(G):
+        return _unchunk(_factored_decay_attention(qc, kc, vc, G), length)
     G_last = G[:, :, :, -1:]  # [B, H, N, 1, Dk]
     carry = G_last.exp().transpose(-1, -2)  # [B, H, N, Dk, 1]: per-row (key channel) decay of a chunk
-    if float((-G_last).detach().max()) <= _SPAN_LIMIT:
-        # Every chunk's decay span is small (the usual case): factor the decay through the chunk's
-        # midpoint r, q_i exp(G_i - r) and k_j exp(r - G_j) (exponents within +-span/2), and the
-        # inter-chunk terms follow by scaling the small [Dk, Dv] states: q_i exp(G_i) S = (q_i
-        # exp(G_i - r)) (diag(exp(r)) S) and exp(G_last - G_j) k_j = exp(G_last - r) exp(r - G_j) k_j.
-        # So GLA costs what linear attention does, plus two exps.
-        mid = (G[:, :, :, :1] + G_last) * 0.5
-        q_rel, k_rel = qc * (G - mid).exp(), kc * (mid - G).exp()
-        attn = (q_rel @ k_rel.transpose(-1, -2)).masked_fill(~_tril_mask(C, q.device), 0.0)
-        kv = (k_rel.transpose(-1, -2) @ vc) * (G_last - mid).exp().transpose(-1, -2)
-        states = _carry_states(kv, carry)
-        o = attn @ vc + q_rel @ (states * mid.exp().transpose(-1, -2))
-        return _unchunk(o, length)
     attn = _gla_intra_chunk(qc, kc, G)
     o_intra = attn @ vc
     q_in = qc * G.exp()
