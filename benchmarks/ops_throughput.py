@@ -2,10 +2,12 @@
 chunked references, with this machine's fp32 matmul speed as the roofline.
 
     .venv/bin/python benchmarks/ops_throughput.py [--lengths 256 1024] [--chunks 16 32 64 128]
-        [--repeats 5] [--threads 1] [--clock thread|process|wall] [--json]
+        [--repeats 5] [--threads 1] [--clock thread|process|wall] [--shape B H D] [--json]
 
-For each op and length: tokens per second of forward + backward (B=1, H=4, Dk=Dv=64, fp32, CPU)
-and the fraction of the matmul roofline that represents.
+For each op and length: tokens per second of forward + backward (B=1, H=4, Dk=Dv=64 unless
+``--shape`` says otherwise; fp32, CPU) and the fraction of the matmul roofline that represents.
+The backward gets a dense random output gradient, as in training (``out.sum().backward()`` would
+hand it a stride-0 gradient, which sends torch's batched matmuls to a slow non-BLAS path).
 
 Timing. By default the clock is this thread's CPU time (``time.thread_time``) with
 ``torch.set_num_threads(1)``: tokens per CPU-second of one thread, which stays meaningful when
