@@ -178,6 +178,7 @@ class BuiltinAnalyst:
             beats = [b for b, v in ranked if m["probe_mean"] > v]
             res.append(f"probe mean above {len(beats)}/{len(ranked)} baselines"
                        + (f" ({', '.join(beats)})" if beats else ""))
+        res.extend(_against_seed(m, baselines))
         results = "; ".join(res) + "."
 
         dm = (m.get("probe_mean") - pm.get("probe_mean")) if isinstance(m.get("probe_mean"), (int, float)) \
@@ -227,6 +228,34 @@ class BuiltinAnalyst:
             recorder.record("analyst", "builtin", f"analyse {record.id} vs parent and {len(siblings)} siblings",
                             a.text(), time.perf_counter() - t0, None, None)
         return a
+
+
+def _against_seed(m: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> list[str]:
+    """"Beats the seed" by the promotion rule (agents.stats), per metric: the probe mean (higher
+    is better) and the validation loss (lower is better), seed by seed against the seed design."""
+    from agents.seeds import versus
+    from agents.stats import format_spread
+
+    try:
+        from training.mixers import SEED_MIXER
+    except ImportError:  # pragma: no cover
+        return []
+    ref = baselines.get(SEED_MIXER)
+    if not ref or not m:
+        return []
+    out = []
+    spread = m.get("spread") or {}
+    for key, label, higher in (("probe_mean", "probe mean", True), ("val_loss", "validation loss", False)):
+        if not isinstance(m.get(key), (int, float)) or not isinstance(ref.get(key), (int, float)):
+            continue
+        s = spread.get(key) or {}
+        v = versus(m, ref, key, higher)
+        shown = format_spread(m.get(key), s.get("std"), s.get("n") or m.get("n_seeds"))
+        word = {"promoted": "beats the seed", "tied": "tied with the seed (within noise)",
+                "below": "below the seed", "single_seed": "not compared with the seed (one seed)",
+                "unmeasured": "not compared with the seed"}[v.outcome]
+        out.append(f"{label} {shown} {word}" + (f" ({v.rule} rule)" if v.promoted else ""))
+    return out
 
 
 class LLMAnalyst:

@@ -60,14 +60,29 @@ class StepResult:
 class Executor(Protocol):
     """Runs checks and evaluations of a mixer file (in a sandbox)."""
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
-        """Static and dynamic checks of the file at ``path``."""
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """Static and dynamic checks of the file at ``path``. ``trusted``: the project's own code
+        (may run without the OS sandbox where it is unavailable)."""
         ...
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
-        """The evaluation ladder at the executor's scale."""
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """The evaluation ladder at the executor's scale (``trusted`` as for :meth:`check`)."""
         ...
+
+
+def with_trust(fn: Callable[..., Any], *args: Any, trusted: bool = False, **kwargs: Any) -> Any:
+    """Call an executor's ``check``/``evaluate`` passing ``trusted`` when it accepts it (an older
+    or test executor without the keyword treats every file alike)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "trusted" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs["trusted"] = trusted
+    return fn(*args, **kwargs)
 
 
 def scale_spec(scale: Any, as_dict: bool = False) -> Any:
@@ -93,21 +108,65 @@ def _tail(path: Path | None, n: int = 40) -> str:
     return "\n".join(lines[-n:])
 
 
+def killed_metrics(scale: Any, seed: int, status: str, reason: str, guards: dict[str, Any] | None,
+                   wall_s: float) -> dict[str, Any]:
+    """The metrics of an evaluation whose child was killed by a sandbox limit (nothing came
+    back): every measurement null, ``partial`` true, ``status`` ``hung`` or ``too_slow``."""
+    from training.evaluate import _empty_metrics
+    from training.scales import get_scale
+
+    m = _empty_metrics(get_scale(scale), seed)
+    m.update(status=status, stop_reason=f"{'hang guard' if status == 'hung' else 'too slow'}: the sandbox "
+             f"{reason}", partial=True, guards=guards, wall_seconds=round(float(wall_s), 2),
+             probes={k: None for k in m["probes"]} or {p.label: None for p in get_scale(scale).probes})
+    return m
+
+
 class SandboxExecutor:
     """Check and evaluate through ``training.sandbox.run_sandboxed`` at a given scale.
 
     ``scale`` is a scale name or a ``Scale`` (e.g. ``training.scales.scaled_down("probe")`` for
-    tests); ``limits`` is passed to the sandbox.
+    tests); ``limits`` is passed to the sandbox (default: ``Limits()`` for checks, derived from
+    the guards for evaluations). ``guards``: the factors of the evaluation guards
+    (``training.guards.GuardSettings`` or its dict, the lab's ``[guards]``); each evaluation's
+    limits are derived from them and from the seed's metrics passed as ``baseline``
+    (:meth:`guards_for`). ``unsafe_no_sandbox``: where bubblewrap is unavailable, run untrusted
+    code anyway (rlimits and the in-process guard only; the ``[executor] unsafe_no_sandbox``
+    key) instead of failing the step.
     """
 
-    def __init__(self, scale: Any = "probe", limits: Any = None) -> None:
+    def __init__(self, scale: Any = "probe", limits: Any = None, guards: Any = None,
+                 unsafe_no_sandbox: bool = False) -> None:
+        from training.guards import GuardSettings
+
         self.scale = scale
         self.limits = limits
+        self.guard_settings = GuardSettings.from_any(guards)
+        self.unsafe_no_sandbox = bool(unsafe_no_sandbox)
+
+    def _unsafe(self, limits: Any) -> Any:
+        """``limits`` with ``unsafe_no_sandbox`` set when this executor was asked for it."""
+        if not self.unsafe_no_sandbox:
+            return limits
+        import dataclasses
+
+        from training.sandbox import Limits
+
+        return dataclasses.replace(limits if limits is not None else Limits(), unsafe_no_sandbox=True)
+
+    def guards_for(self, baseline: dict[str, Any] | None) -> Any:
+        """The ``training.guards.Guards`` of an evaluation against ``baseline`` (the seed's
+        metrics at this scale; None or partial: no efficiency cap, hang guard from the scale)."""
+        from training.guards import Guards
+        from training.scales import get_scale
+
+        s = get_scale(self.scale)
+        return Guards.relative_to(baseline, self.guard_settings, expected_s=s.expected_seconds, scale_name=s.name)
 
     def _payload(self, path: Path, as_dict: bool, **more: Any) -> dict[str, Any]:
         return {"path": str(path), "scale": scale_spec(self.scale, as_dict), **more}
 
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
         """``training.checker.check_file``: static checks here, dynamic ones in the sandbox."""
         from training.checker import CheckError, check_file
 
@@ -115,7 +174,8 @@ class SandboxExecutor:
 
         t0 = time.perf_counter()
         try:
-            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line, limits=self.limits)
+            rep = check_file(path, self.scale, run_dir=run_dir, on_line=on_line,
+                             limits=self._unsafe(self.limits) if self.unsafe_no_sandbox else self.limits, trusted=trusted)
         except (CheckError, SandboxError) as exc:
             return StepResult(False, [], None, str(exc), "", time.perf_counter() - t0)
         checks = [c.to_dict() for c in rep.checks]
@@ -127,18 +187,27 @@ class SandboxExecutor:
         return StepResult(rep.passed, checks, None, error, tail, time.perf_counter() - t0)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
-        from training.sandbox import SandboxError, run_sandboxed
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
+        """One evaluation in the sandbox (``trusted``: see :meth:`check`)."""
+        from training.sandbox import Limits, SandboxError, run_sandboxed
 
         t0 = time.perf_counter()
+        guards = self.guards_for(baseline)
+        limits = self.limits if self.limits is not None else Limits.for_evaluation(self.scale, guards=guards)
         try:
-            res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline), run_dir,
-                                limits=self.limits, on_line=on_line)
+            res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline,
+                                                          guards=guards.to_dict()),
+                                run_dir, limits=self._unsafe(limits), on_line=on_line, trusted=trusted)
         except SandboxError as exc:
             return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
         result = res.result if isinstance(res.result, dict) else None
         metrics = result.get("metrics", result) if result is not None else None
         metrics = metrics if isinstance(metrics, dict) and "status" in metrics else None
+        if metrics is None and res.reason and (res.reason.startswith("killed after")
+                                               or res.reason.startswith("exceeded") and "CPU time" in res.reason):
+            # the kernel-level backstop above the guards ended the child: still a guard's verdict
+            metrics = killed_metrics(self.scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
+                                     res.reason, guards.to_dict(), res.duration_s)
         ok = bool(res.ok and metrics is not None and metrics.get("status") == "ok")
         error = ""
         if not ok:
@@ -217,7 +286,8 @@ class Decision:
 
 @dataclass
 class DevelopOutcome:
-    """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | rejected``),
+    """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | too_slow |
+    rejected``; ``too_slow``: the evaluation tripped the efficiency guard),
     the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
     ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``."""
 
@@ -251,11 +321,14 @@ class Engineer:
         approval: Callable[[str, list[dict[str, Any]]], Decision] | None = None,
         on_stage: Callable[[str, str, str], None] | None = None,
         on_line: Callable[[str, str], None] | None = None,
+        trusted: bool = False,
     ) -> DevelopOutcome:
         """Check, get approval (if ``approval`` is given), evaluate; repair failures.
 
         ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
         and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
+        ``trusted``: ``code`` is the project's own (built-in researcher); a repaired or edited
+        version never is.
         """
         rec = recorder or CallRecorder()
         run_dir = Path(run_dir)
@@ -274,7 +347,9 @@ class Engineer:
             path.write_text(out.code, encoding="utf-8")
             (run_dir / "mixer.py").write_text(out.code, encoding="utf-8")
             stage_cb("check", "started", f"attempt {attempt}")
-            chk = self.executor.check(path, run_dir / f"check_r{attempt}", on_line=lambda l: line_cb("check", l))
+            own = trusted and out.code == code  # a repair or an edit is not the project's code
+            chk = with_trust(self.executor.check, path, run_dir / f"check_r{attempt}",
+                             on_line=lambda l: line_cb("check", l), trusted=own)
             out.timings["check"] = out.timings.get("check", 0.0) + chk.seconds
             out.checks = chk.checks
             stage_cb("check", "finished" if chk.ok else "failed", chk.error)
@@ -295,8 +370,8 @@ class Engineer:
                         continue
                     approved = True
                 stage_cb("evaluate", "started", "")
-                ev = self.executor.evaluate(path, run_dir / f"eval_r{attempt}", seed, baseline,
-                                            on_line=lambda l: line_cb("train", l))
+                ev = with_trust(self.executor.evaluate, path, run_dir / f"eval_r{attempt}", seed, baseline,
+                                on_line=lambda l: line_cb("train", l), trusted=own)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail
@@ -306,9 +381,11 @@ class Engineer:
                     if out.rounds:
                         out.rounds[-1]["passed"] = True
                     return out
-                # a run stopped by the monitor (too slow, diverging, leak) is a result, not a bug
-                if ev.metrics is not None and ev.metrics.get("status") == "stopped":
-                    out.status, out.error = "eval_failed", ev.error
+                # a run stopped by the monitor (diverging, leak) or a guard (too slow, hung) is a
+                # result about the design, not a bug for the debugger
+                if ev.metrics is not None and ev.metrics.get("status") in ("stopped", "too_slow", "hung"):
+                    out.status = "too_slow" if ev.metrics.get("status") == "too_slow" else "eval_failed"
+                    out.error = ev.error
                     return out
                 failure = ("evaluate", ev.error, ev.log_tail)
             stage, error, log_tail = failure

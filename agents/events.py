@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator
 __all__ = [
     "Event",
     "ExperimentStarted",
+    "BaselineProgress",
     "StageChanged",
     "LogLine",
     "AgentMessage",
@@ -70,7 +71,8 @@ class ExperimentStarted(Event):
 class StageChanged(Event):
     """A stage of one experiment starts, ends or fails.
 
-    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, analyse,
+    ``stage`` is one of ``sample, research, novelty, check, debug, approval, evaluate, seeds (more seeds
+    for a rung-0 result that would enter the top; "failed" = it stays at one seed), analyse,
     judge, score, commit``; ``status`` is ``started | finished | failed``.
     """
 
@@ -144,6 +146,9 @@ class ExperimentFinished(Event):
     sha: str | None = None
     duration_s: float | None = None
     reason: str = ""
+    #: the promotion rule's outcome at the commit (``promoted``, ``tied``, ``below``,
+    #: ``single_seed``, ``unmeasured``; empty when not decided)
+    promotion: str = ""
 
 
 @dataclass(kw_only=True)
@@ -167,6 +172,24 @@ class Warning(Event):  # noqa: A001 - the event's name is fixed by the design
     source: str = ""
 
 
+@dataclass(kw_only=True)
+class BaselineProgress(Event):
+    """A reference baseline is being measured (``status="started"``) or was (``"finished"``).
+
+    ``seed``: it is the seed (DeltaNet), the yardstick experiments wait for; otherwise one of
+    the comparisons, ``index`` of ``total`` (e.g. 2 of 5), measured between experiments.
+    ``result``: the metrics' status when finished (``ok``, ``too_slow``...)."""
+
+    kind: ClassVar[str] = "BaselineProgress"
+    name: str = ""
+    status: str = "started"
+    seed: bool = False
+    index: int = 0
+    total: int = 0
+    result: str = ""
+    detail: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -179,6 +202,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ExperimentFinished,
         LoopStateChanged,
         Warning,
+        BaselineProgress,
     )
 }
 

@@ -1,69 +1,216 @@
 """The Judge: performance, innovation and complexity scores (1–10) that make s_judge (step 8).
 
-``BuiltinJudge`` is a rubric over the metrics: performance from the candidate's probe mean and
-loss against the seed baseline, innovation from the distance of its motivation to the nearest
-earlier one, complexity from its parameter count against the budget and its speed against the
-parent. ``LLMJudge`` asks a chat model and falls back to the rubric when the server is
-unavailable.
+``BuiltinJudge`` scores what the loss and score terms of the fitness do not already count, so its
+term cannot re-reward (or re-punish) the same probe accuracy or loss twice, and it judges the
+seed design the same way as every candidate (the seed's judge term is measured, not a flat 0.5):
+
+* **performance** — the health of the runs, not their level: 5.5 for runs that finished, 2 for a
+  run that failed or was stopped; with several seeds on both sides, up to ±2 for a seed-to-seed
+  spread of the probe mean below/above the seed design's (a design that is reliably as good is
+  worth more than one that is good on one seed).
+* **innovation** — structural distance to the nearest known design: the archive's designs and the
+  reference mixers of the literature (never the design itself; the seed, itself a reference
+  mixer, against the other reference mixers, so a one-gene tweak of the seed scores less
+  innovation than the seed). For a genome (built-in
+  researcher) the fraction of differing genes; for free code the Jaccard distance between the
+  sets of names the code calls (an "operator trace" of its forward pass). 1 + 9·min(1, d/0.3).
+* **complexity** — measured cost relative to the seed design at the same scale: mixer parameters
+  and speed (tokens/s of the LM run; on probe-only scales the CPU seconds of the evaluation).
+  5.5 + 2.25·(log2(params_seed/params) + log2(speed/speed_seed)), clipped to 1–10.
+
+``LLMJudge`` asks a chat model and falls back to the rubric when the server is unavailable.
 """
 
 from __future__ import annotations
 
+import ast
+import math
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from agents import prompts
 from agents.fitness import s_judge
 from agents.llm import CallRecorder, ChatBackend, LLMUnavailable, chat_json
 
-__all__ = ["BuiltinJudge", "LLMJudge"]
+__all__ = ["BuiltinJudge", "LLMJudge", "genome_distance", "code_trace", "trace_distance", "known_designs"]
+
+#: A structural distance of this much (30% of the genes) or more is full innovation (10).
+INNOVATION_SPAN = 0.3
 
 
 def _clamp(v: float) -> int:
     return int(max(1, min(10, round(v))))
 
 
+def _clamp1(v: float) -> float:
+    """Clip to 1–10, one decimal (the rubric is continuous: a rounding step would hide ±0.5)."""
+    return round(max(1.0, min(10.0, float(v))), 1)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def genome_distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The fraction of genes (keys of either genome) whose values differ, in [0, 1]."""
+    keys = set(a) | set(b)
+    if not keys:
+        return 0.0
+    return sum(1 for k in keys if a.get(k) != b.get(k)) / len(keys)
+
+
+def code_trace(code: str) -> frozenset[str]:
+    """The names a mixer file calls (``ops.delta_rule``, ``F.silu``, ``torch.cumsum``...): a
+    structural fingerprint of its computation. Empty for code that does not parse."""
+    try:
+        tree = ast.parse(code or "")
+    except SyntaxError:
+        return frozenset()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute):
+                base = f.value.id if isinstance(f.value, ast.Name) else ""
+                names.add(f"{base}.{f.attr}" if base else f".{f.attr}")
+            elif isinstance(f, ast.Name):
+                names.add(f.id)
+    return frozenset(names)
+
+
+def trace_distance(a: frozenset[str], b: frozenset[str]) -> float:
+    """Jaccard distance of two call traces (0 identical, 1 disjoint)."""
+    if not a and not b:
+        return 0.0
+    return 1.0 - len(a & b) / len(a | b)
+
+
+def known_designs() -> list[dict[str, Any]]:
+    """The reference mixers as known designs: ``{id, genome, trace}`` (the literature the
+    innovation of every design, the seed's included, is measured against)."""
+    out: list[dict[str, Any]] = []
+    try:
+        from training.mixers import REFERENCE_MIXERS
+    except Exception:  # pragma: no cover - training is part of the package
+        return out
+    genomes: dict[str, Any] = {}
+    try:
+        from agents.builtin.genome import REFERENCE_GENOMES
+
+        genomes = {k: g.to_dict() for k, g in REFERENCE_GENOMES.items()}
+    except ImportError:
+        pass
+    from pathlib import Path
+
+    for name, path in REFERENCE_MIXERS.items():
+        try:
+            code = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            code = ""
+        out.append({"id": f"ref:{name}", "genome": genomes.get(name), "trace": code_trace(code)})
+    return out
+
+
+def _design(rec: Any) -> dict[str, Any]:
+    return {"id": str(getattr(rec, "id", "")), "genome": getattr(rec, "genome", None),
+            "trace": code_trace(getattr(rec, "code", "") or "")}
+
+
+def _innovation(record: Any, history: Iterable[Any]) -> tuple[float, str]:
+    me = _design(record)
+    extra = getattr(record, "extra", None) or {}
+    same = {me["id"], str(extra.get("measures") or "")} - {""}
+    is_seed = "0000" in same
+    others = []
+    for d in known_designs() + [_design(r) for r in history]:
+        if d["id"] in same:
+            continue
+        if is_seed and d["id"].startswith("ref:") and (d["genome"] == me["genome"] or d["trace"] == me["trace"]):
+            continue  # the seed is measured against the other designs of the literature
+        if is_seed and not d["id"].startswith("ref:"):
+            continue  # ... and not against the experiments descended from it
+        others.append(d)
+    best: tuple[float, str] | None = None
+    for d in others:
+        if me["genome"] and d["genome"]:
+            dist = genome_distance(me["genome"], d["genome"])
+        elif me["trace"] and d["trace"]:
+            dist = trace_distance(me["trace"], d["trace"])
+        else:
+            continue
+        if best is None or dist < best[0]:
+            best = (dist, d["id"])
+    if best is None:
+        return 5.5, "no known design to compare with"
+    score = 1.0 + 9.0 * min(1.0, best[0] / INNOVATION_SPAN)
+    return score, f"structural distance {best[0]:.2f} to the nearest known design {best[1]}"
+
+
+def _speed(m: dict[str, Any]) -> tuple[float | None, str]:
+    if _num(m.get("tokens_per_s")) and m["tokens_per_s"] > 0:
+        return float(m["tokens_per_s"]), "tokens/s"
+    if _num(m.get("cpu_seconds")) and m["cpu_seconds"] > 0:
+        return 1.0 / float(m["cpu_seconds"]), "1/CPU s"
+    return None, ""
+
+
+def _complexity(m: dict[str, Any], b: dict[str, Any]) -> tuple[float, list[str]]:
+    comp, why = 5.5, []
+    mp, bp = m.get("mixer_params"), b.get("mixer_params")
+    if _num(mp) and _num(bp) and mp > 0 and bp > 0:
+        comp += 2.25 * math.log2(bp / mp)
+        why.append(f"{int(mp)} mixer parameters vs the seed's {int(bp)}")
+    sm, unit = _speed(m)
+    sb, unit_b = _speed(b)
+    if sm is not None and sb is not None and unit == unit_b:
+        comp += 2.25 * math.log2(sm / sb)
+        why.append(f"speed {sm / sb:.2f}x the seed's ({unit})")
+    return comp, why
+
+
+def _spread(m: dict[str, Any]) -> float | None:
+    s = (m.get("spread") or {}).get("probe_mean") if isinstance(m.get("spread"), dict) else None
+    if isinstance(s, dict) and _num(s.get("std")) and int(s.get("n") or 0) >= 2:
+        return float(s["std"])
+    return None
+
+
+def _performance(m: dict[str, Any], b: dict[str, Any]) -> tuple[float, str]:
+    if m.get("status") not in (None, "ok"):
+        return 2.0, f"run {m.get('status')}: {m.get('stop_reason') or m.get('error') or ''}".strip()
+    perf, why = 5.5, "runs finished"
+    sm, sb = _spread(m), _spread(b)
+    if sm is not None and sb is not None:
+        ratio = (sb + 1e-3) / (sm + 1e-3)
+        perf += max(-2.0, min(2.0, 2.0 * math.log2(ratio)))
+        why = f"seed-to-seed spread of the probe mean {sm:.3f} vs the seed design's {sb:.3f}"
+    return perf, why
+
+
 class BuiltinJudge:
-    """Rule-based scores (no LLM)."""
+    """Rule-based scores (no LLM), independent of the loss and score terms (see the module doc)."""
 
     spec = "builtin"
 
     def judge(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
-              nearest: tuple[str, float] | None, param_budget: int | None = None,
-              recorder: CallRecorder | None = None) -> dict[str, Any]:
-        """``{performance, innovation, complexity, reason, s_judge, judge}`` for ``record``."""
+              nearest: tuple[str, float] | None = None, param_budget: int | None = None,
+              recorder: CallRecorder | None = None, history: Iterable[Any] | None = None) -> dict[str, Any]:
+        """``{performance, innovation, complexity, reason, s_judge, judge}`` for ``record``.
+
+        ``baseline``: the seed design's metrics at the same scale (complexity and spread are
+        relative to it); ``history``: the archive's records (innovation is the distance to the
+        nearest of them or of the reference mixers). ``parent``, ``nearest`` and
+        ``param_budget`` are accepted for the judges' common signature and not used: the
+        motivation's wording and the parameter budget do not move this judge."""
         t0 = time.perf_counter()
         m = record.metrics or {}
         b = baseline or {}
-        reasons = []
-        perf = 5.0
-        if m.get("status") not in (None, "ok"):
-            perf = 2.0
-            reasons.append(f"run {m.get('status')}")
-        else:
-            pm, pb = m.get("probe_mean"), b.get("probe_mean")
-            if isinstance(pm, (int, float)) and isinstance(pb, (int, float)):
-                perf += 25.0 * (pm - pb)  # +0.2 probe mean over the seed -> +5 points
-                reasons.append(f"probe mean {pm:.3f} vs seed {pb:.3f}")
-            lm, lb = m.get("val_loss"), b.get("val_loss")
-            if isinstance(lm, (int, float)) and isinstance(lb, (int, float)) and lb > 0:
-                perf += 20.0 * (lb - lm) / lb
-                reasons.append(f"loss {lm:.3f} vs seed {lb:.3f}")
-        if nearest is not None:
-            innov = 1.0 + 9.0 * max(0.0, min(1.0, (1.0 - nearest[1]) / 0.6))
-            reasons.append(f"nearest earlier idea {nearest[0]} at similarity {nearest[1]:.2f}")
-        else:
-            innov = 6.0
-        comp = 7.0
-        mp = m.get("mixer_params")
-        if isinstance(mp, (int, float)) and param_budget:
-            comp += 3.0 * (1.0 - 2.0 * mp / param_budget)  # half the budget -> neutral
-            reasons.append(f"{int(mp)} mixer parameters of {param_budget}")
-        pt = ((parent.metrics or {}).get("tokens_per_s") if parent is not None else None)
-        if isinstance(m.get("tokens_per_s"), (int, float)) and isinstance(pt, (int, float)) and pt > 0:
-            comp += 3.0 * (m["tokens_per_s"] / pt - 1.0)
-        out = {"performance": _clamp(perf), "innovation": _clamp(innov), "complexity": _clamp(comp),
-               "reason": "; ".join(reasons) or "rubric defaults", "judge": "builtin"}
+        perf, why_p = _performance(m, b)
+        innov, why_i = _innovation(record, list(history or []))
+        comp, why_c = _complexity(m, b)
+        reasons = [why_p, why_i] + why_c
+        out = {"performance": _clamp1(perf), "innovation": _clamp1(innov), "complexity": _clamp1(comp),
+               "reason": "; ".join(r for r in reasons if r) or "rubric defaults", "judge": "builtin"}
         out["s_judge"] = round(s_judge(out["performance"], out["innovation"], out["complexity"]), 6)
         if recorder is not None:
             recorder.record("judge", "builtin", f"judge {record.id}", str(out), time.perf_counter() - t0, None, None)
@@ -82,7 +229,8 @@ class LLMJudge:
 
     def judge(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
               nearest: tuple[str, float] | None, param_budget: int | None = None,
-              recorder: CallRecorder | None = None, baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+              recorder: CallRecorder | None = None, baselines: dict[str, dict[str, Any]] | None = None,
+              history: Iterable[Any] | None = None) -> dict[str, Any]:
         """Ask the model for the three scores; ``MalformedReply`` if unusable twice."""
         rec = recorder or CallRecorder()
         msgs = prompts.judge_messages(record, parent, baselines or ({"seed": baseline} if baseline else {}), nearest)
@@ -99,7 +247,7 @@ class LLMJudge:
                             retries=self.retries, backoff_s=self.backoff_s)
         except LLMUnavailable as exc:
             rec.warn(f"judge: {exc}; using the builtin rubric for this step", source="judge")
-            return self.fallback.judge(record, parent, baseline, nearest, param_budget, rec)
+            return self.fallback.judge(record, parent, baseline, nearest, param_budget, rec, history=history)
         out = {k: _clamp(float(obj[k])) for k in ("performance", "innovation", "complexity")}
         out["reason"] = str(obj.get("reason", ""))
         out["judge"] = self.spec

@@ -16,7 +16,6 @@ committed is lost or duplicated.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import queue
 import random
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from agents.analyst import BuiltinAnalyst, LLMAnalyst
-from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor
+from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor, with_trust
 from agents.events import (
     ApprovalRequested,
+    BaselineProgress,
     Event,
     EventBus,
     ExperimentFinished,
@@ -43,7 +43,19 @@ from agents.events import (
     StageChanged,
     Warning,
 )
-from agents.fitness import compute_fitness
+from agents.seeds import combine as combine_seeds
+from agents.yardstick import (
+    Yardstick,
+    baseline_key,
+    baselines_path,
+    is_complete,
+    load_baselines,
+    make_yardstick,
+    missing_reason,
+    needs_rescore,
+    rescore_lab,
+    score,
+)
 from agents.judge import BuiltinJudge, LLMJudge
 from agents.llm import CallRecorder, LLMError, LLMSpec, LLMUnavailable, make_backend, parse_llm_spec
 from agents.researcher import (
@@ -58,8 +70,8 @@ from agents.researcher import (
 
 __all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
 
-STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "analyse", "judge",
-          "score", "commit")
+STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "seeds", "analyse",
+          "judge", "score", "commit")
 
 _METRIC_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+).*?loss\s+(?P<loss>[-+0-9.eE]+|nan|inf)")
 
@@ -86,18 +98,6 @@ class LoopSummary:
     experiments: list[dict[str, Any]] = field(default_factory=list)
     state: str = "finished"
     seconds: float = 0.0
-
-
-def baseline_key(scale: Any) -> str:
-    """The cache name of a scale's baselines: its name, plus a hash when it is a custom Scale."""
-    if isinstance(scale, str):
-        return scale
-    from training.scales import SCALES
-
-    if SCALES.get(scale.name) == scale:
-        return scale.name
-    digest = hashlib.sha1(repr(scale).encode()).hexdigest()[:8]
-    return f"{scale.name}-{digest}"
 
 
 def _scale_name(scale: Any) -> str:
@@ -159,6 +159,9 @@ class Loop:
         self.budget_experiments = cfg.loop.experiments if experiments is None else experiments
         self.budget_hours = cfg.loop.hours if hours is None else hours
         self.seed = cfg.loop.seed if seed is None else seed
+        # noise-aware evaluation (agents.stats): seeds per design entering the top, and the top
+        self.n_seeds = max(1, int(getattr(cfg.loop, "seeds", 1) or 1))
+        self.top_k_seeds = max(1, int(getattr(cfg.loop, "top_k_seeds", 5) or 5))
         self.debug_rounds = int(getattr(cfg.loop, "debug_rounds", 3)) if debug_rounds is None else debug_rounds
         self.novelty_rounds = cfg.loop.novelty_rounds if novelty_rounds is None else novelty_rounds
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -174,6 +177,7 @@ class Loop:
         self._cognition = cognition
         self._cognition_loaded = cognition is not None
         self._baselines: dict[str, dict[str, Any]] | None = None
+        self._baselines_tried: set[str] = set()
         self.executor = executor or self._make_executor()
         self._stop_after_experiment = False
         self.summary = LoopSummary()
@@ -244,7 +248,8 @@ class Loop:
             # connected now: a missing Ray or an unreachable cluster is a clear error (a
             # ValueError) before the loop starts, not a crash in its first evaluation
             return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale)
+        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
+                               unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
     def _backend(self, spec: LLMSpec):
         return make_backend(spec, timeout_s=self.timeout_s)
@@ -501,6 +506,8 @@ class Loop:
 
     def _commit_here(self, record: Any) -> str:
         with self._novelty_lock:
+            if not record.promotion:
+                self._decide_promotion(record)
             return self._commit_locked(record)
 
     def _commit_locked(self, record: Any) -> str:
@@ -517,94 +524,210 @@ class Loop:
         return sha
 
     # ------------------------------------------------------------------ baselines and seed
-    def baselines(self) -> dict[str, dict[str, Any]]:
-        """The reference baselines at the loop's scale, measured once and cached in
-        ``lab/baselines/<scale>.json`` (the fixed yardstick of fitness)."""
-        if self._baselines is not None:
+    def _baseline_file(self) -> Path:
+        return baselines_path(self.path, self.scale)
+
+    def _baseline_names(self) -> list[str]:
+        """The seed first, then the configured reference mixers."""
+        from training.mixers import REFERENCE_MIXERS, SEED_MIXER
+
+        names = list(self.baseline_names) if self.baseline_names is not None else list(REFERENCE_MIXERS)
+        names = [n for n in names if n != SEED_MIXER]
+        return [SEED_MIXER, *names]
+
+    def _cached_baselines(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            if self._baselines is None:
+                self._baselines = load_baselines(self.path, self.scale)
             return self._baselines
+
+    def _all_seeds(self, metrics: dict[str, Any] | None) -> bool:
+        """A complete measurement on every seed of the schedule (``[loop] seeds``)."""
+        if not is_complete(metrics):
+            return False
+        got = {e.get("seed") for e in ((metrics or {}).get("seeds") or [metrics]) if e.get("status") == "ok"}
+        return set(self._seed_list()) <= got
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The reference baselines measured so far at the loop's scale (complete measurements on
+        every seed of the schedule only; cached in ``lab/baselines/<scale>.json``). Measures
+        nothing: the seed is measured by :meth:`measure_seed` before any experiment, the others
+        between experiments (:meth:`measure_pending_baselines`)."""
+        return {n: m for n, m in self._cached_baselines().items() if self._all_seeds(m)}
+
+    def measure_baseline(self, name: str, index: int = 0, total: int = 0) -> dict[str, Any]:
+        """Evaluate one reference mixer at the loop's scale, store and return its metrics."""
         from archive.config import atomic_write_text
         from training.mixers import REFERENCE_MIXERS, SEED_MIXER
 
-        key = baseline_key(self.scale)
-        path = self.path / "baselines" / f"{key}.json"
-        cached: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                cached = {}
-        names = list(self.baseline_names) if self.baseline_names is not None else list(REFERENCE_MIXERS)
-        if SEED_MIXER not in names:
-            names.insert(0, SEED_MIXER)
-        else:
-            names.remove(SEED_MIXER)
-            names.insert(0, SEED_MIXER)
-        write_lock = threading.Lock()
-
-        def measure(name: str) -> None:
+        self.poll()
+        is_seed = name == SEED_MIXER
+        t0 = time.perf_counter()
+        self.emit(BaselineProgress(name=name, status="started", seed=is_seed, index=index, total=total))
+        self.emit(StageChanged(stage="baseline", status="started", detail=name))
+        rd = self._runs() / "baselines" / baseline_key(self.scale) / name
+        seeds = self._seed_list()
+        before = self._cached_baselines().get(name) or {}
+        # runs of this reference already measured on seeds of the schedule are kept
+        runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
+                if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
+        error = ""
+        for sd in seeds:  # the same seeds as every design in the top, so the yardstick has a spread
+            if sd in runs:
+                continue
             self.poll()
-            t0 = time.perf_counter()
-            self.emit(StageChanged(stage="baseline", status="started", detail=name))
-            rd = self._runs() / "baselines" / key / name
-            res = self.executor.evaluate(Path(REFERENCE_MIXERS[name]), rd, self.seed, None,
-                                         on_line=lambda l: self.emit(LogLine(source="train", line=l)))
-            metrics = res.metrics or {"status": "error", "error": res.error}
-            with write_lock:
-                cached[name] = metrics
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(cached, indent=1, default=str))
-            self.emit(StageChanged(stage="baseline", status="finished" if res.ok else "failed",
-                                   detail=f"{name}: probe mean {metrics.get('probe_mean')}",
-                                   duration_s=time.perf_counter() - t0))
+            res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
+                             on_line=lambda l: self.emit(LogLine(source="train", line=l)),
+                             trusted=True)  # our own code
+            runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
+            runs[sd].setdefault("seed", sd)
+            error = error or res.error
+            if not is_complete(runs[sd]):
+                break
+        metrics = combine_seeds([runs[sd] for sd in seeds if sd in runs])
+        with self._lock:
+            cached = self._cached_baselines()
+            cached[name] = metrics
+            path = self._baseline_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(cached, indent=1, default=str))
+        ok = is_complete(metrics)
+        pm = metrics.get("probe_mean")
+        detail = (f"{name}: probe mean {pm:.3f}" if isinstance(pm, (int, float)) else f"{name}: {metrics.get('status')}")
+        if not ok:
+            detail += f" ({metrics.get('stop_reason') or metrics.get('error') or error or 'incomplete'})"
+        detail += f" ({metrics.get('n_seeds')} seeds)"
+        self.emit(StageChanged(stage="baseline", status="finished" if ok else "failed", detail=detail[:500],
+                               duration_s=time.perf_counter() - t0))
+        self.emit(BaselineProgress(name=name, status="finished", seed=is_seed, index=index, total=total,
+                                   result=str(metrics.get("status")), detail=detail[:500]))
+        return metrics
 
-        todo = [n for n in names if not (n in cached and cached[n].get("status") == "ok")]
-        if self.concurrency > 1 and len(todo) > 1:  # as many at once as experiments may be in flight
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
-                                    thread_name_prefix="asiarch-baseline") as pool:
-                for fut in [pool.submit(measure, n) for n in todo]:
-                    fut.result()  # LoopStopped or an executor error propagates
-        else:
-            for name in todo:
-                measure(name)
-        self._baselines = cached
-        return cached
-
-    def seed_baseline(self) -> dict[str, Any] | None:
-        """The seed mixer's metrics at this scale (L0, B0 of the fitness)."""
+    def yardstick(self) -> Yardstick | None:
+        """The yardstick (the seed's complete metrics at the loop's scale), or None."""
         from training.mixers import SEED_MIXER
 
-        return self.baselines().get(SEED_MIXER)
+        seed = self._cached_baselines().get(SEED_MIXER)
+        if not self._all_seeds(seed):
+            return None
+        return make_yardstick(seed, self.scale)
+
+    def yardstick_missing(self) -> str | None:
+        """Why there is no yardstick (None when there is one)."""
+        from training.mixers import SEED_MIXER
+
+        seed = self._cached_baselines().get(SEED_MIXER)
+        why = missing_reason(seed, self.scale)
+        if why is None and not self._all_seeds(seed):
+            return f"the seed has not been measured on all {self.n_seeds} seeds yet"
+        return why
+
+    def measure_seed(self, attempts: int = 2) -> Yardstick | None:
+        """Measure the seed at the loop's scale unless a complete measurement is cached (up to
+        ``attempts`` tries); experiments wait for it. Returns the yardstick, or None."""
+        from training.mixers import SEED_MIXER
+
+        for _ in range(max(1, attempts)):
+            ys = self.yardstick()
+            if ys is not None:
+                return ys
+            with self._lock:
+                self._set_state("running", f"measuring the seed ({SEED_MIXER}) at scale "
+                                           f"{baseline_key(self.scale)}: experiments wait for it")
+            self.measure_baseline(SEED_MIXER)
+        return self.yardstick()
+
+    def pending_baselines(self) -> list[str]:
+        """Reference baselines (not the seed) without a complete measurement that this run has
+        not tried yet."""
+        cached = self._cached_baselines()
+        return [n for n in self._baseline_names()[1:]
+                if not self._all_seeds(cached.get(n)) and n not in self._baselines_tried]
+
+    def measure_pending_baselines(self, limit: int | None = None) -> int:
+        """Measure up to ``limit`` (None: all) pending reference baselines, one at a time per
+        caller (several workers may each take one); returns how many were measured."""
+        done = 0
+        while limit is None or done < limit:
+            with self._lock:
+                pending = self.pending_baselines()
+                if not pending:
+                    return done
+                name = pending[0]
+                self._baselines_tried.add(name)
+                others = self._baseline_names()[1:]
+                index = len([n for n in others if n in self._baselines_tried])
+            self.measure_baseline(name, index=index, total=len(others))
+            done += 1
+        return done
+
+    def _measure_remaining_baselines(self) -> None:
+        """Every pending comparison, as many at once as experiments may be in flight."""
+        if self.concurrency > 1 and len(self.pending_baselines()) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asiarch-baseline") as pool:
+                for fut in [pool.submit(self.measure_pending_baselines) for _ in range(self.concurrency)]:
+                    fut.result()  # LoopStopped or an executor error propagates
+        else:
+            self.measure_pending_baselines()
+
+    def seed_baseline(self) -> dict[str, Any] | None:
+        """The seed mixer's complete metrics at this scale (the yardstick), or None."""
+        ys = self.yardstick()
+        return ys.metrics if ys is not None else None
+
+    def rescore_if_needed(self) -> dict[str, Any] | None:
+        """Re-score the archive when its fitness was computed against another yardstick (a
+        re-measured seed, another scale, an upgrade); returns the re-score report or None."""
+        ys = self.yardstick()
+        if not hasattr(self.lab, "apply_scores") or not needs_rescore(self.lab, ys):
+            return None
+        with self._novelty_lock:
+            report = rescore_lab(self.lab, self.scale)
+        self.emit(LogLine(source="loop", line=(
+            f"re-scored {report['rescored']} experiments against yardstick {report['yardstick']}"
+            + (f"; best moved {report['best_before']} -> {report['best']}" if report["best_moved"] else ""))))
+        return report
 
     def ensure_seed_measured(self) -> None:
         """A new lab's seed (committed unmeasured) gets its metrics from the seed baseline
-        (the same file evaluated at the same scale and seed) and is committed as measured."""
+        (the same file evaluated at the same scale and seed) and is committed as measured,
+        once per scale."""
         store = self.lab.store
         from archive.record import SEED_ID
 
         if SEED_ID not in store:
             return
+        ys = self.yardstick()
+        if ys is None:
+            return
         seed = store.get(SEED_ID)
-        measured = [r for r in store.all() if r.extra.get("measures") == SEED_ID]
-        if seed.metrics or measured:
+        measured = [r for r in store.all() if r.extra.get("measures") == SEED_ID
+                    and (r.metrics or {}).get("scale") == ys.scale_name]
+        if measured or ((seed.metrics or {}).get("scale") == ys.scale_name and is_complete(seed.metrics)):
             return
-        base = self.seed_baseline()
-        if not base or base.get("status") != "ok":
-            return
-        fitness, comps = compute_fitness(base, base, None)
+        base = ys.metrics
         rec = dataclasses.replace(
-            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base, fitness=fitness,
-            fitness_components=comps, scale=_scale_name(self.scale), created=_utc(),
+            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base,
+            yardstick=ys.version, scale=_scale_name(self.scale), created=_utc(),
             analysis="The seed design measured at this scale: the yardstick of every fitness.",
             problem=seed.problem or "recall probes and loss of the seed at this scale",
             extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
         rec.slug = ""
         rec.__post_init__()
+        rec.reproduce = self._reproduce_info(rec)
+        # the seed is judged by the same judge as every candidate (not a flat 0.5)
+        seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
+        verdict = self._judge_record(rec, None, base, seed_recorder)
+        rec.transcript = seed_recorder.transcript
+        self._score(rec, verdict, ys)
+        fitness, comps = rec.fitness, rec.fitness_components
         sha = self._commit(rec)
         self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
                                      fitness_components=comps, metrics=_summary(base), sha=sha,
-                                     reason="seed measured"))
+                                     reason="seed measured",
+                                     promotion=str((rec.promotion or {}).get("outcome") or "")))
 
     # ------------------------------------------------------------------ the loop
     def budget_left(self) -> bool:
@@ -631,14 +754,28 @@ class Loop:
                     self._set_state("running")
                 try:
                     self.poll()
-                    self.baselines()
+                    if self.measure_seed() is None:
+                        why = self.yardstick_missing() or "the seed could not be measured"
+                        self.emit(Warning(source="loop", message=(
+                            f"no yardstick: {why}. No experiment is scored without a complete measurement "
+                            "of the seed at the lab's scale; experiments wait for it (see the seed's log in "
+                            f"runs/baselines/, then start again)")))
+                        with self._lock:
+                            self.summary.state = "stopped"
+                            self._set_state("stopped", f"no yardstick: {why}")
+                        return self.summary
+                    self.rescore_if_needed()
                     self.ensure_seed_measured()
                     with self._novelty_lock:
                         self.lab.novelty  # load it here, not in two workers at once  # noqa: B018
+                    with self._lock:
+                        self._set_state("running")
                     if self.concurrency == 1:
                         self._worker()
                     else:
                         self._run_workers()
+                    if not self._stop_after_experiment:
+                        self._measure_remaining_baselines()  # the comparisons not measured yet
                     with self._lock:
                         if self._stop_after_experiment:
                             self.summary.state = "stopped"
@@ -663,8 +800,16 @@ class Loop:
     def _worker(self) -> None:
         """Run experiments while the budget allows (one worker; several when concurrency > 1)."""
         crashes = 0
+        first = True
         while True:
             self.poll()
+            if not first:  # between experiments: one of the comparisons not measured yet
+                with self._lock:
+                    more = self.budget_left()
+                if more:
+                    self.measure_pending_baselines(limit=1)
+                    self.poll()
+            first = False
             with self._lock:
                 if not self.budget_left():
                     return
@@ -795,7 +940,8 @@ class Loop:
             failure = ""
             if saved.get("proposal"):
                 p = saved["proposal"]
-                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {})
+                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {},
+                                    trusted=bool(p.get("trusted", False)))
                 researcher_spec = saved.get("researcher", researcher_spec)
                 recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
                 record.extra["redone_after_crash"] = True
@@ -895,7 +1041,7 @@ class Loop:
         t0 = time.perf_counter()
         out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
                                     baseline=baseline, recorder=recorder, approval=approval,
-                                    on_stage=on_stage, on_line=on_line)
+                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted)
         eng_time = time.perf_counter() - t0
         for k, v in out.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
@@ -911,6 +1057,13 @@ class Loop:
         if out.status == "check_failed":
             return self._finish(record, "failed", f"check failed: {out.error}", run_dir, t_exp)
         self.poll()
+
+        # -- 6b. successive halving: a rung-0 result that would enter the top earns more seeds
+        if record.metrics:
+            with stage("seeds") as st:
+                self._more_seeds(record, run_dir, baseline, on_line, st,
+                                 trusted=proposal.trusted and out.code == proposal.code)
+            self.poll()
 
         # -- 7. analyse
         siblings = [store.get(c) for c in store.children(parent.id)]
@@ -928,38 +1081,140 @@ class Loop:
 
         # -- 8. judge and score
         with stage("judge") as st:
-            nearest = None
-            try:
-                with self._novelty_lock:
-                    near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
-                nearest = near[0] if near else None
-            except Exception:
-                nearest = None
-            try:
-                if isinstance(self.judge_agent, LLMJudge):
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder, baselines=self.baselines())
-                else:
-                    verdict = self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                                     recorder)
-            except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
-                st.fail(str(exc))
-                verdict = None
-                record.extra["judge_failure"] = str(exc)
+            verdict = self._judge_record(record, parent, baseline, recorder, st)
+        status = {"ok": "accepted", "too_slow": "too_slow"}.get(out.status, "failed")
         with stage("score"):
-            fitness, comps = compute_fitness(record.metrics, baseline, verdict)
-            comps["judge"] = verdict
-            if comps["leak_suspected"]:
+            ys = self.yardstick()
+            comps = self._score(record, verdict, ys, status)
+            if comps.get("leak_suspected"):
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: validation loss more than 10% below the seed baseline's: suspected leak of "
                     "future tokens, not counted as a win")))
-            record.fitness = fitness
-            record.fitness_components = comps
-        status = "accepted" if out.status == "ok" else "failed"
-        reason = "" if out.status == "ok" else f"evaluation failed: {out.error}"
+            if ys is None and status == "accepted":
+                self.emit(Warning(exp_id=exp_id, source="score", message=(
+                    f"{exp_id}: not scored: {comps.get('unscored')}")))
+        reason = ""
+        if status == "too_slow":
+            tp = (record.metrics or {}).get("throughput_vs_seed")
+            reason = f"too slow: {out.error}" + (f" (throughput {tp:.2f}x the seed's)" if isinstance(tp, (int, float)) else "")
+        elif status == "failed":
+            reason = f"evaluation failed: {out.error}"
         return self._finish(record, status, reason, run_dir, t_exp)
 
+    # ------------------------------------------------------------------ seeds and promotion
+    def _seed_list(self) -> list[int]:
+        """The seeds of a design measured in full (and of the yardstick): seed, seed+1, ..."""
+        from agents.stats import design_seeds
+
+        return design_seeds(self.seed, self.n_seeds)
+
+    def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
+                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False) -> None:
+        """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
+        multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
+        measured on several seeds, else the one-seed form (``seeds`` with one entry)."""
+        from agents.seeds import screen, screen_of
+        from agents.stats import needs_more_seeds
+
+        rung0 = dict(record.metrics)
+        rung0.setdefault("seed", self.seed)
+        seeds = [sd for sd in self._seed_list() if sd != rung0.get("seed")]
+        runs = [rung0]
+        value = screen(rung0, baseline)
+        top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
+               if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
+        if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
+            code_path = run_dir / "mixer.py"
+            for sd in seeds:
+                self.poll()
+                self.emit(LogLine(exp_id=record.id, source="loop",
+                                  line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seed {sd}"))
+                res = with_trust(self.executor.evaluate, code_path, run_dir / f"eval_seed{sd}", sd, baseline,
+                                 on_line=lambda l: on_line("train", l), trusted=trusted)
+                m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
+                m.setdefault("seed", sd)
+                runs.append(m)
+        elif seeds:
+            st.fail(f"rung 0 stays at one seed (measured terms {value if value is None else round(value, 4)} "
+                    f"below the top {self.top_k_seeds})")
+        record.metrics = combine_seeds(runs)
+        record.extra["rung"] = 0 if len(runs) == 1 else 1
+
+    def _score(self, record: Any, verdict: dict[str, Any] | None, ys: Yardstick | None,
+               status: str = "accepted") -> dict[str, Any]:
+        """Score ``record`` against the yardstick (agents.yardstick.score): the fitness is the
+        mean of its per-seed fitness values, with ``fitness_interval`` and ``fitness_seeds``;
+        None (with ``components["unscored"]``) without a yardstick or complete metrics."""
+        fitness, comps = score(record.metrics, verdict, ys, status, None if ys is not None else self.yardstick_missing())
+        record.fitness = fitness
+        record.fitness_components = comps
+        record.fitness_interval = comps.get("fitness_interval")
+        record.fitness_seeds = dict(comps.get("fitness_seeds") or {})
+        record.yardstick = ys.version if ys is not None else ""
+        return comps
+
+    def _decide_promotion(self, record: Any) -> None:
+        """The promotion rule against the current ``best`` (run in the committing thread, so
+        concurrent experiments are compared with the best that is current at their commit)."""
+        from agents.stats import promote
+
+        if record.status != "accepted" or record.fitness is None:
+            record.promotion = {"promoted": False, "outcome": "unmeasured", "rule": "", "text": "not measured",
+                                "incumbent": None}
+            return
+        inc = self.lab.store.best()
+        inc_seeds = None
+        if inc is not None:
+            book = getattr(self.lab, "scores", None)
+            rescored = book.get(inc.id) if book is not None else None
+            fs = inc.fitness_seeds
+            fit = inc.fitness
+            if rescored is not None:  # the incumbent as re-scored against the current yardstick
+                fs = (rescored.get("fitness_components") or {}).get("fitness_seeds") or {}
+                fit = rescored.get("fitness")
+            inc_seeds = ({int(k): v for k, v in fs.items()} if fs
+                         else ({int(inc.seed): fit} if fit is not None else None))
+        verdict = promote({int(k): v for k, v in record.fitness_seeds.items()}, inc_seeds)
+        record.promotion = {**verdict.to_dict(), "incumbent": inc.id if inc is not None else None}
+
+    def _reproduce_info(self, record: Any) -> dict[str, Any]:
+        """``record.reproduce`` (agents.repro.environment) for an evaluated record."""
+        from agents.repro import environment
+        from agents.seeds import per_seed
+
+        limits = getattr(self.executor, "limits", None)
+        seeds = [int(e["seed"]) for e in per_seed(record.metrics) if isinstance(e.get("seed"), int)]
+        try:
+            return environment(self.scale, seeds or [self.seed], self.seed, self.lab.config,
+                               threads=getattr(limits, "threads", None))
+        except Exception as exc:  # never lose the experiment over its environment record
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     # ------------------------------------------------------------------ steps
+    def _judge_record(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
+                      recorder: CallRecorder | None, st: "_Stage | None" = None) -> dict[str, Any] | None:
+        """The judge's verdict on ``record`` (candidates and the seed alike); None (s_judge
+        unmeasured, 0.5) when the judge fails twice, with the failure in ``record.extra``."""
+        nearest = None
+        try:
+            with self._novelty_lock:
+                near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
+            nearest = near[0] if near else None
+        except Exception:
+            nearest = None
+        history = [r for r in self._history() if r.id != record.id]
+        try:
+            if isinstance(self.judge_agent, LLMJudge):
+                return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                              recorder, baselines=self.baselines(), history=history)
+            return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
+                                          recorder, history=history)
+        except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
+            if st is not None:
+                st.fail(str(exc))
+            record.extra["judge_failure"] = str(exc)
+            return None
+
     def _propose(self, ctx: ResearchContext) -> tuple[Proposal, str]:
         if self.researcher is None:
             fb = self.fallback_researcher
@@ -1051,11 +1306,13 @@ class Loop:
         return self.lab.store.get(exp_id)
 
     def _recent_failures(self, n: int = 3) -> list[Any]:
-        fails = [r for r in self.lab.store.all() if r.status == "failed"]
+        fails = [r for r in self.lab.store.all() if r.status in ("failed", "too_slow")]
         return fails[-n:]
 
     def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:
         record.status = status
+        if record.metrics and not record.reproduce:
+            record.reproduce = self._reproduce_info(record)
         if reason:
             record.extra["failure"] = reason
         if not record.analysis and reason:
@@ -1070,7 +1327,8 @@ class Loop:
         self.emit(ExperimentFinished(exp_id=record.id, name=record.name, status=status, fitness=record.fitness,
                                      fitness_components=record.fitness_components,
                                      metrics=_summary(record.metrics), sha=sha,
-                                     duration_s=time.perf_counter() - t_exp, reason=reason))
+                                     duration_s=time.perf_counter() - t_exp, reason=reason,
+                                     promotion=str((record.promotion or {}).get("outcome") or "")))
         return record
 
 
@@ -1114,7 +1372,8 @@ def _utc() -> str:
 
 def _summary(metrics: dict[str, Any] | None) -> dict[str, Any]:
     m = metrics or {}
-    return {k: m.get(k) for k in ("status", "val_loss", "val_bpb", "probe_mean", "tokens_per_s", "mixer_params")
+    return {k: m.get(k) for k in ("status", "val_loss", "val_bpb", "probe_mean", "probe_mean_partial", "partial",
+                                  "tokens_per_s", "mixer_params", "cpu_seconds", "throughput_vs_seed")
             if k in m}
 
 

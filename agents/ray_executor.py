@@ -156,10 +156,12 @@ class _LogSink:
 
 def run_step(kind: str, code: str, scale: Any, limits: dict[str, Any] | None, seed: int = 0,
              baseline: dict[str, Any] | None = None, scratch_root: str | None = None,
-             sink: Any = None, key: str = "") -> dict[str, Any]:
+             sink: Any = None, key: str = "", trusted: bool = False,
+             unsafe_no_sandbox: bool = False) -> dict[str, Any]:
     """Run one check or evaluation of ``code`` in the sandbox on this machine (the body of a Ray
     task; callable directly too). ``sink``: a ``_LogSink`` actor handle to stream log lines to
-    (as ``key``). Returns ``{"step": StepResult as dict, "lines": [...] (the last MAX_LINES),
+    (as ``key``); ``trusted``: the project's own code (may run without bwrap on that node); ``unsafe_no_sandbox``: run untrusted code
+    without bwrap where that node has none (``[executor] unsafe_no_sandbox``). Returns ``{"step": StepResult as dict, "lines": [...] (the last MAX_LINES),
     "n_lines", "streamed", "node", "pid", "started", "ended"}``; never raises for a failing
     candidate."""
     from training.sandbox import Limits
@@ -210,13 +212,13 @@ def run_step(kind: str, code: str, scale: Any, limits: dict[str, Any] | None, se
     try:
         path = scratch / "mixer.py"
         path.write_text(code, encoding="utf-8")
-        lim = Limits(**limits) if limits else None
-        ex = SandboxExecutor(scale, lim)
+        lim = Limits.from_dict(limits) if limits else None
+        ex = SandboxExecutor(scale, lim, unsafe_no_sandbox=unsafe_no_sandbox)
         try:
             if kind == "check":
-                res = ex.check(path, scratch / "check", on_line=on_line)
+                res = ex.check(path, scratch / "check", on_line=on_line, trusted=trusted)
             else:
-                res = ex.evaluate(path, scratch / "eval", seed, baseline, on_line=on_line)
+                res = ex.evaluate(path, scratch / "eval", seed, baseline, on_line=on_line, trusted=trusted)
         except Exception as exc:  # the sandbox could not start here: a failed step, with the reason
             res = StepResult(False, [], None, f"{type(exc).__name__} on the Ray worker: {exc}", "", 0.0)
     finally:
@@ -274,9 +276,11 @@ class RayExecutor:
     def __init__(self, scale: Any = "probe", limits: Any = None, address: str = "auto", num_cpus: float = 1.0,
                  num_gpus: float = 0.0, retries: int = 1, timeout_s: float | None = None,
                  scratch_root: str | os.PathLike[str] | None = None,
-                 init_kwargs: dict[str, Any] | None = None, stream_logs: bool = True) -> None:
+                 init_kwargs: dict[str, Any] | None = None, stream_logs: bool = True,
+                 unsafe_no_sandbox: bool = False) -> None:
         self.scale = scale
         self.limits = limits
+        self.unsafe_no_sandbox = bool(unsafe_no_sandbox)
         self.address = address
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
@@ -386,14 +390,14 @@ class RayExecutor:
         return count
 
     # -- the Executor protocol -----------------------------------------------------------
-    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None) -> StepResult:
+    def check(self, path: Path, run_dir: Path, on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
         """Static and dynamic checks of the file at ``path``, in the sandbox of a Ray task."""
-        return self._run("check", Path(path), Path(run_dir), 0, None, on_line)
+        return self._run("check", Path(path), Path(run_dir), 0, None, on_line, trusted)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None) -> StepResult:
+                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
         """The evaluation ladder at the executor's scale, in the sandbox of a Ray task."""
-        return self._run("evaluate", Path(path), Path(run_dir), seed, baseline, on_line)
+        return self._run("evaluate", Path(path), Path(run_dir), seed, baseline, on_line, trusted)
 
     # -- internals -----------------------------------------------------------------------
     def _default_limits(self) -> dict[str, Any] | None:
@@ -405,7 +409,7 @@ class RayExecutor:
         return dataclasses.replace(Limits(), threads=max(1, int(self.num_cpus))).to_dict()
 
     def _run(self, kind: str, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-             on_line: LineFn | None) -> StepResult:
+             on_line: LineFn | None, trusted: bool = False) -> StepResult:
         t0 = time.perf_counter()
         ray = self.connect()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -425,7 +429,7 @@ class RayExecutor:
             key = f"{base_key}-{attempt}"
             delivered = self._listen(key, say) if self._sink is not None else [0]
             ref = self._remote.remote(kind, code, spec, limits, seed, baseline, self.scratch_root,
-                                      self._sink, key)
+                                      self._sink, key, trusted, self.unsafe_no_sandbox)
             try:
                 out = ray.get(ref, timeout=self.timeout_s)
                 self._drain()  # the task's last lines are in the sink by now
@@ -519,13 +523,14 @@ def make_executor(config: Any, scale: Any, limits: Any = None, connect: bool = F
     the first task unless ``connect`` (then here, so that a wrong address fails before the loop
     starts); a missing Ray package raises :class:`RayUnavailable` here."""
     kind = getattr(config, "kind", "local")
+    unsafe = bool(getattr(config, "unsafe_no_sandbox", False))
     if kind == "local":
-        return SandboxExecutor(scale, limits)
+        return SandboxExecutor(scale, limits, unsafe_no_sandbox=unsafe)
     if kind == "ray":
         _import_ray()
         kw: dict[str, Any] = {"address": getattr(config, "ray_address", "auto"),
                               "num_cpus": getattr(config, "cpus_per_task", 1.0),
-                              "num_gpus": getattr(config, "gpus_per_task", 0.0)}
+                              "num_gpus": getattr(config, "gpus_per_task", 0.0), "unsafe_no_sandbox": unsafe}
         kw.update(overrides)
         ex = RayExecutor(scale, limits, **kw)
         if connect:

@@ -38,13 +38,16 @@ class Proposal:
 
     ``extra`` carries anything the record should keep: ``genome``, ``operators``, ``cognition``
     (ids of cognition entries used) are copied into the record's fields of the same names, the
-    rest into ``record.extra``.
+    rest into ``record.extra``. ``trusted``: the code is the project's own (rendered by the
+    built-in researcher from a genome), so it may run without the OS sandbox where bubblewrap is
+    unavailable; LLM-written or user-edited code never is.
     """
 
     name: str
     motivation: str
     code: str
     extra: dict[str, Any] = field(default_factory=dict)
+    trusted: bool = False
 
 
 @dataclass

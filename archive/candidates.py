@@ -6,6 +6,10 @@ Ranking: accepted experiments with a fitness, highest first (ties: older first);
 experiments not measured yet (fitness None, e.g. a new lab's seed) rank after them, oldest
 first, so a fresh lab can still sample its seed.
 
+Parents come only from designs evaluated on at least ``min_parent_seeds`` seeds (default 2: a
+one-seed result may be luck), as long as there is one; otherwise (a lab made before multi-seed
+evaluation, or before the seed is measured) from all candidates.
+
 Cold start: with fewer candidates than ``top_k`` the parent comes from all of them; with
 fewer than the first reference rank, references come from the candidates other than the parent
 (best first is not favoured: uniformly), so early experiments still get some.
@@ -40,10 +44,11 @@ class CandidateSet:
     """Sampling over an :class:`~archive.index.ExperimentIndex`; records come from the store."""
 
     def __init__(self, index: Any, store: Any, top_k: int = 10, reference_ranks: tuple[int, int] = (11, 50),
-                 n_references: int = 4) -> None:
+                 n_references: int = 4, min_parent_seeds: int = 2) -> None:
         self.index = index
         self.store = store
         self.top_k = top_k
+        self.min_parent_seeds = int(min_parent_seeds)
         self.reference_ranks = (int(reference_ranks[0]), int(reference_ranks[1]))
         self.n_references = n_references
 
@@ -62,8 +67,11 @@ class CandidateSet:
         return self.rank(self.index.all())[:n]
 
     def parent_pool(self) -> list[dict[str, Any]]:
-        """Ranks 1..top_k."""
-        return self.top()[: self.top_k]
+        """Ranks 1..top_k among the designs with at least ``min_parent_seeds`` seeds (all
+        candidates when none has them)."""
+        top = self.rank(self.index.all())
+        multi = [d for d in top if int(d.get("n_seeds") or 0) >= self.min_parent_seeds]
+        return (multi or top[: self.reference_ranks[1]])[: self.top_k]
 
     def reference_pool(self, exclude: set[str] | None = None) -> list[dict[str, Any]]:
         """Ranks first..last of the reference ranks, or, at cold start (fewer candidates than

@@ -20,7 +20,7 @@ CONFIG_NAME = "asiarch.toml"
 ROLES = ("researcher", "analyst", "judge", "debugger")
 BACKENDS = ("builtin", "ollama", "openai")
 MODES = ("autonomous", "supervised")
-SCALES = ("probe", "explore", "verify")
+SCALES = ("demo", "probe", "explore", "verify")
 EXECUTORS = ("local", "ray")
 EMBEDDING_BACKENDS = ("fastembed", "ollama")
 
@@ -57,6 +57,8 @@ class LoopConfig:
     novelty_rounds: int = 3
     debug_rounds: int = 3
     seed: int = 0
+    seeds: int = 3
+    top_k_seeds: int = 5
 
 
 @dataclass
@@ -77,6 +79,8 @@ class ExecutorConfig:
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     concurrency: int = 1
+    #: run untrusted candidates without the OS sandbox (bubblewrap) where it is unavailable
+    unsafe_no_sandbox: bool = False
 
 
 @dataclass
@@ -95,6 +99,16 @@ class EmbeddingConfig:
 
 
 @dataclass
+class GuardsConfig:
+    """[guards]: when an evaluation is ended early (training.guards; wall time is no budget)."""
+
+    cpu_factor: float = 8.0
+    wall_factor: float = 20.0
+    min_wall_s: float = 600.0
+    min_cpu_s: float = 10.0
+
+
+@dataclass
 class LabConfig:
     """Every setting of a lab (the parsed ``asiarch.toml``)."""
 
@@ -104,6 +118,7 @@ class LabConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, section by section."""
@@ -132,6 +147,10 @@ class LabConfig:
         for key in ("novelty_rounds", "debug_rounds"):
             if getattr(self.loop, key) < 0:
                 raise bad(f"loop.{key}", "must be 0 or more")
+        if self.loop.seeds < 1:
+            raise bad("loop.seeds", "must be at least 1 (3 gives every design in the top an interval)")
+        if self.loop.top_k_seeds < 1:
+            raise bad("loop.top_k_seeds", "must be at least 1")
         if self.sampling.top_k < 1:
             raise bad("sampling.top_k", "must be at least 1")
         rr = self.sampling.reference_ranks
@@ -151,6 +170,9 @@ class LabConfig:
             raise bad("embedding.backend", f"is {self.embedding.backend!r}; it must be one of {', '.join(EMBEDDING_BACKENDS)}")
         if not self.embedding.model.strip():
             raise bad("embedding.model", "is empty")
+        for key in ("cpu_factor", "wall_factor", "min_wall_s", "min_cpu_s"):
+            if getattr(self.guards, key) < 0:
+                raise bad(f"guards.{key}", "must be 0 or more")
 
 
 _SECTIONS = {
@@ -160,6 +182,7 @@ _SECTIONS = {
     "executor": ExecutorConfig,
     "data": DataConfig,
     "embedding": EmbeddingConfig,
+    "guards": GuardsConfig,
 }
 
 
@@ -260,8 +283,10 @@ openai_base_url = {llm.openai_base_url}
 # "autonomous" runs experiments back to back; "supervised" waits for approve / reject / edit
 # of each checked proposal before it is evaluated.
 mode = {loop.mode}
-# Evaluation scale: "probe" (synthetic tasks, seconds), "explore" (probes plus byte-level LM
-# training, minutes on CPU), "verify" (GPU, larger models and lm-eval tasks).
+# Evaluation scale: "demo" (a reduced probe suite, under a minute per experiment on CPU; the
+# default of a new lab), "probe" (the full synthetic probe suite, about a minute of CPU time),
+# "explore" (probes plus byte-level LM training, minutes on CPU), "verify" (GPU, larger models
+# and lm-eval tasks). Every scale does a fixed amount of work: wall time is never a budget.
 scale = {loop.scale}
 # Stop after this many experiments (0 = no limit).
 experiments = {loop.experiments}
@@ -278,6 +303,12 @@ novelty_rounds = {loop.novelty_rounds}
 debug_rounds = {loop.debug_rounds}
 # Random seed of the loop (sampling, builtin researcher, training).
 seed = {loop.seed}
+# Seeds per design that may enter the top (and for the seed design and the reference
+# baselines): seed, seed+1, ... Every candidate is first trained on one seed; one whose one-seed
+# result would enter the top top_k_seeds designs is re-evaluated on the others, and `best` moves
+# only when the promotion rule says it is better beyond noise (docs/NOISE.md). 1 = no intervals.
+seeds = {loop.seeds}
+top_k_seeds = {loop.top_k_seeds}
 
 [sampling]
 # Parents are drawn (rank-weighted) from the top_k accepted experiments by fitness.
@@ -300,6 +331,10 @@ gpus_per_task = {executor.gpus_per_task}
 # How many experiments may be in flight at once: sampling, research and novelty stay
 # sequential, checks and evaluations run in parallel, results are committed as they finish.
 concurrency = {executor.concurrency}
+# Candidate code runs in an OS sandbox (bubblewrap). Where bubblewrap is missing, LLM-written
+# candidates are refused; true runs them anyway with rlimits and an in-process guard only (no
+# OS boundary: only for code you trust). The built-in researcher's designs always run.
+unsafe_no_sandbox = {executor.unsafe_no_sandbox}
 
 [data]
 # Training text files for the explore / verify scales; empty = the shipped Shakespeare corpus.
@@ -312,6 +347,17 @@ backend = {embedding.backend}
 # Model: for fastembed, "all-MiniLM-L6-v2" (shipped by the installer); for ollama, the
 # model name (e.g. "nomic-embed-text"). Changing it rebuilds the novelty index.
 model = {embedding.model}
+
+[guards]
+# Evaluations run a fixed number of steps; two guards may end one early, keeping the metrics
+# reached so far (marked partial; a partial run gets no fitness).
+# too_slow: the evaluation used more than cpu_factor x the seed's CPU seconds at this scale (and
+# more than min_cpu_s). CPU seconds hardly change when the machine is busy. 0 = no cap.
+cpu_factor = {guards.cpu_factor}
+min_cpu_s = {guards.min_cpu_s}
+# hung: more than max(min_wall_s, wall_factor x the seed's wall seconds) of wall time passed.
+wall_factor = {guards.wall_factor}
+min_wall_s = {guards.min_wall_s}
 """
 
 

@@ -2,7 +2,8 @@
 UI and sampling need, derived from the archive and rebuilt from it at will.
 
 Fields of a document: ``id, name, slug, tag, parent, references, status, fitness,
-fitness_components, scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
+fitness_components, yardstick, fitness_interval, fitness_std, n_seeds, promotion (the promotion rule's
+outcome), scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
 ``summary`` (the commit subject), ``problem, researcher, created, commit``. The document of
 experiment ``N`` has tinydb doc_id ``N + 1``.
 
@@ -19,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
@@ -65,6 +66,25 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def n_seeds(record: ExperimentRecord) -> int:
+    """How many seeds the record's design was evaluated on (0 when never evaluated)."""
+    if record.fitness_seeds:
+        return len(record.fitness_seeds)
+    seeds = (record.metrics or {}).get("seeds")
+    if isinstance(seeds, list) and seeds:
+        return len(seeds)
+    return 1 if record.metrics else 0
+
+
+def fitness_std(record: ExperimentRecord) -> float | None:
+    """The sample std of the per-seed fitness values (None for fewer than 2 seeds)."""
+    vals = [float(v) for v in (record.fitness_seeds or {}).values() if isinstance(v, (int, float))]
+    if len(vals) < 2:
+        return None
+    mean = sum(vals) / len(vals)
+    return round((sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5, 6)
+
+
 def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
     """The index document of ``record`` committed as ``commit``."""
     return {
@@ -77,6 +97,11 @@ def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
         "status": record.status,
         "fitness": record.fitness,
         "fitness_components": record.fitness_components,
+        "fitness_interval": record.fitness_interval,
+        "fitness_std": fitness_std(record),
+        "n_seeds": n_seeds(record),
+        "promotion": (record.promotion or {}).get("outcome"),
+        "yardstick": record.yardstick,
         "scale": record.scale,
         "metrics": metrics_summary(record.metrics),
         "summary": record.summary_line(),
@@ -100,8 +125,11 @@ class ExperimentIndex:
     ``flush_interval`` > 0, at most that often (and on :meth:`flush` / :meth:`close`): a lost
     tail is caught up from git by the next :meth:`sync`."""
 
-    def __init__(self, path: str | os.PathLike[str], flush_interval: float = 0.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], flush_interval: float = 0.0,
+                 overlay: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
+        #: ``doc -> doc`` applied to every document written (the lab's re-scored fitness)
+        self.overlay = overlay
         self.flush_interval = flush_interval
         self._last_flush = 0.0
         self._dirty = False
@@ -140,12 +168,16 @@ class ExperimentIndex:
     @_locked
     def add(self, record: ExperimentRecord, commit: str, state: str | None = None) -> None:
         """Insert or replace ``record``'s document; ``state`` is the archive state after it."""
-        self.table.upsert(Document(make_doc(record, commit), doc_id=int(record.id) + 1))
+        self.table.upsert(Document(self._doc(record, commit), doc_id=int(record.id) + 1))
         if state is not None:
             self._set_state(state)
         self._dirty = True
         if self.flush_interval <= 0 or time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
+
+    def _doc(self, record: ExperimentRecord, commit: str) -> dict[str, Any]:
+        doc = make_doc(record, commit)
+        return self.overlay(doc) if self.overlay is not None else doc
 
     @_locked
     def flush(self) -> None:
@@ -163,7 +195,7 @@ class ExperimentIndex:
         self.db.drop_tables()
         self.table = self.db.table("experiments")
         self.meta_table = self.db.table("_meta")
-        docs = [Document(make_doc(store.get(e.id), e.commit), doc_id=int(e.id) + 1) for e in store.entries()]
+        docs = [Document(self._doc(store.get(e.id), e.commit), doc_id=int(e.id) + 1) for e in store.entries()]
         if docs:
             self.table.insert_multiple(docs)
         self._set_state(store.state())
@@ -188,7 +220,7 @@ class ExperimentIndex:
         stale = [i for i, c in have.items() if want.get(i) != c]
         if stale:
             self.table.remove(doc_ids=[int(i) + 1 for i in stale])
-        docs = [Document(make_doc(store.get(i), c), doc_id=int(i) + 1)
+        docs = [Document(self._doc(store.get(i), c), doc_id=int(i) + 1)
                 for i, c in want.items() if have.get(i) != c]
         if docs:
             self.table.insert_multiple(docs)

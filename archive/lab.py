@@ -4,6 +4,8 @@
     lab/archive/         bare git repo, one commit per experiment: the source of truth
     lab/index.json       tinydb index, derived (asiarch-tui reindex rebuilds it)
     lab/novelty.hnsw     hnswlib index of motivation embeddings, derived (+ .keys.json)
+    lab/scores.json      fitness re-scored against the current yardstick, derived (archive.scores)
+    lab/baselines/       the seed (the yardstick) and reference baselines measured at each scale
     lab/runs/<id>/       scratch of the run in flight
     lab/events.jsonl     the event log (written by the loop)
     lab/.lock            the lab lock (archive.lock)
@@ -30,6 +32,7 @@ from archive.index import ExperimentIndex
 from archive.lock import LabBusyError, LabLock, pid_alive
 from archive.novelty import NoveltyIndex
 from archive.record import SEED_ID, ExperimentRecord
+from archive.scores import SCORES_NAME, ScoreBook
 from archive.store import ArchiveStore
 
 #: index.json and novelty.hnsw are rewritten whole, so back-to-back commits write them at most
@@ -89,11 +92,16 @@ class Lab:
     candidates`` and (lazily) ``novelty``."""
 
     def __init__(self, path: Path, config: LabConfig, store: ArchiveStore, index: ExperimentIndex,
-                 lock: LabLock, embedder: Embedder | None = None) -> None:
+                 lock: LabLock, embedder: Embedder | None = None, scores: ScoreBook | None = None) -> None:
         self.path = path
         self.config = config
         self.store = store
         self.index = index
+        #: re-scored fitness (derived; see archive.scores), read by the index and ``best``
+        self.scores = scores if scores is not None else ScoreBook(path / SCORES_NAME)
+        self.index.overlay = self.scores.overlay
+        self.store.score_of = self.scores.fitness
+        self.store.promotion_of = self.scores.promotion
         self._lock = lock
         self._embedder = embedder
         self._novelty: NoveltyIndex | None = None
@@ -126,7 +134,7 @@ class Lab:
              seed_code: str | None = None, embedder: Embedder | None = None) -> "Lab":
         """Create a lab at ``path`` (a new or empty folder): the commented config, the archive
         with the seed commit, the index and the novelty index. ``demo`` picks the quick
-        ``probe`` scale with built-in agents (no LLM needed); otherwise the config defaults.
+        ``demo`` scale with built-in agents (no LLM needed); otherwise the config defaults.
         ``seed_code`` overrides the seed mixer source (tests)."""
         path = Path(path).absolute()
         if cls.is_lab(path):
@@ -135,7 +143,7 @@ class Lab:
             raise LabError(f"{path} exists and is not empty; choose a new folder for the lab")
         cfg = config or LabConfig()
         if demo and config is None:
-            cfg.loop.scale = "probe"
+            cfg.loop.scale = "demo"
         code = seed_code if seed_code is not None else seed_source()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Built in a temporary sibling folder and renamed into place: a kill leaves no half lab.
@@ -195,17 +203,21 @@ class Lab:
             locked = False
         try:
             store = ArchiveStore(path / "archive", maintenance_every=maintenance_every)
+            scores = ScoreBook(path / SCORES_NAME)
+            store.score_of = scores.fitness  # before recover(): best follows the re-scored fitness
+            store.promotion_of = scores.promotion  # ... and the re-decided promotions
             recovered: list[str] = []
             if locked:
                 recovered = store.recover(remove_stale=lock.previous_crashed is not None)
                 if len(store) == 0:  # a lab whose first commit never happened
                     store.commit(seed_record(seed_source(), cfg))
                     recovered.append("committed the missing seed experiment")
-            index = ExperimentIndex(path / "index.json", flush_interval=DERIVED_WRITE_INTERVAL)
+            index = ExperimentIndex(path / "index.json", flush_interval=DERIVED_WRITE_INTERVAL,
+                                    overlay=scores.overlay)
             status = index.sync(store, write=locked)
             if status == "rebuilt":
                 recovered.append("rebuilt index.json from the archive")
-            lab = cls(path, cfg, store, index, lock, embedder)
+            lab = cls(path, cfg, store, index, lock, embedder, scores)
             lab.recovered = recovered
             return lab
         finally:
@@ -281,6 +293,26 @@ class Lab:
                     self._novelty = None
                     self.recovered.append(f"novelty index behind the archive: {exc}")
             return sha
+
+    def apply_scores(self, yardstick: str | None, scores: dict[str, dict[str, Any]],
+                     best: Any = "fittest") -> dict[str, Any]:
+        """Store re-scored fitness (``{id: {"fitness", "fitness_components", "yardstick"}}``,
+        computed against the yardstick of version ``yardstick``) in ``scores.json``, rebuild the
+        index with it and move ``best``: to ``best`` (an id, or None for no best) when the caller
+        decided it (the promotion rule replayed over the re-scored experiments), else
+        (``"fittest"``) to the fittest accepted experiment. Records keep their committed
+        metrics. Returns ``{"rescored", "best_before", "best", "best_moved"}``."""
+        with self.lock():
+            before = self.store.best()
+            self.scores.replace(yardstick, scores)
+            self.index.rebuild(self.store)
+            if best == "fittest":
+                ranked = [d for d in self.index.all()
+                          if d.get("status") == "accepted" and d.get("fitness") is not None]
+                best = max(ranked, key=lambda d: (float(d["fitness"]), -int(d["id"])))["id"] if ranked else None
+            moved = self.store.move_best(best)
+            return {"rescored": len(scores), "best_before": before.id if before else None, "best": best,
+                    "best_moved": moved}
 
     def reindex(self, novelty: bool = True) -> dict[str, Any]:
         """Rebuild the index (and the novelty index) from git. Returns counts and timings."""

@@ -25,6 +25,8 @@ def node_label(doc: dict[str, Any], best_id: str | None = None) -> Text:
     t.append(f"  {status}", style=_STATUS_STYLE.get(status, ""))
     fit = doc.get("fitness")
     t.append(f"  {fit:.3f}" if fit is not None else "  –", style="magenta")
+    if fit is not None and doc.get("fitness_std") is not None and int(doc.get("n_seeds") or 0) >= 2:
+        t.append(f" ± {doc['fitness_std']:.3f} ({int(doc['n_seeds'])} seeds)", style="magenta")
     if best_id is not None and doc["id"] == best_id:
         t.append(" ★ best", style="bold yellow")
     return t
@@ -74,3 +76,30 @@ def sparkline(values: list[float | None], width: int = 60) -> str:
     span = hi - lo or 1.0
     return "".join("·" if v is None else _BARS[min(len(_BARS) - 1, int((v - lo) / span * (len(_BARS) - 1) + 0.5))]
                    for v in vals)
+
+
+def best_over_time(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``best`` after each experiment, replayed from index documents in id order: ``[{id,
+    best, fitness, lower}]`` where ``best`` is the id of the best design so far (None before the
+    first), ``fitness`` its fitness and ``lower`` the lower end of its fitness interval (its
+    fitness when it has none). A document with a ``promotion`` outcome moves ``best`` exactly
+    when it is ``promoted``; one without (made before the promotion rule) when its fitness is
+    higher: the same rule as the archive's ``best`` ref."""
+    out: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for d in sorted(docs, key=lambda d: int(d["id"])):
+        f = d.get("fitness")
+        if d.get("status") == "accepted" and f is not None:
+            promo = d.get("promotion")
+            if promo is not None:
+                if promo == "promoted":
+                    best = d
+            elif best is None or f > best["fitness"]:
+                best = d
+        if best is None:
+            out.append({"id": d["id"], "best": None, "fitness": None, "lower": None})
+        else:
+            iv = best.get("fitness_interval")
+            out.append({"id": d["id"], "best": best["id"], "fitness": best["fitness"],
+                        "lower": float(iv[0]) if iv else best["fitness"]})
+    return out

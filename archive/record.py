@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The statuses an experiment can have; all of them are committed, so nothing tried is lost.
-STATUSES = ("accepted", "failed", "rejected")
+#: ``too_slow``: evaluated, but over the efficiency cap (a finding about the design's cost).
+STATUSES = ("accepted", "failed", "rejected", "too_slow")
 
 #: The seed experiment's id.
 SEED_ID = "0000"
@@ -48,7 +49,10 @@ class ExperimentRecord:
 
     ``metrics`` is the evaluation dict of ``training.evaluate.evaluate_file`` (empty when the
     experiment was never evaluated, e.g. the seed of a new lab before the loop first measures
-    it, or a proposal rejected before evaluation); ``fitness`` is then ``None``.
+    it, or a proposal rejected before evaluation); ``fitness`` is then ``None``. Fitness is
+    derived data: ``yardstick`` is the version (a hash of the seed's metrics and scale) it was
+    computed against, and ``archive.scores`` holds re-scored values when the yardstick changed.
+    Failed, too_slow and rejected experiments, and partial metrics, have no fitness (None).
     """
 
     id: str
@@ -64,6 +68,7 @@ class ExperimentRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     fitness: float | None = None
     fitness_components: dict[str, Any] = field(default_factory=dict)
+    yardstick: str = ""
     scale: str = ""
     researcher: str = "builtin"
     created: str = field(default_factory=utc_now)
@@ -73,6 +78,15 @@ class ExperimentRecord:
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     genome: dict[str, Any] | None = None
+    #: the 90% t interval ``[lo, hi]`` of the fitness over the design's seeds (None: one seed)
+    fitness_interval: list[float] | None = None
+    #: ``{seed: fitness}`` of each seed the design was evaluated on (keys are strings in JSON)
+    fitness_seeds: dict[str, float] = field(default_factory=dict)
+    #: how ``best`` moved on this record: ``{promoted, outcome, rule, text, incumbent}``
+    promotion: dict[str, Any] = field(default_factory=dict)
+    #: everything needed to re-run the evaluation (scale definition, code version, lab config,
+    #: threads, device, dtype, data hash, seeds); see ``agents.repro.environment``
+    reproduce: dict[str, Any] = field(default_factory=dict)
     operators: list[str] = field(default_factory=list)
     cognition: list[str] = field(default_factory=list)
     train_log: str = ""
@@ -122,6 +136,11 @@ class ExperimentRecord:
         if self.fitness is not None:
             if not isinstance(self.fitness, (int, float)) or not math.isfinite(self.fitness):
                 raise RecordError(f"experiment {self.id}: fitness {self.fitness!r} is not a finite number")
+        if self.fitness_interval is not None:
+            fi = self.fitness_interval
+            if (not isinstance(fi, (list, tuple)) or len(fi) != 2
+                    or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fi) or fi[0] > fi[1]):
+                raise RecordError(f"experiment {self.id}: fitness_interval {fi!r} is not [lo, hi] with lo <= hi")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.slug):
             raise RecordError(f"experiment {self.id}: slug {self.slug!r} is not lowercase a-z0-9-")
 
@@ -149,12 +168,17 @@ class ExperimentRecord:
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The few metrics the UI lists and sampling uses (a small dict, all JSON scalars)."""
-    keys = ("val_loss", "val_bpb", "train_loss", "probe_mean", "tokens_per_s", "train_seconds",
-            "params", "mixer_params", "status", "stop_reason")
+    keys = ("val_loss", "val_bpb", "train_loss", "probe_mean", "probe_mean_partial", "probes_done",
+            "probes_total", "partial", "tokens_per_s", "train_seconds", "cpu_seconds", "wall_seconds",
+            "throughput_vs_seed", "params", "mixer_params", "status", "stop_reason", "n_seeds")
     out = {k: metrics[k] for k in keys if k in metrics and _scalar(metrics[k])}
     probes = metrics.get("probes")
     if isinstance(probes, dict):
         out["probes"] = {k: v for k, v in probes.items() if _scalar(v)}
+    spread = metrics.get("spread")
+    if isinstance(spread, dict):  # per-metric std over seeds (multi-seed designs)
+        out["std"] = {k: v.get("std") for k, v in spread.items()
+                      if isinstance(v, dict) and _scalar(v.get("std")) and "." not in k}
     return out
 
 

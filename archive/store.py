@@ -7,9 +7,11 @@ Layout of one experiment commit (DESIGN.md, "The archive"):
 * files ``mixer.py``, ``motivation.md``, ``analysis.md``, ``metrics.json``, ``record.json``
   (the whole :class:`~archive.record.ExperimentRecord`) and ``train.log``;
 * message ``<name>: <one line>``, the motivation, then the trailers ``Experiment-Id``,
-  ``Status``, ``Fitness``, ``Parent``, ``References``, ``Researcher``, ``Scale``;
+  ``Status``, ``Fitness``, ``Parent``, ``References``, ``Researcher``, ``Scale`` (and
+  ``Promotion`` when the record carries a promotion verdict);
 * tag ``exp/<id>-<slug>`` (a lightweight tag, the commit point); ``refs/heads/main`` (HEAD)
-  follows the latest experiment and ``refs/heads/best`` the fittest accepted one.
+  follows the latest experiment and ``refs/heads/best`` the best accepted one (moved by the
+  promotion rule when the record carries its verdict, ``record.promotion``; else the fittest).
 
 Crash safety: objects are written as loose objects by gitdb's pure-Python loose-object
 database (gitpython's storage layer; temporary file, then rename), and refs with git's own lock-file protocol (``<ref>.lock``
@@ -34,7 +36,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import git
 from git.objects.fun import tree_to_stream
@@ -111,6 +113,12 @@ class ArchiveStore:
         self._entries: dict[str, Entry] = {}
         self._by_commit: dict[str, str] = {}
         self._loose_since_pack = 0
+        #: ``score_of(exp_id, committed_fitness) -> fitness``: the current (re-scored) fitness
+        #: of an experiment, used for ``best`` (the lab sets it from its score book)
+        self.score_of: Callable[[str, float | None], float | None] | None = None
+        #: ``promotion_of(exp_id, committed_outcome) -> outcome``: the current promotion outcome
+        #: (re-decided when the lab re-scored), used for ``best``
+        self.promotion_of: Callable[[str, str | None], str | None] | None = None
         self.refresh()
 
     # -- creation ------------------------------------------------------------------------
@@ -285,7 +293,8 @@ class ArchiveStore:
             self._by_commit[sha] = record.id
             self._write_ref(MAIN_REF, sha, "main")
             _crash_point("main")
-            if _is_better(record, self._best_fitness()):
+            if _moves_best(record, self._best_fitness(), self._current(record.id, record.fitness),
+                           self._promotion(record.id, (record.promotion or {}).get("outcome"))):
                 self._write_ref(BEST_REF, sha, "best")
                 self._best_cache = (sha, record.fitness)
             self._loose_since_pack += 1
@@ -312,8 +321,34 @@ class ArchiveStore:
             return self._best_cache[1]
         fit = parse_trailers(self.message(sha)).get("Fitness")
         val = float(fit) if fit not in (None, "", "none") else None
+        exp_id = self._by_commit.get(sha)
+        if exp_id is not None:
+            val = self._current(exp_id, val)
         self._best_cache = (sha, val)
         return val
+
+    def _current(self, exp_id: str, committed: float | None) -> float | None:
+        return committed if self.score_of is None else self.score_of(exp_id, committed)
+
+    def _promotion(self, exp_id: str, committed: str | None) -> str | None:
+        return committed if self.promotion_of is None else self.promotion_of(exp_id, committed)
+
+    def move_best(self, exp_id: str | None) -> bool:
+        """Point ``best`` at ``exp_id`` (None: remove it, nothing is scored); call with the lab
+        lock held, after a re-score. Returns whether it moved."""
+        with self._lock:
+            self._best_cache = None
+            current = self._read_ref(BEST_REF)
+            if exp_id is None:
+                if current is None:
+                    return False
+                _run_git(self.path, "update-ref", "-d", BEST_REF)
+                return True
+            sha = self.commit_of(exp_id)
+            if current == sha:
+                return False
+            self._write_ref(BEST_REF, sha, "best")
+            return True
 
     # -- recovery ------------------------------------------------------------------------
     def stale_files(self) -> list[Path]:
@@ -357,14 +392,29 @@ class ArchiveStore:
         return done
 
     def compute_best(self) -> str | None:
-        """The id of the fittest accepted experiment, read from the commits' trailers."""
+        """The id of ``best`` as the commits decided it, replayed in id order: an experiment with a
+        promotion outcome (the ``Promotion`` trailer, or the re-scored one through
+        :attr:`promotion_of`) moves ``best`` exactly when it is ``promoted``; one without (made
+        before the promotion rule) when its fitness (re-scored through :attr:`score_of` when the
+        lab set it) is higher."""
         best_id, best_fit = None, None
         for e in self.entries():
             t = parse_trailers(self.message(e.commit))
-            if t.get("Status") != "accepted" or t.get("Fitness") in (None, "", "none"):
+            if t.get("Status") != "accepted":
                 continue
-            f = float(t["Fitness"])
-            if best_fit is None or f > best_fit:
+            if t.get("Fitness") in (None, "", "none"):
+                f = self._current(e.id, None)
+                if f is not None and (best_fit is None or f > best_fit):
+                    best_id, best_fit = e.id, f
+                continue
+            f = self._current(e.id, float(t["Fitness"]))
+            if f is None:
+                continue
+            promo = self._promotion(e.id, t.get("Promotion"))
+            if promo is not None:
+                if promo == "promoted":
+                    best_id, best_fit = e.id, f
+            elif best_fit is None or f > best_fit:
                 best_id, best_fit = e.id, f
         return best_id
 
@@ -437,8 +487,19 @@ class ArchiveStore:
         for e in self.entries():
             yield self.get(e.id)
 
+    def best_id(self) -> str | None:
+        """The id of ``refs/heads/best`` (no record read), or None."""
+        sha = self._read_ref(BEST_REF)
+        if sha is None:
+            return None
+        exp_id = self._by_commit.get(sha)
+        if exp_id is None:
+            self.refresh()
+            exp_id = self._by_commit.get(sha)
+        return exp_id
+
     def best(self) -> ExperimentRecord | None:
-        """The fittest accepted experiment (``refs/heads/best``), or None."""
+        """The best accepted experiment (``refs/heads/best``), or None."""
         sha = self._read_ref(BEST_REF)
         if sha is None:
             return None
@@ -449,8 +510,21 @@ class ArchiveStore:
         return self.get(exp_id) if exp_id else None
 
 
-def _is_better(record: ExperimentRecord, best: float | None) -> bool:
-    return record.status == "accepted" and record.fitness is not None and (best is None or record.fitness > best)
+def _is_better(record: ExperimentRecord, best: float | None, fitness: float | None = None) -> bool:
+    fitness = record.fitness if fitness is None else fitness
+    return record.status == "accepted" and fitness is not None and (best is None or fitness > best)
+
+
+def _moves_best(record: ExperimentRecord, best: float | None, fitness: float | None = None,
+                outcome: str | None = None) -> bool:
+    """Whether committing ``record`` moves ``best``: the promotion rule's verdict when the record
+    carries one (``record.promotion``, decided by the loop; ``outcome`` overrides it), else the
+    higher fitness (``fitness``: the current one, default the committed)."""
+    fitness = record.fitness if fitness is None else fitness
+    if outcome is not None or (record.promotion and "promoted" in record.promotion):
+        promoted = outcome == "promoted" if outcome is not None else bool(record.promotion["promoted"])
+        return record.status == "accepted" and fitness is not None and promoted
+    return _is_better(record, best, fitness)
 
 
 def _dump(obj: object) -> bytes:
@@ -509,6 +583,8 @@ def render_commit(record: ExperimentRecord, tree: str, parent: str | None) -> by
         f"Researcher: {record.researcher}",
         f"Scale: {record.scale or 'none'}",
     ]
+    if record.promotion and "promoted" in record.promotion:
+        trailers.append(f"Promotion: {'promoted' if record.promotion['promoted'] else record.promotion.get('outcome') or 'not promoted'}")
     msg = record.summary_line() + "\n\n" + (body + "\n\n" if body else "") + "\n".join(trailers) + "\n"
     return ("\n".join(lines) + "\n\n" + msg).encode("utf-8")
 

@@ -37,6 +37,7 @@ from asiarch_tui.screens import (
     TextScreen,
     archive_rows,
 )
+from archive.lineage import best_over_time
 from asiarch_tui.widgets import ExperimentTabs, LineageTree, PlotPanel, RunningPanel, StatusBar
 
 
@@ -157,15 +158,31 @@ class ResearchConsole(App[None]):
         """Every experiment's summary (from the lab's derived index)."""
         return [dict(d) for d in self.lab.index.all()]
 
+    def _best_doc(self, docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The index document of ``best`` (moved by the promotion rule), not merely the highest
+        fitness: a one-seed result above it is shown but not starred."""
+        try:
+            best_id = self.lab.store.best_id()
+        except Exception:
+            best_id = None
+        by_id = {d.get("id"): d for d in docs}
+        if best_id in by_id:
+            return by_id[best_id]
+        return max((d for d in docs if d.get("status") == "accepted" and d.get("fitness") is not None),
+                   key=lambda d: d["fitness"], default=None)
+
     def reload_archive(self, select: str | None = None) -> None:
         """Rebuild the tree, the discovery plot and the status from the lab's index."""
         docs = self.summaries()
-        best = max((d for d in docs if d.get("status") == "accepted" and d.get("fitness") is not None),
-                   key=lambda d: d["fitness"], default=None)
+        best = self._best_doc(docs)
         tree = self.query_one(LineageTree)
         tree.load(docs, best["id"] if best else None)
         docs_sorted = sorted(docs, key=lambda d: d["id"])
-        self.query_one(PlotPanel).draw_discovery([d.get("fitness") for d in docs_sorted])
+        # only accepted experiments with a fitness are points of the fitness line; the line is the
+        # best design's lower bound over time (best moved by the promotion rule)
+        self.query_one(PlotPanel).draw_discovery([d.get("fitness") if d.get("status") == "accepted" else None
+                                                  for d in docs_sorted],
+                                                 [p["lower"] for p in best_over_time(docs_sorted)])
         self.done = len(docs)
         self.query_one(StatusBar).set(done=self.done, best=best["fitness"] if best else None)
         target = select or (best["id"] if best else (docs_sorted[-1]["id"] if docs_sorted else None))
@@ -184,9 +201,9 @@ class ResearchConsole(App[None]):
         rec = self.record(exp_id)
         if rec is None:
             return
-        rec_d = rec.to_dict()
+        rec_d = _rescored(self.lab, rec.to_dict())
         parent_rec = self.record(rec.parent)
-        parent = parent_rec.to_dict() if parent_rec else None
+        parent = _rescored(self.lab, parent_rec.to_dict()) if parent_rec else None
         self.query_one(ExperimentTabs).show(rec_d, parent, self.baselines(rec.scale))
 
     def baselines(self, scale: str) -> dict[str, dict[str, Any]]:
@@ -261,6 +278,8 @@ class ResearchConsole(App[None]):
             self.pending_approval = None
             running.query_one(ProgressBar).update(total=100, progress=100)
             self.reload_archive(select=e.exp_id)
+        elif isinstance(e, ev.BaselineProgress):
+            self.query_one(StatusBar).set(baselines=baseline_status(e))
         elif isinstance(e, ev.LoopStateChanged):
             self.state = e.state
             self.query_one(StatusBar).set(state=e.state)
@@ -475,3 +494,30 @@ class ResearchConsole(App[None]):
 
 
 __all__ = ["ResearchConsole", "LoopControl", "LoopEvent", "KEYS"]
+
+
+def baseline_status(e: Any) -> str:
+    """The status-bar text of a :class:`agents.events.BaselineProgress` event: "measuring the
+    seed" while the yardstick is measured (experiments wait), "measuring baselines 2/5" while a
+    comparison is, nothing once it is done."""
+    if e.status != "started":
+        return ""
+    if e.seed:
+        return "measuring the seed (experiments wait)"
+    return f"measuring baselines {e.index}/{e.total}"
+
+
+def _rescored(lab: Any, rec: dict[str, Any]) -> dict[str, Any]:
+    """A record dict with its fitness re-scored against the current yardstick (lab.scores)."""
+    scores = getattr(lab, "scores", None)
+    s = scores.get(rec.get("id", "")) if scores is not None else None
+    if s is None:
+        return rec
+    comps = s.get("fitness_components") or {}
+    out = {**rec, "fitness": s.get("fitness"), "fitness_components": comps}
+    if "fitness_interval" in comps:  # the multi-seed figures are re-scored with the fitness
+        out["fitness_interval"] = comps.get("fitness_interval")
+        out["fitness_seeds"] = comps.get("fitness_seeds") or {}
+    if "promotion" in comps:
+        out["promotion"] = {**(rec.get("promotion") or {}), "outcome": comps.get("promotion")}
+    return out

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "asiarch_tui.cli_corpus",
     "asiarch_tui.cli_run",
     "asiarch_tui.cli_report",
+    "asiarch_tui.cli_reproduce",
     "asiarch_tui.cli_tui",
 )
 

@@ -44,6 +44,11 @@ def _open(lab: Path) -> Lab:
 
 def _resolve_id(lab: Lab, ref: str) -> str:
     ref = ref.strip()
+    if ref == "best":
+        best = lab.store.best()
+        if best is None:
+            raise ArchiveError(f"{lab.path} has no best experiment yet (the loop measures the seed first)")
+        return best.id
     if ref.isdigit():
         return f"{int(ref):04d}"
     name = ref if ref.startswith("exp/") else "exp/" + ref
@@ -77,13 +82,17 @@ def status(lab: Path = LAB_OPTION,
         opened = _open(lab)
         docs = opened.index.all()
         counts = opened.index.counts()
-        best = max((d for d in docs if d["status"] == "accepted" and d["fitness"] is not None),
-                   key=lambda d: d["fitness"], default=None)
+        best_id = opened.store.best_id()  # moved by the promotion rule, not the highest number
+        best = next((d for d in docs if d["id"] == best_id), None)
         console.print(f"[bold]{escape(str(opened.path))}[/]  {len(docs)} experiments: "
                       f"[green]{counts.get('accepted', 0)} accepted[/], [red]{counts.get('failed', 0)} failed[/], "
                       f"[yellow]{counts.get('rejected', 0)} rejected[/]   scale {opened.config.loop.scale}, mode {opened.config.loop.mode}")
         if best:
-            console.print(f"best: [cyan]{best['id']}[/] {escape(best['name'])}  fitness [magenta]{best['fitness']:.3f}[/]  ({best['tag']})")
+            spread = (f" ± {best['fitness_std']:.3f} ({best['n_seeds']} seeds)"
+                      if best.get("fitness_std") is not None else "")
+            iv = best.get("fitness_interval")
+            console.print(f"best: [cyan]{best['id']}[/] {escape(best['name'])}  fitness [magenta]{best['fitness']:.3f}"
+                          f"{spread}[/]" + (f"  interval [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "") + f"  ({best['tag']})")
         else:
             console.print("best: none measured yet (the loop evaluates the seed first)")
         fits = [d["fitness"] if d["status"] == "accepted" else None for d in docs]
@@ -100,7 +109,7 @@ def status(lab: Path = LAB_OPTION,
         opened.close()
 
 
-def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003) or tag."), lab: Path = LAB_OPTION,
+def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."), lab: Path = LAB_OPTION,
          code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
          as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
     """One experiment: its record, code (highlighted) and metrics."""
@@ -156,16 +165,38 @@ def _fmt(v: object) -> str:
 
 
 def reindex(lab: Path = LAB_OPTION,
-            novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation).")) -> None:
-    """Rebuild index.json (and novelty.hnsw) from the archive."""
+            novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation)."),
+            scale: Optional[str] = typer.Option(None, "--scale", help="Re-score against the seed measured at this scale "
+                                                "(default: the lab's configured scale).")) -> None:
+    """Rebuild index.json (and novelty.hnsw) from the archive, and re-score every experiment
+    from its stored metrics against the current yardstick (the seed's measurement at the lab's
+    scale), moving the best tag accordingly. Without a yardstick every fitness becomes null."""
+    from agents.yardstick import rescore_lab
+    from training.scales import SCALES
+
     with user_errors(*_ERRORS):
+        if scale is not None and scale not in SCALES:
+            err_console.print(f"[bold red]error:[/] unknown scale {escape(scale)!s}; choose one of: {', '.join(SCALES)}")
+            raise typer.Exit(2)
         opened = _open(lab)
-        out = opened.reindex(novelty=novelty)
-        msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
-        if novelty:
-            msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
-        console.print(f"[green]rebuilt[/] {msg}")
-        opened.close()
+        try:
+            out = opened.reindex(novelty=novelty)
+            msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
+            if novelty:
+                msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
+            console.print(Text.assemble(("rebuilt ", "green"), msg))
+            rep = rescore_lab(opened, scale)
+            if rep["yardstick"] is None:
+                console.print(Text(f"no yardstick: {rep['reason']}; {rep['rescored']} experiments have no fitness "
+                                   "until the seed is measured (asiarch-tui baselines LAB)", style="yellow"))
+            else:
+                moved = (f"; best moved {rep['best_before']} -> {rep['best']}" if rep["best_moved"]
+                         else f"; best {rep['best'] or 'none'}")
+                console.print(Text(f"re-scored {rep['scored']} experiments against yardstick {rep['yardstick']} "
+                                   f"({rep['unscored']} without fitness: failed, too slow, rejected, partial or "
+                                   f"unmeasured; {len(rep['changed'])} changed){moved}"))
+        finally:
+            opened.close()
 
 
 def log(lab: Path = LAB_OPTION,

@@ -17,6 +17,16 @@ def _error(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _is_reference(file: Path) -> bool:
+    """The project's own reference mixers (training/mixers/*.py) are trusted code."""
+    from training.sandbox import PROJECT_ROOT
+
+    try:
+        return file.resolve().parent == (PROJECT_ROOT / "training" / "mixers").resolve()
+    except OSError:
+        return False
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``check`` command to ``app``."""
 
@@ -27,6 +37,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the sandbox child's log lines."),
         wall: float = typer.Option(150.0, "--wall-seconds", help="Wall-time limit of the sandboxed run."),
+        unsafe_no_sandbox: bool = typer.Option(
+            False, "--unsafe-no-sandbox",
+            help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
+                 "(no OS boundary: only for code you trust)."),
     ) -> None:
         """Check a candidate mixer in the sandbox: contract, allow-list, budget, forward/backward,
         causality, sub-quadratic cost, determinism. Exit 0 only if every check passes."""
@@ -53,7 +67,8 @@ def register(app: typer.Typer) -> None:
 
         on_line = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
         try:
-            report = check_file(file, scale=scale, on_line=on_line, limits=Limits(wall_s=wall))
+            report = check_file(file, scale=scale, on_line=on_line, limits=Limits(wall_s=wall, unsafe_no_sandbox=unsafe_no_sandbox),
+                                trusted=_is_reference(file))
         except CheckError as exc:
             _error(str(exc))
             return

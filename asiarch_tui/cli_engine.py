@@ -1,11 +1,15 @@
 """``asiarch-tui eval FILE`` and ``asiarch-tui baselines``: the evaluation engine from the shell.
 
-- ``eval FILE [--scale probe|explore|verify] [--seed N] [--json]`` evaluates one mixer file
-  (trusted code, in this process) and prints a table of its metrics, or the metrics as JSON.
-  Exit 0 when the evaluation finished, 1 when the mixer failed (error or stopped run: the reason
-  is printed as one paragraph), 2 on a usage error (missing file, unknown scale).
-- ``baselines [--scale S] [--seeds N] [--json] [--out FILE]`` evaluates the six reference mixers
-  with seeds 0..N-1 under a progress bar and prints them ranked.
+- ``eval FILE [--scale demo|probe|explore|verify] [--seed N] [--json] [--lab LAB] [--cpu-limit S]
+  [--wall-limit S]`` evaluates one mixer file (trusted code, in this process) and prints a table of
+  its metrics, or the metrics as JSON, also when a guard ended the run early (partial metrics).
+  Exit codes: 0 the evaluation finished; 1 the mixer is broken (error, or a run stopped by the
+  monitor: NaN, divergence, leak; the reason as one paragraph); 2 a usage error (missing file,
+  unknown scale); 3 a guard ended the run (``too_slow``: over the CPU-time cap; ``hung``: over
+  the wall-time hang guard).
+- ``baselines [LAB] [--scale S] [--seeds N] [--json] [--out FILE]`` evaluates the six reference
+  mixers with seeds 0..N-1 under a progress bar and prints them ranked; with LAB, measures the
+  lab's seed and the reference baselines not measured yet at the lab's scale, into the lab.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from typing import Optional
 
 import typer
 
@@ -89,15 +95,37 @@ def _progress():
     )
 
 
+#: Exit code of ``eval`` when a guard (too_slow, hung) ended the run.
+EXIT_GUARD = 3
+
+
+def probe_mean_text(metrics: dict) -> str:
+    """The probe mean as shown to a user: the whole suite's mean, or, for a partial run, the
+    partial mean clearly labelled with how many probes it covers (never passed off as the suite)."""
+    pm = metrics.get("probe_mean")
+    if pm is not None:
+        return _fmt(pm)
+    part, done, total = metrics.get("probe_mean_partial"), metrics.get("probes_done"), metrics.get("probes_total")
+    if part is None:
+        return "-"
+    return f"- (partial: {_fmt(part)} over {done}/{total} probes)"
+
+
 def metrics_table(metrics: dict, title: str):
-    """A rich table of one evaluation's metrics dict."""
+    """A rich table of one evaluation's metrics dict (cells are plain text, never markup)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("status", "mixer_params", "params", "probe_mean"):
+    status = str(metrics.get("status"))
+    if metrics.get("partial"):
+        status += " (partial metrics)"
+    table.add_row("status", Text(status))
+    for key in ("mixer_params", "params"):
         table.add_row(key, _fmt(metrics.get(key)))
+    table.add_row("probe_mean", Text(probe_mean_text(metrics)))
     for name, acc in (metrics.get("probes") or {}).items():
         secs = (metrics.get("probe_seconds") or {}).get(name)
         table.add_row(f"  probe {name}", _fmt(acc) + (f"  ({secs:.1f} s)" if secs is not None else ""))
@@ -108,9 +136,17 @@ def metrics_table(metrics: dict, title: str):
         tps = metrics.get("tokens_per_s")
         table.add_row("tokens/s", _fmt(int(tps)) if tps else "-")
         table.add_row("LM train seconds", _fmt(metrics.get("train_seconds"), 1))
+    if metrics.get("steps_planned"):
+        table.add_row("steps done", f"{metrics.get('steps_done', 0):,}/{metrics['steps_planned']:,}")
+    table.add_row("CPU seconds", _fmt(metrics.get("cpu_seconds"), 1))
     table.add_row("wall seconds", _fmt(metrics.get("wall_seconds"), 1))
+    la0, la1 = metrics.get("load_avg_start"), metrics.get("load_avg_end")
+    if la0 and la1:
+        table.add_row("load average (start, end)", f"{la0[0]:.2f}, {la1[0]:.2f}")
+    if metrics.get("throughput_vs_seed") is not None:
+        table.add_row("throughput vs seed", f"{metrics['throughput_vs_seed']:.2f}x")
     if metrics.get("stop_reason"):
-        table.add_row("stop_reason", str(metrics["stop_reason"]))
+        table.add_row("stop_reason", Text(str(metrics["stop_reason"])))
     return table
 
 
@@ -164,20 +200,129 @@ def ranking_table(results: list[dict], scale: str, n_seeds: int, wide: bool = Tr
     return table
 
 
+def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wall_limit: Optional[float]):
+    """The guards of ``eval``: from LAB's measured seed and [guards] when given, explicit limits
+    on top; without either, no CPU cap and the scale's hang guard."""
+    from training.guards import Guards
+    from training.scales import get_scale
+
+    s = get_scale(scale)
+    if lab is not None:
+        from agents.yardstick import load_baselines
+        from archive.config import ConfigError, load_config
+        from training.mixers import SEED_MIXER
+
+        try:
+            cfg = load_config(Path(lab) / "asiarch.toml")
+        except ConfigError as exc:
+            _fail(f"--lab: {exc}", 2)
+        seed = load_baselines(lab, scale).get(SEED_MIXER)
+        g = Guards.relative_to(seed, cfg.guards, expected_s=s.expected_seconds, scale_name=s.name)
+    else:
+        g = Guards.relative_to(None, expected_s=s.expected_seconds)
+    for name, v in (("--cpu-limit", cpu_limit), ("--wall-limit", wall_limit)):
+        if v is not None and not v > 0:
+            _fail(f"{name} must be a positive number of seconds, got {v}.", 2)
+    if cpu_limit is not None or wall_limit is not None:
+        from dataclasses import replace
+
+        g = replace(g, cpu_limit_s=cpu_limit if cpu_limit is not None else g.cpu_limit_s,
+                    wall_limit_s=wall_limit if wall_limit is not None else g.wall_limit_s)
+    return g
+
+
+def _lab_baselines(lab_path: Path, scale: Optional[str], only: Optional[str], as_json: bool, force: bool) -> None:
+    """``baselines LAB``: measure the lab's seed and pending reference baselines (sandboxed, one
+    seed: the lab's), print progress ("measuring baselines 2/5") and the lab's ranking."""
+    from rich.console import Console
+
+    from agents.events import BaselineProgress, LogLine, Warning
+    from agents.loop import Loop
+    from archive.lab import Lab, LabError
+    from archive.lock import LabBusyError
+    from training.evaluate import aggregate_runs, rank_key
+    from training.mixers import REFERENCE_MIXERS, SEED_MIXER
+
+    try:
+        opened = Lab.open(lab_path)
+    except LabError as exc:
+        _fail(str(exc), 2)
+    scale = scale or opened.config.loop.scale
+    _check_scale(scale, force)
+    names = tuple(REFERENCE_MIXERS)
+    if only:
+        names = tuple(n.strip() for n in only.split(",") if n.strip())
+        unknown = [n for n in names if n not in REFERENCE_MIXERS]
+        if unknown:
+            _fail(f"unknown reference mixer(s) {', '.join(unknown)}; choose from: {', '.join(REFERENCE_MIXERS)}.", 2)
+    err = Console(stderr=True)
+    loop = Loop(opened, llm="builtin", scale=scale, baselines=names, experiments=0)
+
+    def on_event(e) -> None:
+        if isinstance(e, BaselineProgress):
+            what = f"measuring the seed ({e.name})" if e.seed else f"measuring baselines {e.index}/{e.total}: {e.name}"
+            err.print(what if e.status == "started" else f"  {e.detail}", highlight=False, markup=False)
+        elif isinstance(e, LogLine) and e.source == "loop":
+            err.print(e.line, highlight=False, markup=False)
+        elif isinstance(e, Warning):
+            err.print(f"warning: {e.message}", highlight=False, markup=False)
+
+    loop.subscribe(on_event)
+    try:
+        with opened.lock(timeout=5.0):
+            ys = loop.measure_seed()
+            if ys is not None:
+                loop.rescore_if_needed()
+                loop.ensure_seed_measured()
+            loop._measure_remaining_baselines()
+    except LabBusyError:
+        _fail(f"{lab_path} is busy: a loop is running on it (it measures the baselines between experiments; "
+              "stop it first or let it do so).", 1)
+    finally:
+        opened.close()
+    cached = loop._cached_baselines()
+    results = sorted((aggregate_runs(n, [cached[n]]) for n in (SEED_MIXER, *names) if n in cached), key=rank_key)
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+    else:
+        console = Console()
+        console.print(ranking_table(results, scale, 1, wide=console.width >= 110))
+    if ys is None:
+        _fail(f"no yardstick in {lab_path}: {loop.yardstick_missing()}.", 1)
+    bad = [f"{r['name']} ({r['status']}: {r['problem']})" for r in results if r["status"] != "ok"]
+    if bad:
+        _fail(f"some reference mixers did not finish: {'; '.join(bad)}.", 1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` and ``baselines`` commands to ``app``."""
 
     @app.command("eval")
     def eval_cmd(
         file: Path = typer.Argument(..., help="A Python file defining class Mixer(nn.Module)."),
-        scale: str = typer.Option("explore", "--scale", help="probe | explore | verify."),
+        scale: str = typer.Option("explore", "--scale", help="demo | probe | explore | verify."),
         seed: int = typer.Option(0, "--seed", help="Random seed of the evaluation."),
-        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (also for a run a guard ended)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the training log lines."),
         force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
+        lab: Optional[Path] = typer.Option(None, "--lab", help="Guard the run as LAB's loop would: CPU cap and hang "
+                                           "guard relative to the lab's measured seed at this scale, with the factors of its guards section."),
+        cpu_limit: Optional[float] = typer.Option(None, "--cpu-limit", help="End the run as too_slow after this many CPU seconds."),
+        wall_limit: Optional[float] = typer.Option(None, "--wall-limit", help="End the run as hung after this many wall seconds "
+                                                   "(default: 20x the scale's expected time, at least 600 s)."),
+        unsafe_no_sandbox: bool = typer.Option(
+            False, "--unsafe-no-sandbox",
+            help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
+                 "(no OS boundary: only for code you trust)."),
     ) -> None:
         """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
-        The file runs in this process: use it on trusted code (agents' candidates are sandboxed)."""
+        The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
+        reference mixers (training/mixers) also run where bubblewrap is missing.
+
+        Every run does its fixed steps; wall time is no budget. Exit codes: 0 finished; 1 the mixer
+        is broken (error, NaN, divergence, suspected leak); 2 usage error; 3 a guard ended the run
+        early (too_slow: over the CPU-time cap; hung: over the hang guard) - the metrics reached so
+        far are still printed, marked partial."""
         from rich.console import Console
         from rich.markup import escape
 
@@ -187,16 +332,43 @@ def register(app: typer.Typer) -> None:
         if not file.is_file():
             _fail(f"{file} is not a file. Give the path of one Python file that defines `class Mixer(nn.Module)`.", 2)
         _check_scale(scale, force)
-        from training.evaluate import evaluate_file
+        import tempfile
 
+        from agents.engineer import scale_spec
+        from asiarch_tui.cli_check import _is_reference
+        from training.sandbox import Limits, SandboxError, run_sandboxed
+
+        guards = _eval_guards(scale, lab, cpu_limit, wall_limit)
         err = Console(stderr=True)
         on_log = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
-        with _progress() as bar:
+        with _progress() as bar, tempfile.TemporaryDirectory(prefix="asiarch-eval-") as tmp:
             task = bar.add_task(f"{file.name} @ {scale}", total=1.0)
-            metrics = evaluate_file(
-                file, scale=scale, seed=seed, on_log=on_log,
-                progress=lambda frac, desc: bar.update(task, completed=frac, description=f"{file.name}: {desc}"),
-            )
+
+            def on_event(msg: dict) -> None:
+                if msg.get("event") == "progress":
+                    bar.update(task, completed=float(msg.get("fraction") or 0.0),
+                               description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
+
+            try:
+                spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
+                res = run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
+                                                 "guards": guards.to_dict()}, tmp,
+                                    limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
+                                    on_line=on_log, on_event=on_event, trusted=_is_reference(file))
+            except SandboxError as exc:
+                _fail(str(exc), 2)
+                return
+        metrics = (res.result or {}).get("metrics")
+        if (not isinstance(metrics, dict) or "status" not in metrics) and res.reason and (
+                res.reason.startswith("killed after") or ("exceeded" in res.reason and "CPU time" in res.reason)):
+            # the kernel-level backstop above the guards ended the child: still a guard's verdict
+            from agents.engineer import killed_metrics
+
+            metrics = killed_metrics(scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
+                                     res.reason, guards.to_dict(), res.duration_s)
+        if not isinstance(metrics, dict) or "status" not in metrics:
+            _fail(f"{file} could not be evaluated: {res.reason or 'the sandbox returned no metrics'}", 1)
+            return
         if as_json:
             sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         elif metrics["status"] != "error":
@@ -205,10 +377,17 @@ def register(app: typer.Typer) -> None:
             _fail(f"{file} could not be evaluated. {metrics['error']}", 1)
         if metrics["status"] == "stopped":
             _fail(f"the evaluation of {file} was stopped: {metrics['stop_reason']}.", 1)
+        if metrics["status"] in ("too_slow", "hung"):
+            _fail(f"the evaluation of {file} ended {metrics['status']} after {metrics.get('steps_done', 0)}/"
+                  f"{metrics.get('steps_planned', 0)} steps: {metrics['stop_reason']}. The metrics above are "
+                  "partial.", EXIT_GUARD)
 
     @app.command("baselines")
     def baselines_cmd(
-        scale: str = typer.Option("probe", "--scale", help="probe | explore | verify."),
+        lab: Optional[Path] = typer.Argument(None, help="A lab: measure its seed and the reference baselines it has "
+                                             "not measured yet, at the lab's scale, into the lab."),
+        scale: Optional[str] = typer.Option(None, "--scale", help="demo | probe | explore | verify (default: probe, "
+                                            "or the lab's scale)."),
         seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1) per mixer."),
         as_json: bool = typer.Option(False, "--json", help="Print the ranked results as JSON."),
         out: Path | None = typer.Option(None, "--out", help="Also write the ranked results as JSON to this file."),
@@ -216,12 +395,17 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
     ) -> None:
         """Evaluate the six reference mixers (softmax attention, linear attention, RetNet, GLA,
-        DeltaNet, Gated DeltaNet) and print them ranked."""
+        DeltaNet, Gated DeltaNet) and print them ranked. With LAB: the lab's seed (the yardstick,
+        re-scoring the archive if it changed) and its pending comparisons, in the lab's sandbox."""
         from rich.console import Console
 
         from training.evaluate import evaluate_references
         from training.mixers import REFERENCE_MIXERS
 
+        if lab is not None:
+            _lab_baselines(lab, scale, only, as_json, force)
+            return
+        scale = scale or "probe"
         _check_scale(scale, force)
         names = list(REFERENCE_MIXERS)
         if only:
@@ -234,10 +418,11 @@ def register(app: typer.Typer) -> None:
 
             def on_result(name: str, seed: int, m: dict) -> None:
                 msg = (f"bpb {_fmt(m.get('val_bpb'), 4)}, " if m.get("val_bpb") is not None else "") + \
-                      f"probe mean {_fmt(m.get('probe_mean'))}, {m.get('wall_seconds', 0):.0f} s"
+                      f"probe mean {probe_mean_text(m)}, {m.get('cpu_seconds', 0):.0f} CPU s, " \
+                      f"{m.get('wall_seconds', 0):.0f} s"
                 if m["status"] != "ok":
                     msg += f" [{m['status']}: {m.get('error') or m.get('stop_reason')}]"
-                bar.console.print(f"{name} seed {seed}: {msg}", highlight=False)
+                bar.console.print(f"{name} seed {seed}: {msg}", highlight=False, markup=False)
 
             results = evaluate_references(
                 scale, seeds=range(seeds), names=names, on_result=on_result,
@@ -255,3 +440,6 @@ def register(app: typer.Typer) -> None:
         if any(r["status"] == "error" for r in results):
             bad = [f"{r['name']} ({r['problem']})" for r in results if r["status"] == "error"]
             _fail(f"some reference mixers failed: {'; '.join(bad)}.", 1)
+        if any(r["status"] in ("too_slow", "hung") for r in results):
+            bad = [f"{r['name']} ({r['status']}: {r['problem']})" for r in results if r["status"] in ("too_slow", "hung")]
+            _fail(f"a guard ended some runs early (their metrics are partial): {'; '.join(bad)}.", EXIT_GUARD)

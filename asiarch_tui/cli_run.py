@@ -50,12 +50,20 @@ class _Display:
                 self.current = {"id": ev.exp_id, "parent": ev.parent, "stage": "sample", "line": "",
                                 "started": time.monotonic()}
                 return f"{ev.exp_id}: started from {ev.parent}" + (" (redo after a crash)" if ev.redo else "")
+            if kind == "BaselineProgress":
+                what = ("the seed (the yardstick; experiments wait for it)" if ev.seed
+                        else f"baselines {ev.index}/{ev.total}")
+                if ev.status == "started":
+                    self.current = {"id": "baseline", "parent": "", "stage": f"measuring {what}: {ev.name}",
+                                    "line": "", "started": time.monotonic()}
+                    return f"measuring {what}: {ev.name}"
+                self.current = {}
+                return f"measured {ev.detail or ev.name}"
             if kind == "StageChanged":
+                if ev.stage == "baseline":
+                    return None  # BaselineProgress says it
                 if ev.exp_id and ev.exp_id == self.current.get("id"):
                     self.current["stage"] = ev.stage + ("" if ev.status == "started" else f" {ev.status}")
-                if ev.stage == "baseline":
-                    self.current = {"id": "baseline", "parent": "", "stage": f"baseline {ev.detail}",
-                                    "line": "", "started": time.monotonic()}
                 if ev.status == "failed":
                     return f"{ev.exp_id or ''}: {ev.stage} failed: {ev.detail}"
                 if ev.status == "started" and ev.stage != "sample":
@@ -77,8 +85,10 @@ class _Display:
                 return f"{ev.exp_id}: waiting for approval (not possible headless; use the console)"
             if kind == "ExperimentFinished":
                 self.finished.append(ev)
-                f = f"{ev.fitness:.3f}" if ev.fitness is not None else "n/a"
-                return f"{ev.exp_id}: {ev.name} {ev.status}, fitness {f}" + (f" ({ev.reason})" if ev.reason else "")
+                f = _fitness_text(ev)
+                promo = _PROMOTION.get(getattr(ev, "promotion", ""), "")
+                return (f"{ev.exp_id}: {ev.name} {ev.status}, fitness {f}" + (f", {promo}" if promo else "")
+                        + (f" ({ev.reason})" if ev.reason else ""))
         return None
 
     def render(self) -> Group:
@@ -103,16 +113,32 @@ class _Display:
             return Group(*lines)
 
 
+_PROMOTION = {"promoted": "new best", "tied": "tied with best (within noise)", "below": "below best",
+              "single_seed": "one seed (not compared with best)"}
+
+
+def _fitness_text(ev: Any) -> str:
+    """``0.612 ± 0.021 (3 seeds)`` from an ExperimentFinished event (``n/a`` when unscored)."""
+    from agents.stats import format_spread, summarize
+
+    if ev.fitness is None:
+        return "n/a"
+    s = summarize(((ev.fitness_components or {}).get("fitness_seeds") or {}).values())
+    return format_spread(ev.fitness, s.std if s else None, s.n if s else 1) if s and s.n >= 2 else f"{ev.fitness:.3f}"
+
+
 def _table(finished: list[Any]) -> Table:
     t = Table(show_header=True, header_style="bold", expand=False)
     for col in ("id", "name", "status", "fitness", "probe mean", "val bpb", "time"):
         t.add_column(col)
     for ev in finished:
         m = ev.metrics or {}
-        style = {"accepted": "green", "failed": "red", "rejected": "yellow"}.get(ev.status, "")
+        style = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta"}.get(ev.status, "")
         t.add_row(ev.exp_id or "", ev.name[:40], Text(ev.status, style=style),
-                  f"{ev.fitness:.3f}" if ev.fitness is not None else "-",
-                  f"{m['probe_mean']:.3f}" if isinstance(m.get("probe_mean"), (int, float)) else "-",
+                  _fitness_text(ev) if ev.fitness is not None else "-",
+                  f"{m['probe_mean']:.3f}" if isinstance(m.get("probe_mean"), (int, float)) else
+                  (f"({m['probe_mean_partial']:.3f} partial)" if isinstance(m.get("probe_mean_partial"), (int, float))
+                   else "-"),
                   f"{m['val_bpb']:.3f}" if isinstance(m.get("val_bpb"), (int, float)) else "-",
                   f"{ev.duration_s:.0f} s" if ev.duration_s else "-")
     return t
@@ -127,13 +153,15 @@ def ask_approval(loop: Any, ev: Any, ask: Any = None) -> str:
     import tempfile
 
     from rich.markdown import Markdown
+    from rich.markup import escape
     from rich.panel import Panel
 
     ask = ask or (lambda text, **kw: typer.prompt(text, **kw))
     console.print(Panel(Markdown(ev.motivation or ""), title=f"proposal {ev.exp_id}: {ev.name}", expand=False))
     for c in ev.checks or []:
         mark = "[green]pass[/]" if c.get("passed") else "[red]fail[/]"
-        console.print(f"  {mark} {c.get('name')}: {c.get('value', '')} {c.get('reason', '')}", highlight=False)
+        console.print(f"  {mark} " + escape(f"{c.get('name')}: {c.get('value', '')} {c.get('reason', '')}"),
+                      highlight=False)
     while True:
         choice = str(ask("approve, reject or edit? [a/r/e]", default="a")).strip().lower()[:1]
         if choice == "a":
@@ -169,7 +197,7 @@ def register(app: typer.Typer) -> None:
         llm: Optional[str] = typer.Option(None, "--llm",
                                           help="Backend of every agent: builtin, ollama:MODEL\\[@HOST] or openai:MODEL@URL "
                                                "(default: the lab's \\[llm] config)."),
-        scale: Optional[str] = typer.Option(None, "--scale", help="probe, explore or verify (default: the lab's config)."),
+        scale: Optional[str] = typer.Option(None, "--scale", help="demo, probe, explore or verify (default: the lab's config)."),
         scale_factor: float = typer.Option(1.0, "--scale-factor", min=0.001, max=1.0,
                                            help="Multiply every training step count by this (quick smoke runs)."),
         baselines: Optional[str] = typer.Option(None, "--baselines",
@@ -272,7 +300,7 @@ def register(app: typer.Typer) -> None:
                         break
                     line = display.on_event(ev)
                     if line:
-                        console.print(line, highlight=False, soft_wrap=True)
+                        console.print(line, highlight=False, soft_wrap=True, markup=False)
         finally:
             signal.signal(signal.SIGINT, old)
             loop.join(10)

@@ -1,6 +1,6 @@
 """``asiarch-tui [LAB]``: open the research console (the default command).
 
-With no LAB it opens ``./lab``, creating a demo lab (built-in researcher, probe scale) on first
+With no LAB it opens ``./lab``, creating a demo lab (built-in researcher, demo scale) on first
 use, so a new user lands in a working console within seconds.
 """
 
@@ -30,7 +30,7 @@ def open_or_create_lab(path: Path, create_demo: bool = True):
             return Lab.open(path)
         if not create_demo:
             fail(f"{path} is not a lab; create one with `asiarch-tui init {path}`")
-        typer.secho(f"creating a demo lab in {path} (built-in researcher, probe scale)...", err=True)
+        typer.secho(f"creating a demo lab in {path} (built-in researcher, demo scale)...", err=True)
         Lab.init(path, demo=True)
         return Lab.open(path)
     except LabError as exc:

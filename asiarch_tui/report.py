@@ -42,7 +42,7 @@ FIGURES = {
 }
 
 TOP_N = 10
-_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a"}
+_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5"}
 
 
 @dataclass
@@ -62,6 +62,20 @@ class ReportData:
     seed_fitness: float | None = None
     best_id: str | None = None
     entry_titles: dict[str, str] = field(default_factory=dict)
+    #: ``{seed: fitness}`` of the measured seed (the promotion rule's "beats the seed")
+    seed_seeds: dict[int, float] = field(default_factory=dict)
+
+    def beats_seed(self, rec: Any) -> bool:
+        """Whether ``rec`` beats the measured seed by the promotion rule (agents.stats): a
+        one-seed design never does."""
+        from agents.stats import promote
+
+        if rec.status != "accepted" or not _num(rec.fitness) or rec.extra.get("measures") is not None:
+            return False
+        mine = fitness_by_seed(rec)
+        if not self.seed_seeds:
+            return False
+        return promote(mine, self.seed_seeds, what="the seed").promoted
 
     @property
     def scored(self) -> list[Any]:
@@ -86,6 +100,25 @@ class Report:
     figures: dict[str, Path]
     counts: dict[str, int]
     best_id: str | None
+
+
+def fitness_by_seed(rec: Any) -> dict[int, float]:
+    """``{seed: fitness}`` of a record (its one fitness on its seed when it predates multi-seed
+    evaluation)."""
+    fs = getattr(rec, "fitness_seeds", None) or {}
+    if fs:
+        return {int(k): float(v) for k, v in fs.items()}
+    return {int(rec.seed): float(rec.fitness)} if _num(rec.fitness) else {}
+
+
+def fitness_spread(rec: Any) -> str:
+    """``0.612 ± 0.021 (3 seeds)`` or ``0.612``."""
+    from agents.stats import format_spread, summarize
+
+    s = summarize(fitness_by_seed(rec).values())
+    if s is None or s.n < 2:
+        return f"{float(rec.fitness):.3f}" if _num(rec.fitness) else "–"
+    return format_spread(float(rec.fitness), s.std, s.n)
 
 
 def _num(x: Any) -> bool:
@@ -130,13 +163,27 @@ def collect(lab: Any) -> ReportData:
     from archive.record import SEED_ID
 
     records = sorted(lab.store.all(), key=lambda r: int(r.id))
+    scores = getattr(lab, "scores", None)
+    for r in records:  # fitness is derived: the re-scored figures where the yardstick changed
+        s = scores.get(r.id) if scores is not None else None
+        if s is not None:
+            r.fitness, r.fitness_components = s.get("fitness"), s.get("fitness_components") or {}
+            if "fitness_interval" in r.fitness_components:  # per-seed figures re-scored too
+                r.fitness_interval = r.fitness_components.get("fitness_interval")
+                r.fitness_seeds = dict(r.fitness_components.get("fitness_seeds") or {})
+            if "promotion" in r.fitness_components:
+                r.promotion = {**(r.promotion or {}), "outcome": r.fitness_components.get("promotion"),
+                               "promoted": r.fitness_components.get("promotion") == "promoted"}
+        if r.status != "accepted":  # failed / too_slow / rejected have no fitness (older archives: 0.48)
+            r.fitness = None
     scales = Counter(r.scale for r in records if r.metrics and r.scale)
     scale = scales.most_common(1)[0][0] if scales else str(lab.config.loop.scale)
     baselines, bfile = _load_baselines(Path(lab.path), scale)
-    seed_fit = None
+    seed_fit, seed_seeds = None, {}
     for r in records:
         if r.extra.get("measures") == SEED_ID and _num(r.fitness):
             seed_fit = float(r.fitness)
+            seed_seeds = fitness_by_seed(r)
             break
     best = None
     try:
@@ -144,7 +191,8 @@ def collect(lab: Any) -> ReportData:
         best = b.id if b is not None else None
     except Exception:
         best = None
-    data = ReportData(Path(lab.path), scale, records, baselines, bfile, seed_fit, best, _entry_titles())
+    data = ReportData(Path(lab.path), scale, records, baselines, bfile, seed_fit, best, _entry_titles(),
+                      seed_seeds)
     if data.best_id is None and data.top(1):
         data.best_id = data.top(1)[0].id
     return data
@@ -181,30 +229,34 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
     """The discovery curve: fitness per experiment, best so far, cumulative count above the seed."""
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
-    recs = [r for r in data.records if r.status != "accepted" or _num(r.fitness)]
+    recs = [r for r in data.records if r.status != "accepted" or _num(r.fitness) or r.metrics]
     if not data.scored:
         _empty(ax, "no measured experiment yet")
         _empty(ax2, "")
     else:
         order = {r.id: i for i, r in enumerate(recs)}
-        for status in ("accepted", "failed", "rejected"):
-            pts = [(order[r.id], float(r.fitness)) for r in recs if r.status == status and _num(r.fitness)]
-            if pts:
-                ax.scatter(*zip(*pts), s=18, alpha=0.65, color=_STATUS_COLOURS[status], label=f"{status} ({len(pts)})",
-                           zorder=3)
-        unscored = [order[r.id] for r in recs if not _num(r.fitness)]
-        if unscored:
-            ax.scatter(unscored, [0.0] * len(unscored), marker="|", s=60, color="#999999",
-                       label=f"not scored ({len(unscored)})", zorder=2)
+        pts = [(order[r.id], float(r.fitness)) for r in recs if r.status == "accepted" and _num(r.fitness)]
+        if pts:
+            ax.scatter(*zip(*pts), s=18, alpha=0.65, color=_STATUS_COLOURS["accepted"], label=f"accepted ({len(pts)})",
+                       zorder=3)
+        # experiments without a fitness (failed, too slow, rejected, unmeasured) are no points of
+        # the fitness line: ticks in the lower panel, by status
+        for status in ("failed", "too_slow", "rejected", "accepted"):
+            ticks = [order[r.id] for r in recs if r.status == status and not _num(r.fitness)]
+            if ticks:
+                ax2.scatter(ticks, [0.0] * len(ticks), marker="|", s=80, color=_STATUS_COLOURS.get(status, "#999999"),
+                            label=f"{'unmeasured' if status == 'accepted' else status}, no fitness ({len(ticks)})",
+                            zorder=3)
         xs, best_line, new_best = [], [], []
-        best = -math.inf
-        for r in recs:
-            if r.status == "accepted" and _num(r.fitness) and float(r.fitness) > best:
-                best = float(r.fitness)
-                new_best.append((order[r.id], best, r.id))
+        best_id = None
+        for r, b in zip(recs, _best_over_time(recs)):
+            if b["best"] is not None and b["best"] != best_id:
+                best_id = b["best"]
+                new_best.append((order[r.id], b["lower"], r.id))
             xs.append(order[r.id])
-            best_line.append(best if best > -math.inf else math.nan)
-        ax.step(xs, best_line, where="post", color="#264653", lw=2, label="best so far", zorder=4)
+            best_line.append(b["lower"] if b["lower"] is not None else math.nan)
+        ax.step(xs, best_line, where="post", color="#264653", lw=2,
+                label="best so far (lower bound of its interval)", zorder=4)
         for x, y, i in new_best[-8:]:
             ax.annotate(i, (x, y), textcoords="offset points", xytext=(2, 6), fontsize=7, color="#264653")
         if data.seed_fitness is not None:
@@ -216,12 +268,16 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
         ref = data.seed_fitness if data.seed_fitness is not None else 0.5
         cum, n = [], 0
         for r in recs:
-            if r.status == "accepted" and _num(r.fitness) and float(r.fitness) > ref and r.extra.get("measures") is None:
+            if (data.beats_seed(r) if data.seed_seeds else
+                    (r.status == "accepted" and _num(r.fitness) and float(r.fitness) > ref
+                     and r.extra.get("measures") is None)):
                 n += 1
             cum.append(n)
         ax2.fill_between(xs, cum, step="post", alpha=0.35, color="#2a9d8f")
         ax2.step(xs, cum, where="post", color="#2a9d8f")
         ax2.set_ylabel("cumulative\nbeating the seed")
+        if ax2.get_legend_handles_labels()[0]:
+            ax2.legend(loc="upper left", fontsize=7, ncol=4)
         ax2.set_xlabel("experiment (in order of creation)")
         ax2.grid(alpha=0.3)
     ax.set_title(f"Discovery curve ({len(data.records)} experiments, scale {data.scale})")
@@ -229,6 +285,18 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _best_over_time(recs: list[Any]) -> list[dict[str, Any]]:
+    """``archive.lineage.best_over_time`` over records (the promotion rule's ``best``)."""
+    from archive.index import fitness_std, n_seeds
+    from archive.lineage import best_over_time
+
+    docs = [{"id": r.id, "status": r.status, "fitness": r.fitness, "fitness_interval": r.fitness_interval,
+             "fitness_std": fitness_std(r), "n_seeds": n_seeds(r),
+             "promotion": (r.promotion or {}).get("outcome")} for r in recs]
+    by_id = {d["id"]: d for d in best_over_time(docs)}
+    return [by_id[r.id] for r in recs]
 
 
 def lineage_layout(parents: dict[str, str | None]) -> dict[str, tuple[float, int]]:
@@ -364,6 +432,18 @@ def figure_components(data: ReportData, path: Path) -> Path:
     return path
 
 
+def _std(m: dict[str, Any], key: str) -> float:
+    """The std over seeds of ``m[key]`` (0 for one seed or none recorded)."""
+    s = (m.get("spread") or {}).get(key) if isinstance(m.get("spread"), dict) else None
+    if isinstance(s, dict) and _num(s.get("std")) and int(s.get("n") or 0) >= 2:
+        return float(s["std"])
+    return 0.0
+
+
+def _nseeds(m: dict[str, Any]) -> int:
+    return int(m.get("n_seeds") or len(m.get("seeds") or []) or 1)
+
+
 def _rows(data: ReportData) -> list[tuple[str, dict[str, Any], bool]]:
     """(label, metrics, is_baseline) for the top experiments and the baselines."""
     rows = [(f"{r.id} {r.name}"[:34], r.metrics or {}, False) for r in data.top()]
@@ -412,9 +492,12 @@ def figure_top(data: ReportData, path: Path) -> Path:
         k += 1
         vals = [float(m["probe_mean"]) if _num(m.get("probe_mean")) else 0.0 for _, m, _ in rows]
         cols = ["#8d99ae" if b else "#2a9d8f" for _, _, b in rows]
-        ax.barh(y, vals, color=cols)
-        for yi, v, (_, m, _) in zip(y, vals, rows):
-            ax.text(v, yi, f" {v:.3f}" if _num(m.get("probe_mean")) else " –", va="center", fontsize=7)
+        errs = [_std(m, "probe_mean") for _, m, _ in rows]
+        ax.barh(y, vals, color=cols, xerr=errs, error_kw={"ecolor": "#333333", "capsize": 2, "lw": 0.8})
+        for yi, v, e, (_, m, _) in zip(y, vals, errs, rows):
+            n = _nseeds(m)
+            txt = (f" {v:.3f}" + (f" ± {e:.3f} ({n})" if n >= 2 else "")) if _num(m.get("probe_mean")) else " –"
+            ax.text(v + e, yi, txt, va="center", fontsize=7)
         seed = data.baselines.get("deltanet", {}).get("probe_mean")
         if _num(seed):
             ax.axvline(float(seed), color="#264653", ls="--", lw=1, label="seed baseline (DeltaNet)")
@@ -427,14 +510,16 @@ def figure_top(data: ReportData, path: Path) -> Path:
         if has_bpb:
             ax = axes[k]
             vals = [float(m["val_bpb"]) if _num(m.get("val_bpb")) else 0.0 for _, m, _ in rows]
-            ax.barh(y, vals, color=cols)
-            for yi, v in zip(y, vals):
-                ax.text(v, yi, f" {v:.3f}" if v else " –", va="center", fontsize=7)
+            errs = [_std(m, "val_bpb") for _, m, _ in rows]
+            ax.barh(y, vals, color=cols, xerr=errs, error_kw={"ecolor": "#333333", "capsize": 2, "lw": 0.8})
+            for yi, v, e in zip(y, vals, errs):
+                ax.text(v + e, yi, f" {v:.3f}" if v else " –", va="center", fontsize=7)
             ax.set_yticks(y)
             ax.set_yticklabels([""] * len(y))
             ax.set_ylim(len(rows) - 0.5, -0.5)
             ax.set_title("validation bits/byte (lower is better)")
-    fig.suptitle(f"Top {TOP_N} experiments (green) against the reference baselines (grey), scale {data.scale}")
+    fig.suptitle(f"Top {TOP_N} experiments (green) against the reference baselines (grey), scale {data.scale}; "
+                 "error bars: std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -537,8 +622,10 @@ def _table(data: ReportData) -> str:
     for rank, r in enumerate(data.top(), 1):
         m = r.metrics or {}
         pm = m.get("probe_mean")
-        better = _num(pm) and _num(seed.get("probe_mean")) and float(pm) > float(seed["probe_mean"])
-        cells = [str(rank), f"<code>{html.escape(r.id)}</code> {html.escape(r.name)}", _fmt(r.fitness),
+        better = data.beats_seed(r)
+        cells = [str(rank), f"<code>{html.escape(r.id)}</code> {html.escape(r.name)}",
+                 html.escape(fitness_spread(r)) + (f" [{r.fitness_interval[0]:.3f}, {r.fitness_interval[1]:.3f}]"
+                                                   if r.fitness_interval else ""),
                  f"<span class='better'>{_fmt(pm)}</span>" if better else _fmt(pm), _fmt(m.get("val_bpb")),
                  str(m.get("mixer_params", "–"))]
         cells += [_fmt((m.get("probes") or {}).get(p), 2) for p in probes]
@@ -553,16 +640,18 @@ def _table(data: ReportData) -> str:
 
 
 _CAPTIONS = {
-    "discovery": ("Fitness of every experiment in the order it was created (points by status), the best so far "
-                  "(line; new bests labelled), the measured seed (dashed) and, below, how many experiments "
-                  "have beaten the seed so far."),
+    "discovery": ("Fitness of every experiment in the order it was created (points by status), the best design "
+                  "so far as the lower end of its 90% fitness interval over seeds (line; new bests labelled; best "
+                  "moves only by the promotion rule), the measured seed (dashed) and, below, how many experiments "
+                  "have beaten the seed so far by the promotion rule."),
     "lineage": ("Each experiment is a node joined to its parent; distance from the centre is the generation. "
                 "Colour and size: fitness. Grey dots: failed, rejected or unmeasured experiments. Star: the best."),
     "components": ("The three fitness components per scored experiment and their rolling means: s_loss "
                    "(validation loss against the seed), s_score (probe score against the seed), s_judge "
                    "(the judge's rubric). A component that could not be measured counts 0.5 (hollow)."),
     "top": ("The ten fittest accepted experiments against the reference baselines measured at the same scale "
-            "and seed (lab/baselines)."),
+            "and seeds (lab/baselines); error bars are the standard deviation over seeds. In the table, a "
+            "green probe mean marks a design that beats the seed by the promotion rule."),
     "influences": ("Operators and cognition entries recorded by the experiments on the winners' lines of descent "
                    "(the top ten and all their ancestors), as a share of those experiments, against their share "
                    "over the whole search. Counts are labelled."),
@@ -584,9 +673,17 @@ def render_html(data: ReportData, figures: dict[str, Path], out_dir: Path) -> st
         f"{counts.get('rejected', 0)} rejected · generated {now}</p>",
     ]
     if best is not None:
+        iv = best.fitness_interval
+        verdict = ""
+        if data.seed_seeds and best.extra.get("measures") is None:
+            from agents.stats import promote
+
+            verdict = " " + promote(fitness_by_seed(best), data.seed_seeds, what="the seed").text + "."
         parts.append(f"<p>Best: <code>{html.escape(best.id)}</code> <b>{html.escape(best.name)}</b>, fitness "
-                     f"{_fmt(best.fitness)}" + (f" (the measured seed: {_fmt(data.seed_fitness)})"
-                                                if data.seed_fitness is not None else "") + ".</p>")
+                     f"{html.escape(fitness_spread(best))}"
+                     + (f", 90% interval [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+                     + (f" (the measured seed: {_fmt(data.seed_fitness)})" if data.seed_fitness is not None else "")
+                     + "." + html.escape(verdict) + "</p>")
         if best.motivation:
             parts.append(f"<blockquote>{html.escape(best.motivation.strip()[:800])}</blockquote>")
     if not data.baselines:

@@ -23,12 +23,31 @@ from textual.widgets import (
 )
 from textual_plotext import PlotextPlot
 
-STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "running": "cyan"}
+STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta", "running": "cyan"}
 
 
 def fmt_fitness(value: float | None) -> str:
     """A fitness for display: three decimals, or an em dash when unmeasured."""
     return "—" if value is None else f"{value:.3f}"
+
+
+def fmt_fitness_spread(rec: Mapping[str, Any]) -> str:
+    """``fitness ± spread (n seeds)`` for a design measured on several seeds, else the fitness."""
+    f, sd, n = rec.get("fitness"), rec.get("fitness_std"), rec.get("n_seeds")
+    if sd is None and rec.get("fitness_seeds"):  # a whole record rather than an index document
+        vals = [float(v) for v in rec["fitness_seeds"].values()]
+        n = len(vals)
+        if n >= 2:
+            m = sum(vals) / n
+            sd = (sum((v - m) ** 2 for v in vals) / (n - 1)) ** 0.5
+    if f is None or sd is None or not n or int(n) < 2:
+        return fmt_fitness(f)
+    return f"{f:.3f} ± {sd:.3f} ({int(n)} seeds)"
+
+
+#: What the promotion rule said about a design, for people.
+PROMOTION_TEXT = {"promoted": "promoted to best", "tied": "tied with best (within noise)",
+                  "below": "below best", "single_seed": "one seed: not compared with best"}
 
 
 def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
@@ -40,7 +59,9 @@ def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
     text.append(f"{rec.get('id', '?')} ", style="dim")
     text.append(str(rec.get("name", "?")), style=STATUS_STYLE.get(status, "white"))
     text.append(" · ", style="dim")
-    text.append(fmt_fitness(rec.get("fitness")), style="bold" if status == "accepted" else "dim")
+    text.append(fmt_fitness_spread(rec), style="bold" if status == "accepted" else "dim")
+    if rec.get("promotion") == "tied" and rec.get("id") != best_id:
+        text.append(" ≈best", style="dim yellow")
     if status != "accepted":
         text.append(f" ({status})", style="dim " + STATUS_STYLE.get(status, ""))
     return text
@@ -140,7 +161,16 @@ class ExperimentTabs(Vertical):
         """Fill every tab from an experiment record (dict), its parent and the baselines."""
         if rec is None:
             return
-        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness(rec.get('fitness'))}"
+        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness_spread(rec)}"
+        unscored = (rec.get("fitness_components") or {}).get("unscored")
+        if rec.get("fitness") is None and unscored:
+            title += f" (not scored: {unscored})"
+        iv = rec.get("fitness_interval")
+        if iv:
+            title += f" · 90% interval [{iv[0]:.3f}, {iv[1]:.3f}]"
+        promo = (rec.get("promotion") or {}).get("outcome")
+        if promo in PROMOTION_TEXT:
+            title += f" · {PROMOTION_TEXT[promo]}"
         self.query_one("#motivation", Markdown).update(title + "\n\n" + (rec.get("motivation") or "_no motivation_"))
         code = rec.get("code") or ""
         self.query_one("#code-view", Static).update(Syntax(code, "python", line_numbers=True, word_wrap=False))
@@ -168,14 +198,22 @@ class ExperimentTabs(Vertical):
 
 def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (key, label) rows of the metrics table: losses, speed, then each probe."""
-    rows = [("val_bpb", "val bits/byte"), ("val_loss", "val loss"), ("probe_mean", "probe mean"),
-            ("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s")]
+    rows = [("val_bpb", "val bits/byte"), ("val_loss", "val loss"), ("probe_mean", "probe mean")]
+    if metrics.get("partial"):  # a run a guard (or the monitor) ended: the partial mean, labelled
+        rows += [("probe_mean_partial", "probe mean (partial)"), ("probes_done", "probes done"),
+                 ("stop_reason", "stopped by")]
+    rows += [("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s"),
+             ("cpu_seconds", "CPU s"), ("wall_seconds", "wall s"), ("throughput_vs_seed", "throughput vs seed")]
     rows += [(f"probes.{p}", f"probe {p}") for p in sorted((metrics.get("probes") or {}).keys())]
     return rows
 
 
 def metric_value(metrics: Mapping[str, Any] | None, key: str) -> str:
-    """Look up a dotted key in a metrics dict and format it."""
+    """Look up a dotted key in a metrics dict and format it (``mean ± std (n)`` when the dict
+    has the metric's spread over several seeds)."""
+    spread = ((metrics or {}).get("spread") or {}).get(key) if isinstance((metrics or {}).get("spread"), Mapping) else None
+    if isinstance(spread, Mapping) and int(spread.get("n") or 0) >= 2 and spread.get("std") is not None:
+        return f"{spread['mean']:.4g} ± {spread['std']:.2g} ({int(spread['n'])})"
     cur: Any = metrics or {}
     for part in key.split("."):
         if not isinstance(cur, Mapping) or part not in cur:
@@ -227,8 +265,10 @@ class PlotPanel(Vertical):
         yield PlotextPlot(id="discovery-plot")
         yield PlotextPlot(id="loss-plot")
 
-    def draw_discovery(self, fitnesses: list[float | None]) -> None:
-        """Plot each experiment's fitness and the running best."""
+    def draw_discovery(self, fitnesses: list[float | None], best_lower: list[float | None] | None = None) -> None:
+        """Plot each experiment's fitness and the best design over time: the lower bound of its
+        fitness interval when ``best_lower`` is given (one value per experiment), else the
+        running maximum."""
         plot = self.query_one("#discovery-plot", PlotextPlot)
         plt = plot.plt
         plt.clear_data()
@@ -237,12 +277,16 @@ class PlotPanel(Vertical):
         xs = [i for i, f in enumerate(fitnesses) if f is not None]
         ys = [f for f in fitnesses if f is not None]
         if ys:
-            best, run = [], float("-inf")
-            for y in ys:
-                run = max(run, y)
-                best.append(run)
             plt.scatter(xs, ys, marker="dot", label="fitness")
-            plt.plot(xs, best, label="best")
+            if best_lower is not None:
+                bx = [i for i, v in enumerate(best_lower) if v is not None]
+                plt.plot(bx, [best_lower[i] for i in bx], label="best (lower bound)")
+            else:
+                best, run = [], float("-inf")
+                for y in ys:
+                    run = max(run, y)
+                    best.append(run)
+                plt.plot(xs, best, label="best")
         plot.refresh()
 
     def draw_loss(self, points: list[tuple[int, float]], label: str = "") -> None:
@@ -268,7 +312,7 @@ class StatusBar(Static):
         super().__init__("", **kwargs)
         self.values: dict[str, Any] = {"mode": "autonomous", "state": "idle", "done": 0, "best": None,
                                        "llm": "builtin", "llm_ok": True, "started": time.monotonic(),
-                                       "frozen_elapsed": None}
+                                       "frozen_elapsed": None, "baselines": ""}
 
     def set(self, **values: Any) -> None:
         """Update some fields and re-render."""
@@ -285,6 +329,8 @@ class StatusBar(Static):
         t = Text()
         t.append(f" {v['mode']} ", style="bold reverse")
         t.append(f"  {v['state']}", style=f"bold {state_style}")
+        if v.get("baselines"):  # "measuring the seed" / "measuring baselines 2/5"
+            t.append(f"  {v['baselines']}", style="bold cyan")
         t.append(f"  · {v['done']} done · best {fmt_fitness(v['best'])} · {h:d}:{m:02d}:{s:02d}")
         t.append(f" · llm {v['llm']} ")
         t.append("●" if v["llm_ok"] else "○ unreachable", style="green" if v["llm_ok"] else "red")

@@ -1,14 +1,13 @@
 """Rank the six reference mixers at the probe and/or explore scale, with seeds and wall time.
 
     .venv/bin/python benchmarks/baseline_ranking.py [--scale probe|explore|both] [--seeds N]
-        [--budget SECONDS] [--only a,b] [--out FILE] [--json]
+        [--only a,b] [--out FILE] [--json]
 
 Prints one line per run as it finishes, then a ranked table per scale (mean over seeds, with the
 spread), the per-probe accuracies, and how the measured order on the recall probes compares with
 the literature's order (Zoology; Gated DeltaNet): softmax > Gated DeltaNet >= DeltaNet > GLA >
 RetNet >= linear attention. Figures depend on the machine and its load: run it on a quiet machine
-for timings. ``--budget`` overrides the scale's time budget (useful on a loaded machine, where
-the default budget would stop runs).
+for timings (every run does its fixed steps; CPU seconds are reported beside wall seconds).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,14 +56,13 @@ def main() -> None:
     ap.add_argument("--scale", default="probe", choices=["probe", "explore", "both"])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first_seed .. first_seed + seeds - 1")
-    ap.add_argument("--budget", type=float, default=None, help="override the scale's time budget (s)")
     ap.add_argument("--only", default=None, help="comma-separated subset of the reference mixers")
     ap.add_argument("--out", default=None, help="write all results (every run) to this JSON file")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a loaded machine)")
     add_json_flag(ap)
     args = ap.parse_args()
     with json_output("baseline_ranking", args.json) as rec:
-        rec.settings.update(scale=args.scale, seeds=args.seeds, first_seed=args.first_seed, budget=args.budget,
+        rec.settings.update(scale=args.scale, seeds=args.seeds, first_seed=args.first_seed,
                             only=args.only, threads=args.threads)
         run(args, rec.figures)
 
@@ -77,10 +74,8 @@ def run(args: argparse.Namespace, figures: dict) -> None:
     everything = {}
     for scale_name in scales:
         scale = get_scale(scale_name)
-        if args.budget:
-            scale = replace(scale, time_budget_s=args.budget)
         print(f"== scale {scale_name}: d_model {scale.d_model}, probes at d={scale.probe_d_model}, "
-              f"LM {scale.lm_tokens:,} tokens, budget {scale.time_budget_s:.0f} s, seeds {args.seeds}, "
+              f"LM {scale.lm_tokens:,} tokens, seeds {args.seeds}, "
               f"threads {args.threads or 'default'}", flush=True)
         t0 = time.time()
 

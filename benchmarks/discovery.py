@@ -1,9 +1,11 @@
 """Discovery benchmark: a headless autonomous run of the built-in researcher from a fresh lab.
 
 Prints experiments per hour, the time split by stage (research, check, train/evaluate, analyse,
-commit, ...), the discovery curve (best fitness vs experiment number) as a plotext chart, writes it
-as a PNG, and says whether the lab found a design that beats DeltaNet (the seed) on both the
-validation loss and the probe mean at this scale.
+commit, ...), the discovery curve (the lower bound of the best design's fitness interval vs
+experiment number; ``best`` moves only by the promotion rule of agents.stats) as a plotext chart,
+writes it as a PNG, reports the best design's fitness interval and whether it beats DeltaNet (the
+seed) by the promotion rule (on the fitness, and per metric on the validation loss and the probe
+mean, seed by seed), and how many evaluations successive halving spent against 3 seeds for all.
 
     python benchmarks/discovery.py [--experiments 20] [--scale explore] [--lab DIR] [--out DIR]
 
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     n = len(exps)
     exp_wall = sum(float((r.timings or {}).get("total", 0.0)) for r in exps)
     print(f"experiments: {n} ({sum(r.status == 'accepted' for r in exps)} accepted, "
-          f"{sum(r.status == 'failed' for r in exps)} failed, {sum(r.status == 'rejected' for r in exps)} rejected)")
+          f"{sum(r.status == 'failed' for r in exps)} failed, {sum(r.status == 'too_slow' for r in exps)} too slow, "
+          f"{sum(r.status == 'rejected' for r in exps)} rejected)")
     print(f"wall time this run: {wall/60:.1f} min (baselines {stage_t.get('baselines', 0)/60:.1f} min); "
           f"experiments per hour (experiment time only): {3600 * n / max(exp_wall, 1e-9):.1f}")
     total = sum(v for k, v in stage_t.items() if k != "baselines") or 1.0
@@ -103,16 +106,24 @@ def run(args: argparse.Namespace, figures: dict) -> int:
             continue
         print(f"  {k:<10} {v:8.1f} s  {100 * v / total:5.1f}%")
 
-    seed_fit = next((r.fitness for r in recs if (r.extra or {}).get("measures") == "0000"), None)
-    # the best so far starts at the measured seed: the curve shows what the search added to it
-    best_curve, best = [], (seed_fit if seed_fit is not None else float("-inf"))
-    for r in exps:
-        if r.status == "accepted" and r.fitness is not None:
-            best = max(best, r.fitness)
-        best_curve.append(best if best > float("-inf") else None)
+    from agents.seeds import per_seed, versus
+    from agents.stats import promote
+    from archive.lineage import best_over_time
+
+    seed_rec = next((r for r in recs if (r.extra or {}).get("measures") == "0000"), None)
+    seed_fit = seed_rec.fitness if seed_rec is not None else None
+    # best over time as the archive decided it (promotion rule), plotted at its lower bound; it
+    # starts at the measured seed, so the curve shows what the search added to it
+    timeline = {d["id"]: d for d in best_over_time(lab.index.all())}  # re-scored figures
+    best_curve = [timeline[r.id]["lower"] for r in exps]
     fits = [r.fitness if r.status == "accepted" else None for r in exps]
-    print(f"seed (DeltaNet) fitness: {seed_fit}")
-    print("best fitness by experiment:", ", ".join("—" if b is None else f"{b:.3f}" for b in best_curve))
+    print(f"seed (DeltaNet) fitness: {seed_fit} interval {seed_rec.fitness_interval if seed_rec else None}")
+    print("best design's lower bound by experiment:",
+          ", ".join("—" if b is None else f"{b:.3f}" for b in best_curve))
+    evals = sum(len(per_seed(r.metrics)) for r in exps)
+    measured = sum(1 for r in exps if r.metrics)
+    print(f"evaluations: {evals} for {measured} evaluated designs (3 seeds for every design: {3 * measured}; "
+          f"successive halving saved {3 * measured - evals})")
 
     import plotext as plt
 
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     plt.title("discovery: best fitness vs experiment")
     pts = [(x, b) for x, b in zip(xs, best_curve) if b is not None]
     if pts:
-        plt.plot([p[0] for p in pts], [p[1] for p in pts], label="best")
+        plt.plot([p[0] for p in pts], [p[1] for p in pts], label="best (lower bound)")
     sc = [(x, f) for x, f in zip(xs, fits) if f is not None]
     if sc:
         plt.scatter([p[0] for p in sc], [p[1] for p in sc], label="each")
@@ -139,7 +150,8 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     if sc:
         ax.scatter([p[0] for p in sc], [p[1] for p in sc], s=18, alpha=0.6, label="each experiment")
     if pts:
-        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="C3", label="best so far")
+        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="C3",
+                label="best so far (lower bound of its interval)")
     if seed_fit is not None:
         ax.axhline(seed_fit, color="gray", ls="--", label="seed (DeltaNet)")
     ax.set_xlabel("experiment")
@@ -153,26 +165,36 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     fig.savefig(png, dpi=120)
     print(f"discovery curve: {png}")
 
-    # does a design beat DeltaNet on both the validation loss and the probes?
-    l0, b0 = seed_m.get("val_loss"), seed_m.get("probe_mean")
-    winners = []
-    for r in exps:
-        m = r.metrics or {}
-        if r.status != "accepted" or m.get("probe_mean") is None or b0 is None:
-            continue
-        loss_ok = l0 is None or (m.get("val_loss") is not None and m["val_loss"] < l0)
-        if loss_ok and m["probe_mean"] > b0:
-            winners.append(r)
-    print(f"DeltaNet at this scale: val_loss {l0}, probe_mean {b0}")
-    if winners:
-        w = max(winners, key=lambda r: r.fitness or 0)
-        print(f"{len(winners)} design(s) beat DeltaNet on both; fittest: {w.id} {w.name} "
-              f"val_loss {w.metrics.get('val_loss')} probe_mean {w.metrics.get('probe_mean'):.3f} "
-              f"fitness {w.fitness:.3f}")
+    # does the best design beat DeltaNet, by the promotion rule (seed by seed, beyond noise)?
+    best = lab.store.best()
+    seed_fs = {int(k): v for k, v in (seed_rec.fitness_seeds or {}).items()} if seed_rec else {}
+    verdict = None
+    if best is not None and seed_rec is not None and best.id != seed_rec.id:
+        verdict = promote({int(k): v for k, v in best.fitness_seeds.items()}, seed_fs, what="the seed")
+    per_metric = {}
+    if best is not None and seed_m:
+        for key, higher in (("val_loss", False), ("probe_mean", True)):
+            if (best.metrics or {}).get(key) is not None and seed_m.get(key) is not None:
+                per_metric[key] = versus(best.metrics, seed_m, key, higher).outcome
+    print(f"DeltaNet at this scale: val_loss {seed_m.get('val_loss')}, probe_mean {seed_m.get('probe_mean')} "
+          f"({seed_m.get('n_seeds', 1)} seeds)")
+    if best is None:
+        print("no best design yet")
     else:
-        print("no design beat DeltaNet on both the validation loss and the probes in this run")
-    summary = {"experiments": n, "wall_s": round(wall, 1), "best": best_curve[-1] if best_curve else None,
-               "seed": seed_fit, "winners": [r.id for r in winners]}
+        print(f"best: {best.id} {best.name} fitness {best.fitness} interval {best.fitness_interval} "
+              f"({len(best.fitness_seeds)} seeds)")
+        print("beats the seed by the promotion rule: "
+              + ("— (the best is the seed itself)" if verdict is None else f"{verdict.promoted} ({verdict.text})")
+              + ("; per metric: " + ", ".join(f"{k} {v}" for k, v in per_metric.items()) if per_metric else ""))
+    winners = [r.id for r in exps if r.status == "accepted" and r.fitness_seeds and seed_fs
+               and promote({int(k): v for k, v in r.fitness_seeds.items()}, seed_fs).promoted]
+    summary = {"experiments": n, "wall_s": round(wall, 1), "evaluations": evals,
+               "best": best.id if best else None, "best_fitness": best.fitness if best else None,
+               "best_interval": best.fitness_interval if best else None,
+               "best_lower_bound": best_curve[-1] if best_curve else None,
+               "seed": seed_fit, "seed_interval": seed_rec.fitness_interval if seed_rec else None,
+               "beats_seed": verdict.promoted if verdict else False,
+               "beats_seed_per_metric": per_metric, "winners": winners}
     figures.update(summary)
     figures.update(
         experiments_per_hour=round(3600 * n / max(exp_wall, 1e-9), 2) if n else None,

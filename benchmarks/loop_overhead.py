@@ -31,7 +31,7 @@ from agents.standin import HYPERPARAMETERS, set_default  # noqa: E402
 from tests.fake_llm_server import FakeLLMServer, ScriptedResponder  # noqa: E402
 
 OVERHEAD_STAGES = ("sample", "research", "novelty", "analyse", "judge", "score", "commit", "engineer_overhead")
-TRAINING_STAGES = ("check", "evaluate")
+TRAINING_STAGES = ("check", "evaluate", "seeds")
 
 
 def _proposals(seed_code: str) -> list[dict[str, str]]:

@@ -17,8 +17,9 @@ many finished accepted, and the speed-up of each N over the first.
 The figures depend on the machine and on what else runs on it: evaluations are CPU-bound, so N
 evaluations in flight help only as far as there are free cores (each sandbox child uses one
 thread). ``--factor`` scales the probes' steps down (``training.scales.scaled_down``) for a quick
-run; 1.0 is the real probe scale. The monitor's time budget is lifted (and the sandbox's wall-time
-limit raised) so that a loaded machine slows the runs down instead of cutting them short.
+run; 1.0 is the real probe scale. Runs do a fixed amount of work (there is no time budget) and
+the sandbox's wall-time limit is raised, so a loaded machine slows the runs down instead of
+cutting them short.
 """
 
 from __future__ import annotations
@@ -40,14 +41,10 @@ from _common import add_json_flag, json_output  # noqa: E402
 
 
 def _scale(name: str, factor: float):
-    """The scale, its steps multiplied by ``factor``, with the monitor's time budget lifted so
-    that every run does the same work however loaded the machine is."""
-    from dataclasses import replace
-
+    """The scale, its steps multiplied by ``factor``."""
     from training.scales import get_scale, scaled_down
 
-    s = get_scale(name) if factor >= 1.0 else scaled_down(name, factor)
-    return replace(s, time_budget_s=100_000.0)
+    return get_scale(name) if factor >= 1.0 else scaled_down(name, factor)
 
 
 def _limits():

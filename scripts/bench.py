@@ -31,6 +31,8 @@ QUICK_ARGS: dict[str, list[str]] = {
     "baseline_ranking": ["--scale", "probe", "--seeds", "1", "--only", "deltanet", "--threads", "1"],
     "check_latency": ["--repeats", "1", "deltanet"],
     "corpus_recall": ["--embedder", "hash"],
+    "first_result": ["--timeout", "900"],
+    "proxy_validity": ["--scales", "probe", "--seeds", "1", "--factor", "0.1", "--only", "deltanet"],
     "discovery": ["--experiments", "1", "--scale", "probe", "--baselines", "deltanet"],
     "loop_overhead": ["--experiments", "1", "--scale-factor", "0.1", "--embedder", "hash"],
     "ops_throughput": ["--lengths", "256", "--repeats", "3"],

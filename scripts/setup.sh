@@ -12,6 +12,20 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/asiarch
   exit 0
 fi
 echo "asiarch: installing into $VENV (first run takes a few minutes)..." >&2
+# The OS sandbox for candidate code: bubblewrap. Installed when missing and we may (root with
+# apt-get); otherwise a clear message - untrusted candidates are then refused unless the user
+# passes --unsafe-no-sandbox (the built-in researcher's own designs run anyway).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "asiarch: installing bubblewrap (the sandbox for candidate code)..." >&2
+    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }) \
+      || echo "asiarch: could not install bubblewrap with apt-get; untrusted candidates will be refused (see README, Threat model)." >&2
+  else
+    echo "asiarch: bubblewrap (bwrap) is missing: install it (e.g. sudo apt-get install bubblewrap) so that" >&2
+    echo "         candidate code runs in the OS sandbox; without it untrusted candidates are refused" >&2
+    echo "         unless you pass --unsafe-no-sandbox." >&2
+  fi
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch first, pinned: the CPU build this machine holds; an unpinned torch pulls several GB.

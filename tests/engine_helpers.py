@@ -50,6 +50,6 @@ def tiny_scale(name: str = "explore", lm_steps: int = 4, probe_steps: int = 2):
     return replace(
         s, d_model=16, n_heads=2, n_layers=1, seq_len=32, batch_size=4,
         lm_steps=lm_steps if get_scale(name).has_lm else 0, warmup_steps=1, val_batches=2, log_every=2,
-        probe_d_model=16, probe_n_heads=2, probe_n_layers=1, probes=probes, time_budget_s=600.0,
+        probe_d_model=16, probe_n_heads=2, probe_n_layers=1, probes=probes,
     )
 

@@ -70,7 +70,7 @@ class FakeExecutor:
         self.evaluated: list[str] = []
         self.spans: list[tuple[float, float]] = []
 
-    def check(self, path: Path, run_dir: Path, on_line=None) -> StepResult:
+    def check(self, path: Path, run_dir: Path, on_line=None, trusted=False) -> StepResult:
         code = Path(path).read_text()
         self.checked.append(code)
         try:
@@ -87,7 +87,7 @@ class FakeExecutor:
             on_line("check passed")
         return StepResult(True, [{"name": "shape", "passed": True, "value": None, "reason": ""}])
 
-    def evaluate(self, path: Path, run_dir: Path, seed: int, baseline, on_line=None) -> StepResult:
+    def evaluate(self, path: Path, run_dir: Path, seed: int, baseline, on_line=None, trusted=False) -> StepResult:
         code = Path(path).read_text()
         self.evaluated.append(code)
         t0 = time.monotonic()
@@ -111,7 +111,7 @@ def tiny_scale():
     from training.probes import probe
     from training.scales import get_scale
 
-    return replace(get_scale("probe"), time_budget_s=60.0, probes=(
+    return replace(get_scale("probe"), probes=(
         probe("mqar", vocab_size=64, seq_len=32, num_kv_pairs=4, steps=4, batch_size=8, lr=3e-3,
               eval_examples=16),))
 
@@ -119,7 +119,7 @@ def tiny_scale():
 class EvalFailingExecutor(FakeExecutor):
     """Evaluation raises a training error for code containing ``EVALFAIL``."""
 
-    def evaluate(self, path, run_dir, seed, baseline, on_line=None):
+    def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
         code = Path(path).read_text()
         if "EVALFAIL" in code:
             self.evaluated.append(code)

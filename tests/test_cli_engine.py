@@ -87,3 +87,39 @@ def test_baselines_ranked(tmp_path):
     assert res.exit_code == 0 and "gla" in res.stdout and "Literature order" in res.stdout
     res = runner.invoke(app, ["baselines", "--only", "mamba"])
     assert res.exit_code == 2 and "unknown reference mixer" in res.stderr
+
+
+def test_eval_guard_ends_with_exit_3_and_partial_json(tmp_path, monkeypatch):
+    """A CPU cap the run exceeds: too_slow, exit 3 (not 1: the file is fine), the metrics
+    reached so far printed as JSON and marked partial, no suite mean. (The evaluation runs in the
+    sandbox, so the cap is real CPU time: 1 s against thousands of steps.)"""
+    from dataclasses import replace
+
+    s = tiny_scale("probe")
+    # a short first probe finishes well inside the cap; the second cannot (20,000 steps)
+    s = replace(s, probes=(replace(s.probes[0], steps=10),) + tuple(replace(p, steps=20000) for p in s.probes[1:]))
+    monkeypatch.setitem(scales.SCALES, "probe", s)
+    res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "probe", "--json",
+                              "--cpu-limit", "3"])
+    assert res.exit_code == 3, res.output
+    m = json.loads(res.stdout)
+    assert m["status"] == "too_slow" and m["partial"] is True and m["probe_mean"] is None
+    assert 0 < m["steps_done"] < m["steps_planned"]
+    assert "too_slow" in res.stderr and "partial" in res.stderr
+    # the table says partial too, and shows the partial mean labelled as such
+    res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "probe", "--cpu-limit", "3"])
+    assert res.exit_code == 3 and "partial" in res.stdout and "too slow" in res.stdout
+    res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "probe", "--cpu-limit", "-1"])
+    assert res.exit_code == 2
+
+
+def test_baselines_line_shows_the_stop_reason_literally(tmp_path, monkeypatch):
+    """"[too_slow: ...]" after a run must not be eaten as rich markup."""
+    from training import guards as G
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(G, "cpu_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(G.Guards, "relative_to", classmethod(lambda cls, *a, **k: cls(cpu_limit_s=5.0)))
+    res = runner.invoke(app, ["baselines", "--scale", "probe", "--only", "deltanet"])
+    assert "[too_slow: too slow: " in res.stderr, res.output
+    assert "partial:" in res.stderr and res.exit_code == 3

@@ -96,7 +96,8 @@ def test_cycle_with_near_duplicate_and_debugger(tmp_path):
     rounds = rec.extra["debug_rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and [r["passed"] for r in rounds] == [False, True]
     assert rec.code == good["code"] and "[:, :-1]" not in rec.code
-    assert len(ex.checked) == 3 and len(ex.evaluated) == 2  # baseline + the repaired candidate
+    # the seed baseline on 3 seeds; the candidate on rung 0, then 2 more seeds (the top has < 5 designs)
+    assert len(ex.checked) == 3 and len(ex.evaluated) == 6
     # analysis, judge, fitness
     assert "## Explanation" in rec.analysis and rec.problem == ANALYSIS["problem"]
     assert rec.fitness_components["measured"]["s_judge"] and rec.fitness_components["judge"]["performance"] == 6

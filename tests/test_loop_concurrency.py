@@ -28,7 +28,7 @@ class GatedExecutor(FakeExecutor):
         self.calls = 0
         self.order: list[str] = []  # experiment ids in the order their evaluations started
 
-    def evaluate(self, path, run_dir, seed, baseline, on_line=None):
+    def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
         baseline_run = "baselines" in Path(run_dir).parts
         with self.lock:
             self.running += 1
@@ -94,11 +94,16 @@ def test_two_in_flight_commit_in_completion_order(tmp_path: Path) -> None:
 
 
 def test_baselines_are_measured_concurrently_too(tmp_path: Path) -> None:
+    """The seed first (experiments wait for it), the comparisons left at the end of the run
+    as many at once as experiments may be in flight."""
     lab = make_lab(tmp_path / "lab")
     ex = GatedExecutor(baseline_s=0.5)
-    loop = Loop(lab, llm="builtin", executor=ex, baselines=("deltanet", "linear_attention", "gla"), concurrency=2)
+    loop = Loop(lab, llm="builtin", executor=ex, baselines=("deltanet", "linear_attention", "gla", "retnet"),
+                concurrency=2, experiments=0)
+    assert loop.measure_seed() is not None and set(loop.baselines()) == {"deltanet"}
+    loop._measure_remaining_baselines()
     measured = loop.baselines()
-    assert set(measured) == {"deltanet", "linear_attention", "gla"}
+    assert set(measured) == {"deltanet", "linear_attention", "gla", "retnet"}
     assert all(m["status"] == "ok" for m in measured.values())
     assert ex.max_running == 2
     cached = json.loads((lab.path / "baselines" / "probe.json").read_text())

@@ -6,6 +6,7 @@ recorded as failed), the orphaned sandbox child cleaned up. Skipped when Ray is 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -47,8 +48,7 @@ from training.scales import get_scale, scaled_down  # noqa: E402
 NO_RAY = "Ray is not installed: it is the optional cluster extra (pip install 'asiarch[cluster]')"
 
 #: A tiny scale: two probes, a few steps each (the cost is mostly the child's start-up).
-TINY = scaled_down(dataclasses.replace(get_scale("probe"), probes=get_scale("probe").probes[:2]), 0.02,
-                   time_budget_s=600.0)  # generous: the machine is shared, and the budget is not what we test
+TINY = scaled_down(dataclasses.replace(get_scale("probe"), probes=get_scale("probe").probes[:2]), 0.02)
 MIXER = Path(REFERENCE_MIXERS["linear_attention"])
 
 
@@ -96,11 +96,18 @@ def _executor(tmp_path: Path, **kw) -> RayExecutor:
 
 
 def _sandbox_children(scratch: Path) -> list:
-    """Sandbox children of Ray workers whose run folder is under ``scratch`` (this test's)."""
+    """Sandbox children of Ray workers whose run folder is under ``scratch`` (this test's): the
+    bwrap process binding a candidate from there, or (without bwrap) the child whose HOME is
+    there."""
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
+            argv = p.info["cmdline"] or []
+            cmd = " ".join(argv)
+            if argv and os.path.basename(argv[0]) == "bwrap":
+                if str(scratch) in cmd:
+                    found.append(p)
+                continue
             if "training.sandbox_child" not in cmd and "sandbox" not in cmd:
                 continue
             home = p.environ().get("HOME", "")

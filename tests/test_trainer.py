@@ -1,5 +1,5 @@
-"""Tests of training.trainer: schedule, logging, and the run monitor (NaN, divergence, leak,
-time budget)."""
+"""Tests of training.trainer: schedule, logging, the run monitor (NaN, divergence, leak) and the
+per-step guard callback (no time budget: a run does its fixed steps)."""
 
 from __future__ import annotations
 
@@ -105,10 +105,25 @@ def test_planted_leak_stops_against_baseline():
     assert leak.status == "stopped" and "leak" in leak.stop_reason
 
 
-def test_time_budget_stops_run():
+def test_guard_callback_ends_the_run_with_its_status():
+    """The guard is asked before each step; its (status, reason) ends the run there, steps
+    counted exactly."""
     T.seed_everything(0)
-    res = T.train(TinyLM(), _batches(), T.TrainConfig(steps=10_000, lr=1e-2, time_budget_s=0.5))
-    assert res.status == "stopped" and "time budget" in res.stop_reason and res.steps_done < 10_000
+    calls = []
+
+    def guard():
+        calls.append(1)
+        return ("too_slow", "too slow: over the cap") if len(calls) > 5 else None
+
+    res = T.train(TinyLM(), _batches(), T.TrainConfig(steps=40, lr=1e-2), guard=guard)
+    assert res.status == "too_slow" and res.stop_reason == "too slow: over the cap"
+    assert res.steps_done == 5 and len(res.loss_curve) == 5
+
+
+def test_no_time_budget_in_the_config():
+    """Wall time is never a budget: the config has no such field."""
+    with pytest.raises(TypeError):
+        T.TrainConfig(steps=10, time_budget_s=0.5)  # type: ignore[call-arg]
 
 
 def test_monitor_divergence_rule():

@@ -132,7 +132,7 @@ def static_results(source: str | bytes) -> tuple[list[CheckResult], bool]:
 def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | None = None,
                on_line: Callable[[str], None] | None = None, limits: Any = None,
                on_check: Callable[[CheckResult], None] | None = None,
-               options: dict | None = None, cancel: Any = None) -> CheckReport:
+               options: dict | None = None, cancel: Any = None, trusted: bool = False) -> CheckReport:
     """Check the candidate mixer file at ``path`` against ``scale`` (a name or a Scale).
 
     Static checks run here; dynamic checks run in the sandbox child (the candidate is never
@@ -141,8 +141,9 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
     ``limits`` is a :class:`training.sandbox.Limits`; ``options`` tunes the dynamic checks
     (``lengths``, ``time_budget_s``, ``causal_len``, ``keep_going``: run the remaining checks
     after a failure, default True); setting the ``cancel`` event (a ``threading.Event``) kills the
-    child. Raises :class:`CheckError` when the file
-    cannot be read."""
+    child; ``trusted``: the project's own code (may run without bwrap where it is missing).
+    Raises :class:`CheckError` when the file cannot be read or when untrusted code would have to
+    run without the OS sandbox (see :func:`training.sandbox.isolation_mode`)."""
     from training.sandbox import Limits, SandboxError, run_sandboxed
 
     t0 = time.monotonic()
@@ -171,7 +172,7 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
 
     try:
         res = run_sandboxed("check", {"path": str(p), "scale": cfg, "options": options or {}}, run_dir,
-                            limits=limits, on_line=on_line, on_event=on_event, cancel=cancel)
+                            limits=limits, on_line=on_line, on_event=on_event, cancel=cancel, trusted=trusted)
     except SandboxError as exc:
         raise CheckError(str(exc)) from None
     dyn: dict[str, CheckResult] = {}
@@ -245,17 +246,18 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 
 class _Stage:
-    """Runs one dynamic check with uniform failure handling."""
+    """Runs one dynamic check with uniform failure handling (in the harness)."""
 
-    def __init__(self, emit: Callable[[dict], None], guard: Any, watch: Any, mem_reason: str) -> None:
+    def __init__(self, emit: Callable[[dict], None], client: Any, mem_reason: str) -> None:
         self.emit = emit
-        self.guard = guard
-        self.watch = watch
+        self.client = client
         self.mem_reason = mem_reason
         self.results: list[CheckResult] = []
         self.stopped: str | None = None
 
     def run(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult | None:
+        from training.harness import WorkerFailed
+
         if self.stopped:
             res = CheckResult(name, False, None, f"not run: {self.stopped}")
             self.results.append(res)
@@ -263,306 +265,298 @@ class _Stage:
             return res
         self.emit({"event": "start", "name": name})
         print(f"[check] {name} ...", flush=True)
-        n_viol = len(self.guard.violations)
         t0 = time.perf_counter()
+        cpu0 = self.client.cpu_seconds()
         try:
             res = fn()
-        except MemoryError:
-            res = CheckResult(name, False, None, self.mem_reason)
-        except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
-            from training.sandbox_child import SandboxViolation, _memory_message
-
-            if isinstance(exc, SandboxViolation):
-                res = CheckResult(name, False, None, str(exc))
-            elif _memory_message(exc):
-                res = CheckResult(name, False, None, self.mem_reason)
-            else:
-                try:
-                    text = str(exc)
-                except BaseException:  # noqa: BLE001
-                    text = "<unprintable>"
-                res = CheckResult(name, False, None, f"raised {type(exc).__name__}: {text[:300]}")
-        if len(self.guard.violations) > n_viol and res.passed:
-            res = CheckResult(name, False, None, self.guard.violations[n_viol])
-        changed = self.watch.changes()
-        if changed:
-            res = CheckResult(name, False, None,
-                              f"candidate modified {', '.join(changed[:4])} (monkeypatching is not allowed)")
-            self.stopped = "the candidate tampered with shared modules"
+        except WorkerFailed as exc:
+            reason = self.mem_reason if exc.kind == "memory" else exc.reason
+            if exc.kind == "error" and not reason.startswith("raised "):
+                reason = f"raised {reason}"
+            res = CheckResult(name, False, None, reason)
+            if exc.kind in ("died", "protocol"):
+                self.stopped = f"the worker is gone ({exc.reason})"
+        if self.client.status is None:  # what the diagnostic layers saw (can only fail a check)
+            try:
+                st, _ = self.client.call("status", n_out=0)
+            except WorkerFailed as exc:
+                st = {}
+                if not self.stopped:
+                    self.stopped = f"the worker is gone ({exc.reason})"
+            changes = [str(c) for c in (st.get("changes") or [])][:4]
+            violations = [str(v) for v in (st.get("violations") or [])]
+            if changes:
+                res = CheckResult(name, False, None,
+                                  f"candidate modified {', '.join(changes)} (monkeypatching is not allowed)")
+                self.stopped = "the candidate tampered with shared modules"
+            elif violations and res.passed:
+                res = CheckResult(name, False, None, violations[0][:300])
         res.details.setdefault("seconds", round(time.perf_counter() - t0, 3))
+        res.details.setdefault("worker_cpu_s", round(self.client.cpu_seconds() - cpu0, 3))
         self.results.append(res)
         self.emit({"event": "check", "check": res.to_dict()})
         print(f"[check] {name}: {'pass' if res.passed else 'FAIL'} ({res.value}) {res.reason}", flush=True)
         return res
 
 
-def run_dynamic_checks(path: str, scale: dict, guard: Any, watch: Any, emit: Callable[[dict], None],
-                       static: bool = True, options: dict | None = None) -> dict:
-    """Checks 3-7 on the candidate at ``path``, inside the sandbox child (guard active).
-
-    Returns ``{"ok", "reason", "checks": [...]}``; each finished check is also emitted as
-    ``{"event": "check", "check": {...}}`` as soon as it is known."""
+def _max_abs(t: Any) -> float:
     import torch
 
-    from training.sandbox_child import CandidateError, load_candidate
+    if t.numel() == 0:
+        return 0.0
+    v = float(torch.nan_to_num(t.double(), nan=float("inf")).abs().max())
+    return v if math.isfinite(v) else float("inf")
 
-    options = dict(options or {})
-    torch.set_num_threads(max(1, int(options.get("threads", 1))))
+
+def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
+    """Checks 3-7 on the candidate, computed by the trusted harness from the tensors a forked
+    worker returns (:class:`training.harness.WorkerClient`); the candidate runs only in the
+    worker. ``request`` is the sandbox request (payload: ``path``, ``scale``, ``options``,
+    ``static_check``; limits).
+
+    Every input is generated here: causality perturbations from a seed drawn from the OS that the
+    worker never sees; the cost exponents from the harness's own timings of the worker's
+    forward+backward passes; determinism by comparing the tensors of two builds. Returns
+    ``{"ok", "reason", "checks": [...]}``; each finished check is also emitted as
+    ``{"event": "check", "check": {...}}`` as soon as it is known."""
+    import os
+    import random
+
+    import torch
+
+    from training.harness import WorkerClient, WorkerFailed
+
+    payload = request.get("payload") or {}
+    path = str(payload.get("path"))
+    scale = payload.get("scale") or {}
+    options = dict(payload.get("options") or {})
+    limits = request.get("limits") or {}
+    static = bool(payload.get("static_check", True))
+    torch.set_num_threads(max(1, int(options.get("threads", limits.get("threads", 1)))))
     d = int(scale.get("d_model", 64))
     h = int(scale.get("n_heads", 2))
     budget = int(scale.get("mixer_param_budget", 8 * d * d))
-    mem_reason = options.get("mem_reason") or "exceeded the address-space limit"
-    stage = _Stage(emit, guard, watch, mem_reason)
-    state: dict[str, Any] = {}
+    mem_reason = options.get("mem_reason") or \
+        f"exceeded {float(limits.get('address_space_gib', 4)):g} GiB address space"
+    secret = int.from_bytes(os.urandom(8), "little")  # the worker never sees it
+    gen = torch.Generator().manual_seed(secret)
+    order = random.Random(secret)
 
-    def build() -> CheckResult:
-        try:
-            cls = load_candidate(path, guard, static=static)
-        except CandidateError as exc:
-            return CheckResult("build", False, None, str(exc))
-        state["cls"] = cls
-        torch.manual_seed(0)
-        m = cls(d_model=d, n_heads=h)
-        if not isinstance(m, torch.nn.Module):
-            return CheckResult("build", False, None, "Mixer(...) did not return an nn.Module")
-        state["model"] = m
-        params = _walk_parameters(m)
-        n = int(sum(p.numel() for p in params))
-        if n > budget:
-            return CheckResult("build", False, n, f"{n:,} parameters exceed the budget of {budget:,} at d_model={d}, n_heads={h}")
-        return CheckResult("build", True, n, f"built at d_model={d}, n_heads={h}; {n:,} of {budget:,} parameters")
+    with WorkerClient(request) as client:
+        stage = _Stage(emit, client, mem_reason)
 
-    def fwd_bwd() -> CheckResult:
-        m = state["model"]
-        torch.nn.Module.train(m, True)
-        torch.manual_seed(1)
-        x = torch.randn(2, 32, d, requires_grad=True)
-        y = m(x)
-        if type(y) is not torch.Tensor:  # noqa: E721 - subclasses could lie to the checks
-            return CheckResult("forward_backward", False, type(y).__name__,
-                               "forward must return a plain torch.Tensor")
-        if tuple(y.shape) != tuple(x.shape):
-            return CheckResult("forward_backward", False, str(tuple(y.shape)),
-                               f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
-        if y.dtype != x.dtype:
-            return CheckResult("forward_backward", False, str(y.dtype), f"output dtype {y.dtype} != input dtype {x.dtype}")
-        bad = int((~torch.isfinite(y.detach())).sum())
-        if bad:
-            return CheckResult("forward_backward", False, f"{bad} non-finite",
-                               f"{bad} of {y.numel()} output values are NaN or infinite")
-        if not y.requires_grad:
-            return CheckResult("forward_backward", False, "no grad", "the output does not require grad (no backward path)")
-        g = torch.randn_like(y)
-        (y * g).sum().backward()
-        if x.grad is None or not bool(torch.isfinite(x.grad).all()):
-            return CheckResult("forward_backward", False, "input grad", "the gradient w.r.t. the input is missing or not finite")
-        if float(x.grad.abs().max()) == 0.0:
-            return CheckResult("forward_backward", False, "0", "the output does not depend on the input")
-        params = _walk_parameters(m)
-        with_grad = [p for p in params if p.grad is not None]
-        bad_p = sum(1 for p in with_grad if not bool(torch.isfinite(p.grad).all()))
-        if bad_p:
-            return CheckResult("forward_backward", False, f"{bad_p} params", f"{bad_p} parameter gradients are not finite")
-        return CheckResult("forward_backward", True, f"{tuple(y.shape)}",
-                           f"shape kept, finite outputs and gradients ({len(with_grad)}/{len(params)} parameters get gradients)")
+        def fwd(x: Any, mode: str = "train", seed: int | None = None) -> Any:
+            _, (y,) = client.call("forward", {"mode": mode, "seed": seed}, [x], n_out=1)
+            if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
+                raise WorkerFailed("error", f"forward returned {y.dtype} {tuple(y.shape)} for input "
+                                   f"{x.dtype} {tuple(x.shape)}")
+            return y
 
-    def causality() -> CheckResult:
-        m = state["model"]
-        torch.nn.Module.train(m, True)
-        gen = torch.Generator().manual_seed(1234)
-        seed = 4321
+        def fwd_bwd(x: Any, g: Any, seed: int | None, param_grads: bool = False) -> tuple:
+            n = 3 if param_grads else 2
+            vals, out = client.call("forward", {"mode": "train", "seed": seed, "backward": True,
+                                                "param_grads": param_grads}, [x, g], n_out=n)
+            return vals, out
 
-        def run(x: Any) -> Any:
-            torch.manual_seed(seed)
-            with torch.no_grad():
-                return m(x.clone())  # a forward that writes into its input cannot skew the comparison
+        def build() -> CheckResult:
+            vals, _ = client.call("build", {"path": path, "d_model": d, "n_heads": h, "seed": 0,
+                                            "static": static}, n_out=0)
+            n = vals.get("params")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                return CheckResult("build", False, None, "the worker reported no parameter count")
+            if n > budget:
+                return CheckResult("build", False, n, f"{n:,} parameters exceed the budget of {budget:,} at d_model={d}, n_heads={h}")
+            return CheckResult("build", True, n, f"built at d_model={d}, n_heads={h}; {n:,} of {budget:,} parameters")
 
-        worst = 0.0
-        where = ""
-        lengths = [int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77]
-        # train mode at both lengths (dropout identical thanks to the reseed); eval mode too, at
-        # the first length, so a design cannot switch its leak on for validation only
-        for L, training in [(lengths[0], True), (lengths[1], True), (lengths[0], False)]:
-            torch.nn.Module.train(m, training)
-            x = torch.randn(2, L, d, generator=gen)
-            y0 = run(x)
-            picks = {1, 2, L // 4, L // 2, L - 1, 63 if L > 64 else L // 3, 64 if L > 65 else L // 2 + 1}
-            picks |= {int(v) for v in torch.randint(1, L, (3,), generator=gen)}
-            if not training:
-                picks = {1, L // 2, L - 1}
-            for t in sorted(picks):
-                for mode in ("suffix", "token"):
-                    x2 = x.clone()
-                    if mode == "suffix":
-                        x2[:, t:] = torch.randn(2, L - t, d, generator=gen) * 3
-                    else:
-                        x2[:, t] = torch.randn(2, d, generator=gen) * 3
-                    y2 = run(x2)
-                    leak = float((y2[:, :t] - y0[:, :t]).abs().max())
-                    if not math.isfinite(leak):
-                        leak = float("inf")
-                    if leak > worst:
-                        what = f"tokens {t}.." if mode == "suffix" else f"token {t}"
-                        worst, where = leak, (f"changing {what} (L={L}, {'train' if training else 'eval'} mode) "
-                                              f"changed earlier outputs by {leak:.3g}")
-        torch.nn.Module.train(m, True)
-        # gradient form: d out[:, :t] / d x[:, t:] must vanish
-        L = lengths[0]
-        x = torch.randn(2, L, d, generator=gen, requires_grad=True)
-        torch.manual_seed(seed)
-        y = m(x)
-        for t in (1, L // 2, L - 1):
-            (gx,) = torch.autograd.grad(y[:, :t].sum(), x, retain_graph=True, allow_unused=True)
-            if gx is not None:
-                leak = float(gx[:, t:].abs().max())
-                if not math.isfinite(leak):
-                    leak = float("inf")
+        def forward_backward() -> CheckResult:
+            x = torch.randn(2, 32, d, generator=gen)
+            g = torch.randn(2, 32, d, generator=gen)
+            vals, (y, gx, gp) = fwd_bwd(x, g, seed=1, param_grads=True)
+            if tuple(y.shape) != tuple(x.shape):
+                return CheckResult("forward_backward", False, str(tuple(y.shape)),
+                                   f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
+            if y.dtype != x.dtype:
+                return CheckResult("forward_backward", False, str(y.dtype), f"output dtype {y.dtype} != input dtype {x.dtype}")
+            bad = int((~torch.isfinite(y)).sum())
+            if bad:
+                return CheckResult("forward_backward", False, f"{bad} non-finite",
+                                   f"{bad} of {y.numel()} output values are NaN or infinite")
+            if tuple(gx.shape) != tuple(x.shape) or not bool(torch.isfinite(gx).all()):
+                return CheckResult("forward_backward", False, "input grad", "the gradient w.r.t. the input is missing or not finite")
+            if float(gx.abs().max()) == 0.0:
+                return CheckResult("forward_backward", False, "0", "the output does not depend on the input")
+            if gp.numel() and not bool(torch.isfinite(gp).all()):
+                bad_p = int((~torch.isfinite(gp)).sum())
+                return CheckResult("forward_backward", False, f"{bad_p} values", f"{bad_p} parameter gradient values are not finite")
+            present = vals.get("grad_present") if isinstance(vals.get("grad_present"), list) else []
+            return CheckResult("forward_backward", True, f"{tuple(y.shape)}",
+                               f"shape kept, finite outputs and gradients ({sum(bool(p) for p in present)}/"
+                               f"{len(present)} parameters get gradients)")
+
+        def causality() -> CheckResult:
+            seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
+            worst, where = 0.0, ""
+            lengths = [int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77]
+            calls: list[tuple] = []  # (x, mode, t, kind, L, base_key)
+            bases: dict[int, tuple] = {}
+            for i, (L, training) in enumerate([(lengths[0], True), (lengths[1], True), (lengths[0], False)]):
+                x = torch.randn(2, L, d, generator=gen)
+                bases[i] = (x, training)
+                picks = {1, 2, L // 4, L // 2, L - 1, 63 if L > 64 else L // 3, 64 if L > 65 else L // 2 + 1}
+                picks |= {int(v) for v in torch.randint(1, L, (3,), generator=gen)}
+                if not training:
+                    picks = {1, L // 2, L - 1}
+                for t in sorted(picks):
+                    for kind in ("suffix", "token"):
+                        x2 = x.clone()
+                        if kind == "suffix":
+                            x2[:, t:] = torch.randn(2, L - t, d, generator=gen) * 3
+                        else:
+                            x2[:, t] = torch.randn(2, d, generator=gen) * 3
+                        calls.append((x2, training, t, kind, L, i))
+                calls.append((x, training, None, "base", L, i))
+            order.shuffle(calls)  # the worker cannot tell the reference run from a perturbed one
+            outs: dict[int, Any] = {}
+            results = []
+            for x2, training, t, kind, L, i in calls:
+                y = fwd(x2, "train" if training else "eval", seed)
+                if kind == "base":
+                    outs[i] = y
+                else:
+                    results.append((y, training, t, kind, L, i))
+            for y2, training, t, kind, L, i in results:
+                leak = _max_abs(y2[:, :t] - outs[i][:, :t])
                 if leak > worst:
-                    worst, where = leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs (L={L})"
-        # batch independence (train and eval mode)
-        cross = 0.0
-        for training in (True, False):
-            torch.nn.Module.train(m, training)
-            x = torch.randn(3, 64, d, generator=gen)
-            y0 = run(x)
-            x2 = x.clone()
-            x2[1] = torch.randn(64, d, generator=gen) * 3
-            y2 = run(x2)
-            c = float(torch.cat([(y2[0] - y0[0]).abs().flatten(), (y2[2] - y0[2]).abs().flatten()]).max())
-            cross = max(cross, c if math.isfinite(c) else float("inf"))
-        torch.nn.Module.train(m, True)
-        if worst > CAUSALITY_TOL:
-            return CheckResult("causality", False, worst, f"not causal: {where}",
-                               details={"max_leak": worst, "batch_leak": cross})
-        if cross > CAUSALITY_TOL:
-            return CheckResult("causality", False, cross,
-                               f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
-                               details={"max_leak": worst, "batch_leak": cross})
-        return CheckResult("causality", True, max(worst, cross),
-                           f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) at L={lengths}; samples independent",
-                           details={"max_leak": worst, "batch_leak": cross})
+                    what = f"tokens {t}.." if kind == "suffix" else f"token {t}"
+                    worst, where = leak, (f"changing {what} (L={L}, {'train' if training else 'eval'} mode) "
+                                          f"changed earlier outputs by {leak:.3g}")
+            # gradient form: d out[:, :t] / d x[:, t:] must vanish
+            L = lengths[0]
+            x = torch.randn(2, L, d, generator=gen)
+            for t in (1, L // 2, L - 1):
+                g = torch.zeros(2, L, d)
+                g[:, :t] = 1.0
+                _, (y, gx) = fwd_bwd(x, g, seed=seed)
+                if tuple(gx.shape) == tuple(x.shape):
+                    leak = _max_abs(gx[:, t:])
+                    if leak > worst:
+                        worst, where = leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs (L={L})"
+            # batch independence (train and eval mode)
+            cross = 0.0
+            for training in (True, False):
+                mode = "train" if training else "eval"
+                x = torch.randn(3, 64, d, generator=gen)
+                x2 = x.clone()
+                x2[1] = torch.randn(64, d, generator=gen) * 3
+                pair = [x, x2]
+                order.shuffle(pair)
+                ys = {id(v): fwd(v, mode, seed) for v in pair}
+                y0, y2 = ys[id(x)], ys[id(x2)]
+                cross = max(cross, _max_abs(y2[0] - y0[0]), _max_abs(y2[2] - y0[2]))
+            details = {"max_leak": worst, "batch_leak": cross, "calls": len(calls) + 5}
+            if worst > CAUSALITY_TOL:
+                return CheckResult("causality", False, worst, f"not causal: {where}", details=details)
+            if cross > CAUSALITY_TOL:
+                return CheckResult("causality", False, cross,
+                                   f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
+                                   details=details)
+            return CheckResult("causality", True, max(worst, cross),
+                               f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) at L={lengths}; samples independent",
+                               details=details)
 
-    def subquadratic() -> CheckResult:
-        m = state["model"]
-        torch.nn.Module.train(m, True)
-        lengths = [int(v) for v in options.get("lengths", DEFAULT_LENGTHS)]
-        budget_s = float(options.get("time_budget_s", 10.0))
-        param_ptrs = {p.data_ptr() for p in _walk_parameters(m)}
-        gen = torch.Generator().manual_seed(7)
-        xs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
-        gs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
+        def subquadratic() -> CheckResult:
+            lengths = [int(v) for v in options.get("lengths", DEFAULT_LENGTHS)]
+            budget_s = float(options.get("time_budget_s", 10.0))
+            xs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
+            gs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
+            mem = {}
+            for L in lengths:
+                vals, _ = client.call("saved_bytes", {}, [xs[L], gs[L]], n_out=0)
+                v = vals.get("saved_bytes")
+                mem[L] = int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+            inner = 1
 
-        inner = 1
+            def step(L: int) -> float:
+                t0 = time.perf_counter()
+                client.call("timed", {"reps": inner}, [xs[L], gs[L]], n_out=0)
+                return (time.perf_counter() - t0) / inner
 
-        def step(L: int) -> float:
-            x = xs[L].clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                y = m(x)
-                y.backward(gs[L])
-            return (time.perf_counter() - t0) / inner
+            warm = {L: step(L) for L in lengths}
+            slow = max(warm.values())
+            if slow > float(options.get("max_step_s", 20.0)):
+                return CheckResult("subquadratic", False, None,
+                                   f"one forward+backward at L={max(warm, key=warm.get)} took {slow:.1f} s (too slow to measure)")
+            # each timed sample should last >= ~25 ms at the shortest length (timer and scheduler noise)
+            inner = int(min(32, max(1, math.ceil(0.025 / max(warm[lengths[0]], 1e-6)))))
+            per_round = sum(warm.values()) * inner
+            rounds = int(min(7, max(3, budget_s / max(per_round, 1e-6))))
+            times: dict[int, list[float]] = {L: [] for L in lengths}
 
-        def saved_bytes(L: int) -> int:
-            seen: dict[int, int] = {}
+            def more(n: int) -> None:
+                for _ in range(n):
+                    seq = list(lengths)
+                    order.shuffle(seq)
+                    for L in seq:
+                        times[L].append(step(L))
 
-            def pack(t: Any) -> Any:
-                try:
-                    st = t.untyped_storage()
-                    ptr = st.data_ptr()
-                    if ptr not in param_ptrs:
-                        seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
-                except Exception:  # noqa: BLE001 - exotic tensors have no storage
-                    pass
-                return t
-
-            x = xs[L].clone().requires_grad_(True)
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                y = m(x)
-            y.backward(gs[L])
-            return sum(seen.values())
-
-        mem = {L: saved_bytes(L) for L in lengths}
-        warm = {L: step(L) for L in lengths}
-        slow = max(warm.values())
-        if slow > float(options.get("max_step_s", 20.0)):
-            return CheckResult("subquadratic", False, None,
-                               f"one forward+backward at L={max(warm, key=warm.get)} took {slow:.1f} s (too slow to measure)")
-        # each timed sample should last >= ~25 ms at the shortest length (timer and scheduler noise)
-        inner = int(min(32, max(1, math.ceil(0.025 / max(warm[lengths[0]], 1e-6)))))
-        per_round = sum(warm.values()) * inner
-        rounds = int(min(7, max(3, budget_s / max(per_round, 1e-6))))
-        times: dict[int, list[float]] = {L: [] for L in lengths}
-
-        def more(n: int) -> None:
-            for _ in range(n):
-                for L in lengths:
-                    times[L].append(step(L))
-
-        more(rounds)
-        med = [statistics.median(times[L]) for L in lengths]
-        t_exp = _slope(lengths, med)
-        spent = per_round * rounds
-        if abs(t_exp - EXPONENT_MAX) < 0.2 and spent < 2 * budget_s:  # close call: look again
+            cpu0 = client.cpu_seconds()
             more(rounds)
             med = [statistics.median(times[L]) for L in lengths]
             t_exp = _slope(lengths, med)
-        mem_vals = [mem[L] for L in lengths]
-        m_exp = _slope(lengths, mem_vals) if all(v > 0 for v in mem_vals) else 0.0
-        details = {"lengths": lengths, "median_s": [round(v, 5) for v in med], "time_exponent": round(t_exp, 3),
-                   "saved_bytes": mem_vals, "memory_exponent": round(m_exp, 3),
-                   "rounds": len(times[lengths[0]]), "inner": inner}
-        desc = (f"time exponent {t_exp:.2f}, memory exponent {m_exp:.2f} over L={'/'.join(map(str, lengths))} "
-                f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
-        if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
-            which = "time" if t_exp > EXPONENT_MAX else "memory"
-            return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),
-                               f"super-linear {which} cost: {desc} > {EXPONENT_MAX}", details=details)
-        return CheckResult("subquadratic", True, round(t_exp, 3), desc + f" <= {EXPONENT_MAX}", details=details)
+            spent = per_round * rounds
+            if abs(t_exp - EXPONENT_MAX) < 0.2 and spent < 2 * budget_s:  # close call: look again
+                more(rounds)
+                med = [statistics.median(times[L]) for L in lengths]
+                t_exp = _slope(lengths, med)
+            mem_vals = [mem[L] for L in lengths]
+            m_exp = _slope(lengths, mem_vals) if all(v > 0 for v in mem_vals) else 0.0
+            details = {"lengths": lengths, "median_s": [round(v, 5) for v in med], "time_exponent": round(t_exp, 3),
+                       "saved_bytes": mem_vals, "memory_exponent": round(m_exp, 3),
+                       "rounds": len(times[lengths[0]]), "inner": inner,
+                       "timed_by": "harness", "worker_cpu_s": round(client.cpu_seconds() - cpu0, 3)}
+            desc = (f"time exponent {t_exp:.2f}, memory exponent {m_exp:.2f} over L={'/'.join(map(str, lengths))} "
+                    f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
+            if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
+                which = "time" if t_exp > EXPONENT_MAX else "memory"
+                return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),
+                                   f"super-linear {which} cost: {desc} > {EXPONENT_MAX}", details=details)
+            return CheckResult("subquadratic", True, round(t_exp, 3), desc + f" <= {EXPONENT_MAX}", details=details)
 
-    def determinism() -> CheckResult:
-        cls = state["cls"]
+        def determinism() -> CheckResult:
+            x = torch.randn(2, 48, d, generator=gen)
+            g = torch.ones(2, 48, d)
 
-        def once() -> tuple:
-            torch.manual_seed(123)
-            m = cls(d_model=d, n_heads=h)
-            torch.nn.Module.train(m, True)
-            torch.manual_seed(7)
-            x = torch.randn(2, 48, d, requires_grad=True)
-            y = m(x)
-            y.backward(torch.ones_like(y))
-            grads = [p.grad.detach().clone() if p.grad is not None else None for p in _walk_parameters(m)]
-            return y.detach().clone(), x.grad.detach().clone(), grads
+            def once() -> tuple:
+                client.call("build", {"path": path, "d_model": d, "n_heads": h, "seed": 123, "static": static}, n_out=0)
+                vals, (y, gx, gp) = fwd_bwd(x, g, seed=7, param_grads=True)
+                return y, gx, gp, vals.get("grad_present")
 
-        y1, gx1, gp1 = once()
-        y2, gx2, gp2 = once()
-        diff = float((y1 - y2).abs().max())
-        diff = max(diff, float((gx1 - gx2).abs().max()))
-        if len(gp1) != len(gp2):
-            return CheckResult("determinism", False, None, "two builds under one seed have different parameters")
-        for a, b in zip(gp1, gp2):
-            if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+            y1, gx1, gp1, pr1 = once()
+            y2, gx2, gp2, pr2 = once()
+            if pr1 != pr2 or gp1.shape != gp2.shape or gx1.shape != gx2.shape or y1.shape != y2.shape:
                 return CheckResult("determinism", False, None, "gradients differ in presence or shape between runs")
-            if a is not None:
-                diff = max(diff, float((a - b).abs().max()))
-        if not math.isfinite(diff) or diff > 1e-6:
-            return CheckResult("determinism", False, diff, f"two seeded runs differ by {diff:.3g}")
-        return CheckResult("determinism", True, diff, "two seeded builds and runs give identical outputs and gradients")
+            diff = max(_max_abs(y1 - y2), _max_abs(gx1 - gx2), _max_abs(gp1 - gp2))
+            if not math.isfinite(diff) or diff > 1e-6:
+                return CheckResult("determinism", False, diff, f"two seeded runs differ by {diff:.3g}")
+            return CheckResult("determinism", True, diff, "two seeded builds and runs give identical outputs and gradients")
 
-    stage.run("build", build)
-    if not stage.results[-1].passed:
-        stage.stopped = "the mixer did not build"
-    stage.run("forward_backward", fwd_bwd)
-    if not stage.results[-1].passed and not stage.stopped:
-        stage.stopped = "forward/backward failed"
-    keep_going = bool(options.get("keep_going", True))
-    for name, fn in (("causality", causality), ("subquadratic", subquadratic), ("determinism", determinism)):
-        stage.run(name, fn)
-        if not keep_going and not stage.results[-1].passed and not stage.stopped:
-            stage.stopped = f"{name} failed (keep_going=False)"
+        stage.run("build", build)
+        if not stage.results[-1].passed and not stage.stopped:
+            stage.stopped = "the mixer did not build"
+        stage.run("forward_backward", forward_backward)
+        if not stage.results[-1].passed and not stage.stopped:
+            stage.stopped = "forward/backward failed"
+        keep_going = bool(options.get("keep_going", True))
+        for name, fn in (("causality", causality), ("subquadratic", subquadratic), ("determinism", determinism)):
+            stage.run(name, fn)
+            if not keep_going and not stage.results[-1].passed and not stage.stopped:
+                stage.stopped = f"{name} failed (keep_going=False)"
+        cpu = client.cpu_seconds()
+        memory = client.memory_mib()
     checks = [r.to_dict() for r in stage.results]
     failed = [r for r in stage.results if not r.passed]
     return {"ok": not failed, "reason": f"{failed[0].name}: {failed[0].reason}" if failed else None,
-            "checks": checks}
+            "checks": checks, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory}
 
 
 def format_report(report: CheckReport) -> str:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from training import guards as G
 from training import probes as P
+from training.guards import GUARD_STATUSES, Guards
 from training.data import CorpusError, batches, load_corpus, validation_batches
 from training.scales import Scale, get_scale
 from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
@@ -87,9 +89,30 @@ def _empty_metrics(scale: Scale, seed: int) -> dict:
     return {
         "scale": scale.name, "seed": seed, "params": None, "mixer_params": None, "val_loss": None,
         "val_bpb": None, "train_loss": None, "tokens_per_s": None, "train_seconds": 0.0, "probes": {},
-        "probe_mean": None, "probe_seconds": {}, "loss_curve": [], "status": "ok", "stop_reason": None,
-        "error": None, "lm_tokens": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0,
+        "probe_mean": None, "probe_mean_partial": None, "probes_done": 0, "probes_total": len(scale.probes),
+        "probe_seconds": {}, "loss_curve": [], "status": "ok", "stop_reason": None, "error": None,
+        "partial": False, "lm_tokens": 0, "steps_done": 0, "steps_planned": _planned_steps(scale),
+        "tokens_done": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0, "load_avg_start": None,
+        "load_avg_end": None, "throughput_vs_seed": None, "guards": None,
     }
+
+
+def _planned_steps(scale: Scale) -> int:
+    return sum(p.steps for p in scale.probes) + (scale.lm_steps if scale.has_lm else 0)
+
+
+def is_partial(metrics: dict | None) -> bool:
+    """Whether a metrics dict is not a complete evaluation (any status but ``ok``, a probe
+    missing, or an LM scale without a validation loss); such metrics are never a yardstick or
+    a fitness input. Dicts written before ``partial`` existed are judged by their content."""
+    m = metrics or {}
+    if m.get("status") != "ok" or m.get("partial"):
+        return True
+    probes = m.get("probes") or {}
+    if any(v is None for v in probes.values()):
+        return True
+    total = m.get("probes_total")
+    return isinstance(total, int) and len(probes) < total
 
 
 def _downsample(curve: list[list[float]], max_points: int = 400) -> list[list[float]]:
@@ -113,77 +136,113 @@ def evaluate_class(
     corpus_paths: Sequence[str | Path] | None = None,
     log_path: str | Path | None = None,
     num_threads: int | None = None,
+    guards: Guards | dict | None = None,
+    keep_model: Callable[[str, torch.nn.Module], None] | None = None,
 ) -> dict:
     """Evaluate ``mixer_cls`` at ``scale`` with ``seed``; returns the contract's metrics dict.
 
-    Probes run first (each on a fresh model), then the LM run when the scale has one. The whole
-    evaluation shares ``scale.time_budget_s``. A non-finite loss, divergence, a suspected leak
-    (against ``baseline['loss_curve']`` when ``baseline`` is a result at the same scale) or the
-    time budget ends the evaluation with ``status='stopped'`` and ``stop_reason``; a mixer that
-    cannot be built or run gives ``status='error'`` and ``error``. ``num_threads`` sets torch's
-    intra-op threads for the evaluation (default: ``ASIARCH_TORCH_THREADS`` or torch's own).
+    Probes run first (each on a fresh model), then the LM run when the scale has one; each runs
+    its fixed number of steps, however long that takes. ``guards`` (a :class:`Guards` or its
+    dict; default: derived from ``baseline``, the seed's metrics at this scale, with the default
+    factors) can end the evaluation early with status ``too_slow`` (CPU seconds) or ``hung``
+    (wall seconds); the metrics reached so far are kept and marked ``partial``. A non-finite loss,
+    divergence or a suspected leak (against ``baseline['loss_curve']``) end it with
+    ``status='stopped'`` and ``stop_reason``; a mixer that cannot be built or run gives
+    ``status='error'`` and ``error``. ``probe_mean`` is the mean over the whole probe suite and
+    None unless every probe was measured (``probe_mean_partial`` is the mean over those that
+    were). ``num_threads`` sets torch's intra-op threads (default: ``ASIARCH_TORCH_THREADS`` or
+    torch's own). ``keep_model(label, model)`` is given each trained model (a probe's label, or
+    ``"lm"``) once it is measured (the sandbox worker keeps them for the harness to verify).
     """
+    scale = get_scale(scale)
+    if guards is None:
+        guards = Guards.relative_to(baseline, expected_s=scale.expected_seconds, scale_name=scale.name)
+    elif isinstance(guards, dict):
+        guards = Guards.from_dict(guards)
     with torch_threads(num_threads):
-        return _evaluate_class(mixer_cls, get_scale(scale), seed, on_log, baseline, progress, mixer_kwargs,
-                               corpus_paths, log_path)
+        return _evaluate_class(mixer_cls, scale, seed, on_log, baseline, progress, mixer_kwargs,
+                               corpus_paths, log_path, guards, keep_model)
+
+
+class _GuardStop(Exception):
+    """A guard ended the evaluation (status, reason)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, mixer_kwargs, corpus_paths,
-                    log_path) -> dict:
-    scale = get_scale(scale)
+                    log_path, guards: Guards, keep_model=None) -> dict:
     device = _device(scale)
     m = _empty_metrics(scale, seed)
-    start = time.perf_counter()
-    cpu_start = time.process_time()
+    m["guards"] = guards.to_dict()
+    m["load_avg_start"] = G.load_average()
+    start = G.wall_clock()
+    cpu_start = G.cpu_clock()
     log = on_log or (lambda line: None)
     weights = [p.steps * p.batch_size * p.seq_len * scale.probe_d_model for p in scale.probes]
     weights.append(scale.lm_steps * scale.batch_size * scale.seq_len * scale.d_model * scale.n_layers / 2)
     total_w = sum(weights) or 1.0
-    done_w = 0.0
+    work = {"done": 0.0, "stage": 0.0}  # finished stages' weight; the current stage's weight done
 
     def report(frac_of_stage: float, w: float, desc: str) -> None:
+        work["stage"] = frac_of_stage * w
         if progress is not None:
-            progress(min(1.0, (done_w + frac_of_stage * w) / total_w), desc)
+            progress(min(1.0, (work["done"] + work["stage"]) / total_w), desc)
 
-    def remaining() -> float:
-        return scale.time_budget_s - (time.perf_counter() - start)
+    def verdict(where: str) -> tuple[str, str] | None:
+        cpu, wall = G.cpu_clock() - cpu_start, G.wall_clock() - start
+        status = guards.check(cpu, wall)
+        return None if status is None else (status, guards.reason(status, cpu, wall, where))
 
+    def check_guards(where: str) -> None:
+        v = verdict(where)
+        if v is not None:
+            raise _GuardStop(*v)
+
+    def add_steps(res) -> None:
+        m["steps_done"] += res.steps_done
+        m["tokens_done"] += res.tokens
+
+    accs: dict[str, float | None] = {}
     try:
         mixer = check_mixer_shape(mixer_cls, scale.d_model, scale.n_heads, mixer_kwargs)
         m["mixer_params"] = _count(mixer)
         del mixer
         # ---- probes
-        accs: dict[str, float | None] = {}
         for i, spec in enumerate(scale.probes):
             w = weights[i]
-            if remaining() <= 0:
-                m["status"], m["stop_reason"] = "stopped", (
-                    f"time budget of {scale.time_budget_s:.0f} s exhausted before the {spec.label} probe")
-                break
+            check_guards(f"before the {spec.label} probe")
             seed_everything(seed * 1000 + i)
             model = _build_model(mixer_cls, spec.vocab_size, scale.probe_d_model, scale.probe_n_layers,
                                  scale.probe_n_heads, mixer_kwargs, device)
             cfg = TrainConfig(steps=spec.steps, lr=spec.lr, warmup_steps=max(1, spec.steps // 10),
-                              log_every=max(1, spec.steps // 5), time_budget_s=remaining(), seed=seed)
+                              log_every=max(1, spec.steps // 5), seed=seed)
             t0 = time.perf_counter()
             res = train(model, P.train_batches(spec, seed * 1000 + i), cfg, on_log=log, log_path=log_path,
-                        label=spec.label, on_step=lambda s, _l, w=w, d=spec.label: report((s + 1) / spec.steps, w, d))
+                        label=spec.label, on_step=lambda s, _l, w=w, d=spec.label: report((s + 1) / spec.steps, w, d),
+                        guard=lambda d=spec.label: verdict(f"in the {d} probe"))
+            add_steps(res)
             if res.status != "ok":
-                m["status"], m["stop_reason"] = "stopped", f"{spec.label} probe: {res.stop_reason}"
                 accs[spec.label] = None
+                if res.status in GUARD_STATUSES:
+                    raise _GuardStop(res.status, str(res.stop_reason))  # names the probe already
+                m["status"], m["stop_reason"] = "stopped", f"{spec.label} probe: {res.stop_reason}"
                 break
             x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
             acc = P.accuracy(model, x, y)
             accs[spec.label] = acc
             m["probe_seconds"][spec.label] = round(time.perf_counter() - t0, 2)
             log(f"[{spec.label}] accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)")
-            done_w += w
+            work["done"] += w
+            work["stage"] = 0.0
+            if keep_model is not None:
+                keep_model(spec.label, model)
             del model
-        m["probes"] = accs
-        measured = [a for a in accs.values() if a is not None]
-        m["probe_mean"] = sum(measured) / len(measured) if measured else None
         # ---- language modelling
         if scale.has_lm and m["status"] == "ok":
+            check_guards("before the language model")
             corpus = load_corpus(corpus_paths)
             seed_everything(seed)
             model = _build_model(mixer_cls, 256, scale.d_model, scale.n_layers, scale.n_heads, mixer_kwargs, device)
@@ -193,17 +252,21 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                     and baseline.get("status", "ok") == "ok":
                 base_curve = baseline["loss_curve"]
             cfg = TrainConfig(steps=scale.lm_steps, lr=scale.lr, warmup_steps=scale.warmup_steps,
-                              log_every=scale.log_every, time_budget_s=max(1.0, remaining()), seed=seed)
+                              log_every=scale.log_every, seed=seed)
             gen = torch.Generator().manual_seed(seed)
             w = weights[-1]
             res = train(model, batches(corpus.train, scale.batch_size, scale.seq_len, gen), cfg, on_log=log,
                         log_path=log_path, baseline_curve=base_curve, label="lm",
-                        on_step=lambda s, _l: report((s + 1) / scale.lm_steps, w, "language model"))
+                        on_step=lambda s, _l: report((s + 1) / scale.lm_steps, w, "language model"),
+                        guard=lambda: verdict("in the language model"))
+            add_steps(res)
             m["train_loss"] = res.train_loss
             m["tokens_per_s"] = round(res.tokens_per_s, 1)
             m["train_seconds"] = round(res.seconds, 2)
             m["lm_tokens"] = res.tokens
             m["loss_curve"] = _downsample(res.loss_curve)
+            if res.status in GUARD_STATUSES:
+                raise _GuardStop(res.status, str(res.stop_reason))
             if res.status != "ok":
                 m["status"], m["stop_reason"] = "stopped", f"language model: {res.stop_reason}"
             else:
@@ -214,10 +277,17 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                 if not math.isfinite(vl):
                     m["status"], m["stop_reason"] = "stopped", "validation loss is not finite"
                 log(f"[lm] validation loss {vl:.4f} nats/byte = {vl / LN2:.4f} bits/byte")
-            done_w += w
+                if keep_model is not None:
+                    keep_model("lm", model)
+            work["done"] += w
+            work["stage"] = 0.0
         elif not scale.has_lm:
             m["params"] = None
-        report(1.0, 0.0, "done")
+        if m["status"] == "ok":
+            report(1.0, 0.0, "done")
+    except _GuardStop as stop:
+        m["status"], m["stop_reason"] = stop.status, stop.reason
+        log(f"[guard] {stop.reason}")
     except EvaluationError as exc:
         m["status"], m["error"] = "error", str(exc)
     except CorpusError as exc:
@@ -226,9 +296,29 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
         m["status"], m["error"] = "error", f"training failed with {type(exc).__name__}: {exc}{where}"
-    m["wall_seconds"] = round(time.perf_counter() - start, 2)
-    m["cpu_seconds"] = round(time.process_time() - cpu_start, 2)  # all threads; load-independent
+    _finish_probes(m, accs, scale)
+    m["wall_seconds"] = round(G.wall_clock() - start, 2)
+    m["cpu_seconds"] = round(G.cpu_clock() - cpu_start, 2)  # all threads of this process; load-independent
+    m["load_avg_end"] = G.load_average()
+    fraction = 1.0 if m["status"] == "ok" else (work["done"] + work["stage"]) / total_w
+    m["work_fraction"] = round(min(1.0, fraction), 4)
+    m["throughput_vs_seed"] = guards.relative_throughput(fraction, m["cpu_seconds"])
+    m["partial"] = is_partial(m)
+    if m["partial"] and m["status"] == "ok":  # cannot happen by construction; never claim complete
+        m["status"], m["stop_reason"] = "stopped", "incomplete evaluation"
     return m
+
+
+def _finish_probes(m: dict, accs: dict[str, float | None], scale: Scale) -> None:
+    """Fill ``probes`` (every probe of the suite: its accuracy or None), ``probes_done``,
+    ``probe_mean`` (the whole suite only) and ``probe_mean_partial`` (over those measured)."""
+    m["probes"] = {spec.label: accs.get(spec.label) for spec in scale.probes}
+    measured = [a for a in m["probes"].values() if a is not None]
+    m["probes_done"] = len(measured)
+    m["probes_total"] = len(scale.probes)
+    m["probe_mean_partial"] = sum(measured) / len(measured) if measured else None
+    complete = bool(scale.probes) and len(measured) == len(scale.probes)
+    m["probe_mean"] = m["probe_mean_partial"] if complete else None
 
 
 def evaluate_file(
@@ -252,7 +342,7 @@ def evaluate_file(
         mixer_cls = load_mixer_class(Path(path))
     except MixerLoadError as exc:
         m = _empty_metrics(scale, seed)
-        m["status"], m["error"] = "error", str(exc)
+        m["status"], m["error"], m["partial"] = "error", str(exc), True
         return m
     return evaluate_class(mixer_cls, scale, seed, on_log=on_log, baseline=baseline, progress=progress, **kwargs)
 
@@ -274,8 +364,8 @@ def aggregate_runs(name: str, runs: list[dict]) -> dict:
     """Mean (and sample std) over seeds of one mixer's metrics dicts.
 
     Returns ``{name, seeds, status, probe_mean, probe_mean_std, probes: {probe: mean}, val_bpb,
-    val_bpb_std, val_loss, tokens_per_s, wall_seconds, runs}``; ``status`` is ``ok`` only if
-    every run is."""
+    val_bpb_std, val_loss, tokens_per_s, wall_seconds, cpu_seconds, partial, runs}``; ``status``
+    is ``ok`` only if every run is, and ``partial`` is true when any run is."""
     probe_names: list[str] = []
     for r in runs:
         for k in (r.get("probes") or {}):
@@ -299,6 +389,7 @@ def aggregate_runs(name: str, runs: list[dict]) -> dict:
         "wall_seconds": _mean_std([r.get("wall_seconds") for r in runs])[0],
         "cpu_seconds": _mean_std([r.get("cpu_seconds") for r in runs])[0],
         "mixer_params": runs[0].get("mixer_params") if runs else None,
+        "partial": any(is_partial(r) for r in runs) or not runs,
         "runs": runs,
     }
 

@@ -1,30 +1,48 @@
-"""Run untrusted mixer code in a child process, with limits, and get JSON back.
+"""Run untrusted mixer code in a child process on an OS boundary, and get JSON back.
 
-Candidate code never runs in the parent. :func:`run_sandboxed` spawns a fresh interpreter
-(``python -m training.sandbox_child``; fork+exec, never a fork of the caller's interpreter) that
+Candidate code never runs in the parent. :func:`run_sandboxed` starts a fresh interpreter
+(``python -I``, isolated: no current folder, no user site, no ``PYTHON*`` variables; a bootstrap
+puts only this project's root on ``sys.path``, never the run folder) under **bubblewrap**
+(``bwrap``, the sandbox behind Flatpak):
 
-- sets ``resource`` limits on itself before anything else: CPU seconds, address space, written
-  file size, no core files;
-- runs in the run folder as working directory, with a scrubbed environment (PATH, HOME and TMPDIR
-  pointing at the run folder, PYTHONPATH to this project, thread counts), in its own session
-  (process group) so the parent can kill everything;
-- has no network: where the kernel allows it (``unshare`` as root, or with a user namespace) the
-  child gets a fresh network namespace (only a down loopback) and a mount namespace in which the
-  whole filesystem is read-only except the run folder; otherwise the in-process guard refuses
-  socket creation. The in-process guard (restricted builtins for the candidate module, an audit
-  hook refusing sockets, subprocesses, writes outside the run folder and reads outside the
-  project and the Python installation, a monkeypatch watch) is installed in every mode;
-- streams its stdout/stderr line by line to ``run_dir/<task>.log`` and to ``on_line``;
-- sends results as JSON lines over a dedicated pipe (``{"event": ...}`` messages, the last one
-  ``{"event": "result", ...}``).
+- new user, PID, network, IPC, UTS and cgroup namespaces (``--unshare-all``): no network at all
+  (only a down loopback), no view of the host's processes, and no way back into a namespace of
+  the host; ``--cap-drop ALL`` (no capabilities, root or not); ``--new-session`` (no terminal
+  injection); ``--die-with-parent`` (the sandbox dies with the process that started it);
+- the whole filesystem read-only (``--ro-bind / /``) with a fresh ``/proc`` and a minimal,
+  read-only ``/dev``; home folders (``/root``, ``/home``) hidden behind empty read-only folders, except the
+  Python installation and the project, which are bound back read-only; ``/etc/shadow`` and kin
+  hidden;
+- one size-capped writable scratch (a tmpfs at ``/tmp`` of ``Limits.scratch_mib``) holding the
+  working folder ``/tmp/run``; the candidate file is bound read-only at ``/tmp/candidate/mixer.py``.
+  Nothing else is writable; nothing the candidate writes survives the run;
+- the child's environment is scrubbed (PATH, HOME/TMPDIR pointing at the scratch, thread counts).
+
+Inside, :mod:`training.sandbox_child` (the trusted *harness*) sets its rlimits (CPU seconds,
+address space, written-file size, no core files), forks a *worker* that installs a seccomp filter
+and the diagnostic audit hook before it loads the candidate, and alone writes the result channel
+(see :mod:`training.sandbox_child`). Killing the outer ``bwrap`` process ends the whole PID
+namespace, so nothing started inside - not even a ``setsid`` double-forked daemon - outlives the run.
+
+The parent reads the result channel with bounds: at most ``Limits.max_events`` intermediate
+messages, each line at most ``Limits.max_message_kib``, and exactly one final ``result``
+message; a flood ends the run with a clear reason (its memory stays bounded). It enforces the
+wall-time hang guard itself and kills the sandbox on timeout, cancellation or its own
+interruption.
+
+Without ``bwrap`` (or where the kernel refuses its namespaces) untrusted code is refused with a
+:class:`SandboxError` that says how to install it, unless the caller passes ``trusted=True``
+(code rendered by the built-in researcher) or ``Limits(unsafe_no_sandbox=True)`` (the
+``--unsafe-no-sandbox`` flag): then the child runs as a plain process with rlimits and the
+in-process guard only (isolation ``"none"``).
 
 A child that dies comes back as ``SandboxResult(ok=False, reason=...)`` with a clear reason
 ("killed after 60 s wall time", "exceeded 180 s CPU time", "exceeded 4 GiB address space"),
-never as a hang: the parent enforces the wall time itself and kills the process group.
+never as a hang.
 
 Tasks: ``"check"`` (payload ``{"path", "scale": {...}}``; see :mod:`training.checker`) and
-``"evaluate"`` (payload ``{"path", "scale", "seed", "baseline"}``; calls
-``training.evaluate.evaluate_file`` inside the child, streaming its log lines).
+``"evaluate"`` (payload ``{"path", "scale", "seed", "baseline", "guards"}``; calls
+``training.evaluate.evaluate_class`` inside the worker, streaming its log lines).
 """
 
 from __future__ import annotations
@@ -46,51 +64,89 @@ from typing import Any, Callable
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("check", "evaluate")
 GIB = 1024 ** 3
-
-# Shell run inside the new mount namespace before exec'ing the child: keep mounts private, make
-# the root filesystem (and /dev/shm) read-only, and the run folder writable.
-_MOUNT_SCRIPT = (
-    'set -e; rd="$1"; shift; '
-    "mount --make-rprivate /; mount --rbind / /; mount -o remount,bind,ro /; "
-    "(mount --bind /dev/shm /dev/shm && mount -o remount,bind,ro /dev/shm) 2>/dev/null || true; "
-    'mount --bind "$rd" "$rd"; mount -o remount,bind,rw "$rd"; exec "$@"'
-)
+#: Where the scratch, the working folder and the candidate appear inside the sandbox.
+SCRATCH = "/tmp"
+INNER_RUN_DIR = "/tmp/run"
+INNER_CANDIDATE = "/tmp/candidate/mixer.py"
+#: Folders hidden (an empty read-only tmpfs) inside the sandbox; the Python installation and the
+#: project are bound back where they live below one of them.
+HIDDEN_DIRS = ("/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv")
+#: Files replaced by an empty file inside the sandbox (root keeps reading root-owned files).
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+#: The bootstrap run by ``python -I -c``: only the project root goes on sys.path.
+BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); del sys.argv[1]; "
+             "from training.sandbox_child import main; main()")
+#: How to get bubblewrap (printed when it is missing).
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: "
+                "`sudo dnf install bubblewrap`; or run scripts/setup.sh as root)")
 
 
 @dataclass
 class Limits:
     """Resource limits of one sandboxed run.
 
-    ``network``: ``"auto"`` (namespaces where the kernel allows it, else the in-process guard),
-    ``"namespace"`` (require namespaces; fail if unavailable) or ``"guard"`` (in-process guard
-    only). ``threads``: torch/OpenMP threads in the child."""
+    ``threads``: torch/OpenMP threads in the child. ``scratch_mib``: size of the only writable
+    folder (a tmpfs) inside the sandbox. ``max_events`` / ``max_message_kib``: bounds on the
+    result channel (more is a flood: the run fails). ``unsafe_no_sandbox``: run untrusted code
+    without bubblewrap when it is unavailable (rlimits and the in-process guard only - no OS
+    boundary; never the default)."""
 
     cpu_s: float = 240.0
     wall_s: float = 150.0
     address_space_gib: float = 4.0
     file_size_mib: float = 64.0
     threads: int = 1
-    network: str = "auto"
     max_log_mib: float = 16.0
+    scratch_mib: float = 256.0
+    max_events: int = 20000
+    max_message_kib: float = 1024.0
+    unsafe_no_sandbox: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (sent to the child)."""
         return asdict(self)
 
     @classmethod
-    def for_evaluation(cls, scale: Any = "explore", threads: int = 2, **overrides: Any) -> "Limits":
-        """Limits sized for the ``evaluate`` task at ``scale`` (a name, Scale or scale dict): wall time 1.5 x
-        the scale's time budget + 60 s (start-up, probes, validation), CPU time for ``threads``
-        threads over that wall time, 8 GiB of address space; ``overrides`` replace fields."""
-        if isinstance(scale, dict):
-            budget = float(scale.get("time_budget_s", 240.0))
-        else:
-            from training.scales import get_scale
+    def from_dict(cls, d: dict[str, Any]) -> "Limits":
+        """The inverse of :meth:`to_dict`; unknown keys (from another version) are ignored."""
+        import dataclasses
 
-            budget = float(get_scale(scale).time_budget_s)
-        wall = 1.5 * budget + 60.0
-        fields: dict[str, Any] = dict(wall_s=wall, cpu_s=wall * max(1, threads) + 30.0, address_space_gib=8.0,
-                                      threads=threads, file_size_mib=256.0)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def for_evaluation(cls, scale: Any = "explore", threads: int = 1, guards: Any = None,
+                       **overrides: Any) -> "Limits":
+        """Limits for the ``evaluate`` task at ``scale`` (a name, Scale or scale dict) under
+        ``guards`` (a ``training.guards.Guards`` or its dict; None: derived from the scale's
+        ``expected_seconds`` with the default factors, as before the seed is measured).
+
+        The evaluation itself ends a run that trips a guard (status ``too_slow``/``hung``, with
+        its partial metrics); these kernel-enforced limits are the backstop above them: wall time
+        = the hang guard + 60 s (interpreter start-up, torch import), CPU time = 1.25 x the
+        efficiency cap + 60 s (or, without a cap, the wall limit x ``threads``), 8 GiB of address
+        space. Wall time is not a budget. One thread by default: CPU seconds then stay comparable
+        however busy the machine is (oversubscribed intra-op threads spin and burn CPU time), and
+        on a shared CPU one thread is faster than contended ones. ``overrides`` replace fields."""
+        from training.guards import Guards
+
+        if guards is None:
+            if isinstance(scale, dict):
+                expected = float(scale.get("expected_seconds") or 120.0)
+                name = scale.get("name")
+            else:
+                from training.scales import get_scale
+
+                s = get_scale(scale)
+                expected, name = s.expected_seconds, s.name
+            g = Guards.relative_to(None, expected_s=expected, scale_name=name)
+        else:
+            g = guards if isinstance(guards, Guards) else Guards.from_dict(guards)
+        hang = g.wall_limit_s if g.wall_limit_s is not None else 24 * 3600.0
+        wall = hang + 60.0
+        cpu = 1.25 * g.cpu_limit_s + 60.0 if g.cpu_limit_s is not None else wall * max(1, threads) + 30.0
+        fields: dict[str, Any] = dict(wall_s=wall, cpu_s=cpu, address_space_gib=8.0,
+                                      threads=threads, file_size_mib=256.0, scratch_mib=512.0)
         fields.update(overrides)
         return cls(**fields)
 
@@ -99,78 +155,89 @@ class Limits:
 class SandboxResult:
     """What came back from the child.
 
-    ``ok``: the task ran to completion and reported success; ``result``: the child's final JSON
-    (None when it died first); ``reason``: one line saying why not ok; ``log_path``: the full
-    captured stdout/stderr; ``events``: the intermediate JSON messages (e.g. finished checks);
-    ``isolation``: which walls were up (``"namespace"`` = network+mount namespaces, or
-    ``"guard"``); ``duration_s``; ``returncode`` of the child (negative: killed by that signal)."""
+    ``ok``: the task ran to completion and reported success; ``result``: the harness's final
+    JSON (None when it died first); ``reason``: one line saying why not ok; ``log_path``: the
+    full captured stdout/stderr; ``events``: the intermediate JSON messages (e.g. finished
+    checks); ``isolation``: ``"bwrap"`` (the OS sandbox) or ``"none"`` (trusted code or
+    ``unsafe_no_sandbox``: rlimits and the in-process guard only); ``duration_s``;
+    ``returncode`` of the child (negative: killed by that signal)."""
 
     ok: bool
     result: dict | None
     reason: str | None
     log_path: Path
     events: list[dict] = field(default_factory=list)
-    isolation: str = "guard"
+    isolation: str = "bwrap"
     duration_s: float = 0.0
     returncode: int | None = None
 
 
 class SandboxError(RuntimeError):
-    """The sandbox could not be started at all (bad task, missing file, isolation unavailable)."""
+    """The sandbox could not be started at all (bad task, missing file, no OS sandbox for
+    untrusted code)."""
 
 
-def _probe(cmd: list[str]) -> bool:
+def _probe(cmd: list[str]) -> tuple[bool, str]:
     try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=20, env={"PATH": "/usr/bin:/bin"})
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        return r.returncode == 0, r.stdout.decode(errors="replace").strip()[-300:]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
 
 
 @functools.lru_cache(maxsize=1)
-def namespace_prefix() -> tuple[str, ...] | None:
-    """The ``unshare`` command prefix that gives a child fresh network and mount namespaces, or
-    None where the kernel (or missing privileges) does not allow it. Probed once and cached."""
-    unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    sh = shutil.which("sh", path="/usr/bin:/bin")
-    if not unshare or not sh or not sys.platform.startswith("linux"):
-        return None
-    candidates = [(unshare, "--net", "--mount")]
-    if os.geteuid() != 0:
-        candidates.append((unshare, "--user", "--map-root-user", "--net", "--mount"))
-    import tempfile
-
-    probe_dir = tempfile.mkdtemp(prefix="asiarch-nsprobe-")
-    try:
-        return _probe_prefixes(candidates, sh, probe_dir)
-    finally:
-        shutil.rmtree(probe_dir, ignore_errors=True)
+def _bwrap_status() -> tuple[str | None, str]:
+    exe = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin:/usr/sbin:/sbin")
+    if not exe or not sys.platform.startswith("linux"):
+        return None, "bubblewrap (`bwrap`) is not installed"
+    ok, out = _probe([exe, *_bwrap_flags(256 * 1024 * 1024), "--", "/bin/true"])
+    if not ok:
+        return None, f"`bwrap` is installed but cannot create its namespaces here ({out or 'no output'})"
+    return exe, ""
 
 
-def _probe_prefixes(candidates: list[tuple[str, ...]], sh: str, probe_dir: str) -> tuple[str, ...] | None:
-    for prefix in candidates:
-        # the same mount script the real run uses, on a harmless folder, then a check that the
-        # loopback is down (a fresh namespace) - all inside the namespace
-        cmd = [*prefix, "--", sh, "-c", _MOUNT_SCRIPT, "sandbox-probe", probe_dir, sh, "-c",
-               "test ! -w /etc || exit 3; test -w \"$0\" || exit 4; exit 0", probe_dir]
-        if _probe(cmd):
-            return prefix
-    return None
+def bwrap_path() -> str | None:
+    """The path of a working ``bwrap`` (probed once with the real flags), or None."""
+    return _bwrap_status()[0]
 
 
-def isolation_mode(limits: Limits | None = None) -> str:
-    """``"namespace"`` when the child will get network+mount namespaces, else ``"guard"``."""
+def _bwrap_flags(scratch_bytes: int) -> list[str]:
+    """The bubblewrap flags shared by every run (without the candidate and the command)."""
+    flags = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             "--remount-ro", "/dev", "--size", str(int(scratch_bytes)), "--tmpfs", SCRATCH]
+    keep = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                 os.path.dirname(os.path.realpath(sys.executable)),
+                                                 str(PROJECT_ROOT))})
+    keep += [p for p in sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}) if p not in keep]
+    for hidden in HIDDEN_DIRS:
+        if not os.path.isdir(hidden) or os.path.islink(hidden):
+            continue
+        flags += ["--size", str(1024 * 1024), "--tmpfs", hidden]
+        for p in keep:
+            if p.startswith(hidden.rstrip("/") + "/") and not any(
+                    p.startswith(q.rstrip("/") + "/") for q in keep if q != p):
+                flags += ["--ro-bind", p, p]
+        flags += ["--remount-ro", hidden]
+    for f in HIDDEN_FILES:
+        if os.path.isfile(f):
+            flags += ["--ro-bind", "/dev/null", f]
+    return flags
+
+
+def isolation_mode(limits: Limits | None = None, trusted: bool = False) -> str:
+    """``"bwrap"`` when the OS sandbox is available; else ``"none"`` for trusted code or with
+    ``limits.unsafe_no_sandbox``; else raises :class:`SandboxError` saying how to install it."""
     limits = limits or Limits()
-    if limits.network == "guard":
-        return "guard"
-    if namespace_prefix() is not None:
-        return "namespace"
-    if limits.network == "namespace":
-        raise SandboxError("network isolation was required (network='namespace') but this kernel does "
-                           "not allow `unshare --net --mount` here; use network='auto' to fall back to the "
-                           "in-process socket guard.")
-    return "guard"
+    exe, why = _bwrap_status()
+    if exe is not None:
+        return "bwrap"
+    if trusted or limits.unsafe_no_sandbox:
+        return "none"
+    raise SandboxError(f"refusing to run untrusted code without the OS sandbox: {why}. Please {INSTALL_HINT}, "
+                       "or pass --unsafe-no-sandbox (check/eval) or set sandbox.unsafe_no_sandbox = true "
+                       "(loop) to run it with rlimits and an in-process guard only.")
 
 
 #: Device-assignment variables passed through to the child (everything else is scrubbed).
@@ -189,7 +256,7 @@ def _scrubbed_env(run_dir: Path, limits: Limits) -> dict[str, str]:
         "TMPDIR": str(run_dir),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "PYTHONPATH": str(PROJECT_ROOT),
+        # ignored under `python -I` (the bootstrap sets sys.path); kept for the unsandboxed mode
         "PYTHONNOUSERSITE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -227,50 +294,141 @@ def memory_reason(limits: Limits) -> str:
     return f"exceeded {_fmt_s(limits.address_space_gib)} GiB address space"
 
 
+def _child_command(mode: str, limits: Limits, host_candidate: Path | None, w_fd: int) -> list[str]:
+    """The command line of the child: the bwrap prefix (mode ``"bwrap"``) and ``python -I``."""
+    py = [sys.executable, "-I", "-B", "-c", BOOTSTRAP, str(PROJECT_ROOT), "--result-fd", str(w_fd)]
+    if mode != "bwrap":
+        return py
+    exe = bwrap_path()
+    assert exe is not None
+    cmd = [exe, *_bwrap_flags(int(limits.scratch_mib * 1024 * 1024))]
+    if host_candidate is not None:
+        cmd += ["--ro-bind", str(host_candidate), INNER_CANDIDATE]
+    cmd += ["--dir", INNER_RUN_DIR, "--chdir", INNER_RUN_DIR, "--", *py, "--pidns"]
+    return cmd
+
+
+class _Channel:
+    """The parent's bounded reader of the result pipe: at most ``max_events`` intermediate
+    messages, lines of at most ``max_bytes``, exactly one ``result`` message. A breach sets
+    :attr:`flood` (a reason) and stops storing anything."""
+
+    def __init__(self, fd: int, limits: Limits, on_event: Callable[[dict], None] | None,
+                 on_flood: Callable[[], None]) -> None:
+        self.fd = fd
+        self.max_events = max(1, int(limits.max_events))
+        self.max_bytes = max(1024, int(limits.max_message_kib * 1024))
+        self.on_event = on_event
+        self.on_flood = on_flood
+        self.events: list[dict] = []
+        self.results: list[dict] = []
+        self.flood: str | None = None
+
+    def _breach(self, why: str) -> None:
+        if self.flood is None:
+            self.flood = why
+            self.on_flood()
+
+    def _line(self, raw: bytes) -> None:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            self._breach("the sandbox sent a malformed message on the result channel")
+            return
+        if not isinstance(msg, dict):
+            self._breach("the sandbox sent a malformed message on the result channel")
+            return
+        if msg.get("event") == "result":
+            self.results.append(msg)
+            if len(self.results) > 1:
+                self._breach("the sandbox sent more than one result message")
+            return
+        if len(self.results):
+            self._breach("the sandbox sent messages after its result")
+            return
+        if len(self.events) >= self.max_events:
+            self._breach(f"the sandbox flooded the result channel (more than {self.max_events} messages)")
+            return
+        self.events.append(msg)
+        if self.on_event is not None:
+            try:
+                self.on_event(msg)
+            except Exception:  # a caller's callback must not kill the reader
+                pass
+
+    def read(self) -> None:
+        """Read until EOF (the thread body); after a breach, drain and drop."""
+        buf = bytearray()
+        with os.fdopen(self.fd, "rb", buffering=0) as fh:
+            while True:
+                chunk = fh.read(65536)
+                if not chunk:
+                    break
+                if self.flood is not None:
+                    continue
+                buf += chunk
+                while self.flood is None:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line = bytes(buf[:nl])
+                    del buf[:nl + 1]
+                    if len(line) > self.max_bytes:
+                        self._breach(f"the sandbox sent a message larger than {self.max_bytes // 1024} KiB")
+                    elif line.strip():
+                        self._line(line)
+                if len(buf) > self.max_bytes:
+                    self._breach(f"the sandbox sent a message larger than {self.max_bytes // 1024} KiB")
+                if self.flood is not None:
+                    buf = bytearray()
+
+
 def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits | None = None,
                   on_line: Callable[[str], None] | None = None,
                   on_event: Callable[[dict], None] | None = None,
-                  cancel: threading.Event | None = None) -> SandboxResult:
+                  cancel: threading.Event | None = None, trusted: bool = False) -> SandboxResult:
     """Run ``task`` on ``payload`` in a fresh, limited child process; never imports candidate code.
 
-    ``payload["path"]`` (the candidate file) is copied into ``run_dir`` as ``mixer.py`` and the
-    child sees only that copy. ``on_line(line)`` gets each stdout/stderr line of the child as it
-    arrives (also written to ``run_dir/<task>.log``); ``on_event(msg)`` each intermediate JSON
+    ``payload["path"]`` (the candidate file) is copied into ``run_dir`` as ``mixer.py``; under
+    bwrap the child sees only that copy, bound read-only at ``INNER_CANDIDATE``, and works in a
+    private scratch (``run_dir`` on the host holds only the parent's ``<task>.log`` and the
+    copy). ``on_line(line)`` gets each stdout/stderr line of the child as it arrives (also
+    written, capped, to ``run_dir/<task>.log``); ``on_event(msg)`` each intermediate JSON
     message. ``cancel``: setting this event kills the child (reason "cancelled by the caller").
+    ``trusted``: the code is the project's own (rendered by the built-in researcher): it may run
+    without bwrap where bwrap is unavailable. Raises :class:`SandboxError` for a bad task, a
+    missing file, or untrusted code without the OS sandbox (see :func:`isolation_mode`).
     Returns when the child has exited (or was killed at ``limits.wall_s``); an exception in the
     caller's thread (e.g. KeyboardInterrupt) kills the child before it propagates."""
     if task not in TASKS:
         raise SandboxError(f"unknown sandbox task {task!r}; known tasks: {', '.join(TASKS)}")
     if limits is None:
-        limits = Limits.for_evaluation(payload.get("scale", "explore")) if task == "evaluate" else Limits()
+        limits = (Limits.for_evaluation(payload.get("scale", "explore"), guards=payload.get("guards"))
+                  if task == "evaluate" else Limits())
+    mode = isolation_mode(limits, trusted=trusted)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
+    host_candidate: Path | None = None
     if "path" in payload:
         src = Path(payload["path"])
         if not src.is_file():
             raise SandboxError(f"candidate file {src} does not exist or is not a file.")
-        dst = run_dir / "mixer.py"
-        if src.resolve() != dst:
-            shutil.copyfile(src, dst)
-        payload["path"] = str(dst)
-    mode = isolation_mode(limits)
+        host_candidate = run_dir / "mixer.py"
+        if src.resolve() != host_candidate:
+            shutil.copyfile(src, host_candidate)
+        payload["path"] = INNER_CANDIDATE if mode == "bwrap" else str(host_candidate)
+    child_run_dir = INNER_RUN_DIR if mode == "bwrap" else str(run_dir)
     log_path = run_dir / f"{task}.log"
-    request = {"task": task, "payload": payload, "run_dir": str(run_dir), "limits": limits.to_dict(),
+    request = {"task": task, "payload": payload, "run_dir": child_run_dir, "limits": limits.to_dict(),
                "isolation": mode, "project_root": str(PROJECT_ROOT)}
     r_fd, w_fd = os.pipe()
-    child_cmd = [sys.executable, "-m", "training.sandbox_child", "--result-fd", str(w_fd)]
-    if mode == "namespace":
-        prefix = namespace_prefix()
-        assert prefix is not None
-        sh = shutil.which("sh", path="/usr/bin:/bin") or "/bin/sh"
-        cmd = [*prefix, "--", sh, "-c", _MOUNT_SCRIPT, "sandbox", str(run_dir), *child_cmd]
-    else:
-        cmd = child_cmd
+    cmd = _child_command(mode, limits, host_candidate, w_fd)
+    env = _scrubbed_env(Path(child_run_dir), limits)
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=str(run_dir), env=_scrubbed_env(run_dir, limits), pass_fds=(w_fd,),
+                                cwd=str(run_dir), env=env, pass_fds=(w_fd,),
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
         os.close(r_fd)
@@ -278,38 +436,9 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
         raise SandboxError(f"could not start the sandbox child: {exc}") from exc
     os.close(w_fd)
 
-    events: list[dict] = []
-    final: dict[str, Any] = {}
+    flooded = threading.Event()
+    channel = _Channel(r_fd, limits, on_event, flooded.set)
     max_log = int(limits.max_log_mib * 1024 * 1024)
-
-    def read_results() -> None:
-        buf = b""
-        with os.fdopen(r_fd, "rb") as fh:
-            while True:
-                chunk = fh.read1(65536) if hasattr(fh, "read1") else fh.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                if len(buf) > 64 * 1024 * 1024:  # a flood: stop listening
-                    buf = b""
-                *lines, buf = buf.split(b"\n")
-                for raw in lines:
-                    try:
-                        msg = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if not isinstance(msg, dict):
-                        continue
-                    if msg.get("event") == "result":
-                        final.clear()
-                        final.update(msg)
-                    else:
-                        events.append(msg)
-                        if on_event is not None:
-                            try:
-                                on_event(msg)
-                            except Exception:  # a caller's callback must not kill the reader
-                                pass
 
     def read_log() -> None:
         written = 0
@@ -317,6 +446,24 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
         assert proc.stdout is not None
         with open(log_path, "w", encoding="utf-8") as log:
             pending = b""
+
+            def emit(raw: bytes) -> None:
+                nonlocal written, truncated
+                line = raw.decode("utf-8", "replace").rstrip("\r")[:8192]
+                if written < max_log:
+                    log.write(line + "\n")
+                    log.flush()
+                    written += len(line) + 1
+                elif not truncated:
+                    log.write("[sandbox] log truncated\n")
+                    log.flush()
+                    truncated = True
+                if on_line is not None and not truncated:
+                    try:
+                        on_line(line)
+                    except Exception:
+                        pass
+
             while True:
                 chunk = proc.stdout.read1(65536)
                 if not chunk:
@@ -328,30 +475,11 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
                     parts.append(pending)
                     pending = b""
                 for raw in parts:
-                    line = raw.decode("utf-8", "replace").rstrip("\r")[:8192]
-                    if written < max_log:
-                        log.write(line + "\n")
-                        log.flush()
-                        written += len(line) + 1
-                    elif not truncated:
-                        log.write("[sandbox] log truncated\n")
-                        truncated = True
-                    if on_line is not None:
-                        try:
-                            on_line(line)
-                        except Exception:
-                            pass
+                    emit(raw)
             if pending:
-                line = pending.decode("utf-8", "replace")[:8192]
-                if written < max_log:
-                    log.write(line + "\n")
-                if on_line is not None:
-                    try:
-                        on_line(line)
-                    except Exception:
-                        pass
+                emit(pending)
 
-    readers = [threading.Thread(target=read_results, daemon=True, name="sandbox-results"),
+    readers = [threading.Thread(target=channel.read, daemon=True, name="sandbox-results"),
                threading.Thread(target=read_log, daemon=True, name="sandbox-log")]
     for t in readers:
         t.start()
@@ -361,6 +489,14 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
         proc.stdin.close()
     except OSError:
         pass  # the child died already; the exit status says why
+
+    def kill() -> None:
+        # the outer bwrap (or the plain child) leads its own session; under bwrap, its death ends
+        # the sandbox's PID namespace (--die-with-parent), and with it every process inside
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     killed_wall = False
     cancelled = False
@@ -379,55 +515,61 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
                 break
             now = time.monotonic()
             if now - last_sample > 0.1:
-                vm_peak = max(vm_peak, _vm_peak_kib(proc.pid))
+                vm_peak = max(vm_peak, _tree_vm_peak_kib(proc.pid))
                 last_sample = now
             over = now - t0 > limits.wall_s
-            if over or (cancel is not None and cancel.is_set()):
-                killed_wall, cancelled = over, not over
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if over or flooded.is_set() or (cancel is not None and cancel.is_set()):
+                killed_wall, cancelled = over, not over and not flooded.is_set()
+                kill()
                 pid, status, rusage = os.wait4(proc.pid, 0)
                 break
             time.sleep(0.02)
     except BaseException:  # interrupted caller (Ctrl-C, worker cancelled): never leave the child running
+        kill()
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
             os.wait4(proc.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+        except ChildProcessError:
             pass
         proc.returncode = -signal.SIGKILL
         raise
     returncode = os.waitstatus_to_exitcode(status) if status is not None else None
     proc.returncode = returncode  # reaped here; keep Popen from waiting again
-    try:  # nothing of the child's session may outlive it
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill()  # nothing of the child's session may outlive it
     for t in readers:
         t.join(timeout=10)
     if proc.stdout is not None:
         proc.stdout.close()
     duration = time.monotonic() - t0
     cpu_used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
+    events = channel.events
+    final = channel.results[0] if len(channel.results) == 1 else None
 
     result = dict(final) if final else None
     if result is not None:
         result.pop("event", None)
     reason: str | None
-    if killed_wall:
+    if channel.flood is not None:
+        ok, reason, result = False, channel.flood, None
+    elif killed_wall:
         ok, reason = False, f"killed after {_fmt_s(limits.wall_s)} s wall time"
     elif cancelled:
         ok, reason = False, "cancelled by the caller"
+    elif result is not None and returncode != 0:
+        ok = False
+        reason = f"the sandbox exited with status {returncode} after its result" if not result.get("reason") \
+            else str(result.get("reason"))
     elif result is not None:
-        ok = bool(result.get("ok"))
-        reason = None if ok else (result.get("reason") or "the task failed without a reason")
+        ok = bool(result.get("ok") is True)
+        reason = None if ok else (str(result.get("reason") or "") or "the task failed without a reason")
     else:
         ok = False
         near_mem = vm_peak * 1024 >= 0.85 * limits.address_space_gib * GIB
+        sig = 0
         if returncode is not None and returncode < 0:
             sig = -returncode
+        elif mode == "bwrap" and returncode is not None and 128 < returncode < 128 + 65:
+            sig = returncode - 128  # bwrap reports a child killed by a signal as 128 + signal
+        if sig:
             try:
                 signame = signal.Signals(sig).name
             except ValueError:
@@ -448,6 +590,26 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
             reason = f"the child exited with status {returncode} without a result" + (f": {tail}" if tail else "")
     return SandboxResult(ok=ok, result=result, reason=reason, log_path=log_path, events=events,
                          isolation=mode, duration_s=duration, returncode=returncode)
+
+
+def _tree_vm_peak_kib(pid: int) -> int:
+    """The largest VmPeak among ``pid`` and its descendants (under bwrap the harness and its
+    worker are grandchildren of the process the parent started)."""
+    best = _vm_peak_kib(pid)
+    todo, seen = [pid], {pid}
+    while todo and len(seen) < 64:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                kids = [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+        for k in kids:
+            if k not in seen:
+                seen.add(k)
+                todo.append(k)
+                best = max(best, _vm_peak_kib(k))
+    return best
 
 
 def _log_tail(path: Path) -> str:

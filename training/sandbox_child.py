@@ -387,6 +387,9 @@ def load_candidate(path: str | Path, guard: Guard, static: bool = True) -> type:
 
 
 def _preimport(task: str) -> None:
+    """Import everything trusted code will need (torch and what it loads lazily, e.g. sympy and
+    mpmath for symbolic shapes; einops; training.ops; the task's own modules) before the worker
+    is forked, so that nothing is imported later from a place the candidate could have written."""
     import dataclasses  # noqa: F401
     import functools  # noqa: F401
     import math  # noqa: F401
@@ -397,22 +400,23 @@ def _preimport(task: str) -> None:
     import torch.nn  # noqa: F401
     import torch.nn.functional  # noqa: F401
 
-    try:
-        import einops  # noqa: F401
-        import einops.layers.torch  # noqa: F401
-    except ImportError:
-        pass
+    for name in ("sympy", "mpmath", "einops", "einops.layers.torch"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     try:
         import training.ops  # noqa: F401
     except Exception as exc:  # reported when a candidate imports it
         print(f"[sandbox] training.ops is not importable: {exc}", file=sys.stderr, flush=True)
-    # warm torch's lazily-initialised paths (autograd engine, matmul, softmax) under no guard
-    x = torch.randn(2, 8, 4, requires_grad=True)
-    (torch.nn.functional.softmax(x @ x.transpose(1, 2), -1) @ x).sum().backward()
-    if task == "check":
-        import training.checker  # noqa: F401
-    elif task == "evaluate":
+    import training.checker  # noqa: F401
+    import training.harness  # noqa: F401
+    import training.static_check  # noqa: F401
+    import training.wire  # noqa: F401
+    import training.worker  # noqa: F401
+    if task == "evaluate":
         import training.evaluate  # noqa: F401
+    del torch
 
 
 def _read_roots(project_root: str, extra: list[str]) -> list[str]:
@@ -433,19 +437,13 @@ def _memory_message(exc: BaseException) -> bool:
 
 
 def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
-    """Dispatch the request to its task; returns the final result dict."""
+    """The harness: dispatch the request to its task; returns the final result dict.
+
+    ``check`` runs entirely in this trusted process, which forks the worker that alone loads the
+    candidate (:func:`training.checker.run_dynamic_checks`); the verdict is computed here."""
     task = request["task"]
     payload = request["payload"]
-    run_dir = request["run_dir"]
     _preimport(task)
-    guard = Guard(run_dir, _read_roots(request.get("project_root", ""), payload.get("read_roots", [])))
-    watch = default_watch()
-    guard.install()
-    # from here on everything runs under the guard: candidate objects (exceptions, tensors,
-    # modules) can run code whenever the checker touches them
-    guard.active = True
-    path = payload.get("path")
-    static = bool(payload.get("static_check", True))
 
     def emit(msg: dict[str, Any]) -> None:
         channel.send(msg)
@@ -456,11 +454,171 @@ def run_task(request: dict[str, Any], channel: ResultChannel) -> dict[str, Any]:
         options = dict(payload.get("options") or {})
         options.setdefault("mem_reason", f"exceeded {float(request['limits']['address_space_gib']):g} GiB address space")
         options.setdefault("threads", request["limits"].get("threads", 1))
-        return run_dynamic_checks(path, payload.get("scale") or {}, guard=guard, watch=watch, emit=emit,
-                                  static=static, options=options)
+        return run_dynamic_checks({**request, "payload": {**payload, "options": options}}, emit)
     if task == "evaluate":
-        return _evaluate(payload, guard, watch, emit, static)
+        return _evaluate_in_worker(request, emit)
     return {"ok": False, "reason": f"unknown task {task!r}"}
+
+
+def _json_safe(o: Any, depth: int = 0) -> Any:
+    """A copy of the worker's JSON with only plain values (bounded depth, string lengths)."""
+    if depth > 8:
+        return None
+    if isinstance(o, bool) or o is None or isinstance(o, int):
+        return o
+    if isinstance(o, float):
+        return o
+    if isinstance(o, str):
+        return o[:4000]
+    if isinstance(o, list):
+        return [_json_safe(v, depth + 1) for v in o[:5000]]
+    if isinstance(o, dict):
+        return {str(k)[:200]: _json_safe(v, depth + 1) for k, v in list(o.items())[:500]}
+    return None
+
+
+#: How far the harness's own probe accuracy / validation loss may differ from the worker's report,
+#: and how much earlier logits may move when the harness changes later tokens.
+METRIC_TOL = 1e-4
+#: CPU seconds the worker spends outside the evaluator's own clock (warm-up, loading, verification)
+CPU_SLACK_S = 15.0
+LOGIT_LEAK_TOL = 1e-4
+
+
+def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any],
+                    kept: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Recompute, in the harness, what the worker reported: each probe's accuracy from the logits
+    of the worker's trained probe model on held-out examples the harness generates, the
+    validation loss from the trained language model's logits on validation batches the harness
+    reads, and a causality spot check of every trained model (the harness replaces the tokens
+    after a secret position and compares the earlier logits). Returns (problem or None, what
+    was verified)."""
+    import os
+    import random
+
+    import torch
+
+    from training import probes as P
+    from training.trainer import IGNORE, sequence_loss
+
+    scale = payload_scale(payload)
+    seed = int(payload.get("seed", 0))
+    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    info: dict[str, Any] = {"probes": {}, "val_loss": None, "max_logit_leak": 0.0}
+
+    def logits(label: str, x: Any) -> Any:
+        _, (y,) = client.call("logits", {"label": label}, [x], n_out=1)
+        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape):
+            raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
+        return y
+
+    def spot_check(label: str, x: Any, vocab: int) -> str | None:
+        x = x[:8]
+        t = rng.randrange(1, x.shape[1])
+        x2 = x.clone()
+        g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+        x2[:, t:] = torch.randint(0, vocab, tuple(x2[:, t:].shape), generator=g)
+        a, b = logits(label, x), logits(label, x2)
+        leak = float(torch.nan_to_num((a[:, :t] - b[:, :t]).abs(), nan=float("inf")).max()) if t else 0.0
+        info["max_logit_leak"] = max(info["max_logit_leak"], leak)
+        if leak > LOGIT_LEAK_TOL:
+            return f"the trained {label} model is not causal: changing tokens {t}.. moved earlier logits by {leak:.3g}"
+        return None
+
+    reported = metrics.get("probes") if isinstance(metrics.get("probes"), dict) else {}
+    for i, spec in enumerate(scale.probes):
+        acc_w = reported.get(spec.label)
+        if spec.label not in kept or not isinstance(acc_w, (int, float)):
+            continue
+        x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
+        correct = total = 0
+        for j in range(0, x.shape[0], 64):
+            pred = logits(spec.label, x[j:j + 64]).argmax(dim=-1)
+            yy = y[j:j + 64]
+            mask = yy != IGNORE
+            correct += int((pred[mask] == yy[mask]).sum())
+            total += int(mask.sum())
+        acc_h = correct / max(total, 1)
+        info["probes"][spec.label] = acc_h
+        if abs(acc_h - float(acc_w)) > METRIC_TOL:
+            return (f"the worker reported {spec.label} accuracy {float(acc_w):.4f}; the harness measured "
+                    f"{acc_h:.4f}"), info
+        problem = spot_check(spec.label, x, spec.vocab_size)
+        if problem:
+            return problem, info
+    vl_w = metrics.get("val_loss")
+    if "lm" in kept and isinstance(vl_w, (int, float)):
+        from training.data import load_corpus, validation_batches
+
+        corpus = load_corpus((payload.get("kwargs") or {}).get("corpus_paths"))
+        val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, scale.val_batches)
+        total, count = 0.0, 0
+        for x, y in val:
+            n = int((y != IGNORE).sum())
+            total += float(sequence_loss(logits("lm", x), y)) * n
+            count += n
+        vl_h = total / max(count, 1)
+        info["val_loss"] = vl_h
+        if not abs(vl_h - float(vl_w)) <= METRIC_TOL * max(1.0, abs(vl_h)):
+            return f"the worker reported validation loss {float(vl_w):.5f}; the harness measured {vl_h:.5f}", info
+        problem = spot_check("lm", val[0][0], 256)
+        if problem:
+            return problem, info
+    return None, info
+
+
+def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
+    and reports the metrics over the socketpair; the harness bounds them, recomputes the probe
+    accuracies and the validation loss itself from the trained models' logits (and spot-checks
+    their causality; :func:`_verify_metrics`), adds the worker's CPU seconds and peak memory read
+    from /proc, and alone writes the result to the parent. (Training itself runs in the worker;
+    its loss curve is the worker's word: see the README's threat model.)"""
+    from training.harness import WorkerClient, WorkerFailed
+
+    payload = request["payload"]
+    mem_reason = f"exceeded {float(request['limits']['address_space_gib']):g} GiB address space"
+
+    def progress(fraction: float, message: str) -> None:
+        emit({"event": "progress", "fraction": fraction, "message": message})
+
+    with WorkerClient(request) as client:
+        try:
+            vals, _ = client.call("evaluate", {"payload": payload, "static": bool(payload.get("static_check", True))},
+                                  n_out=0, on_progress=progress)
+        except WorkerFailed as exc:
+            return {"ok": False, "reason": mem_reason if exc.kind == "memory" else exc.reason,
+                    "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        result = _json_safe(vals.get("result"))
+        if not isinstance(result, dict):
+            return {"ok": False, "reason": "the worker returned no evaluation result",
+                    "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        metrics = result.get("metrics")
+        status = metrics.get("status") if isinstance(metrics, dict) else None
+        ok = result.get("ok") is True and status == "ok"
+        reason = None if ok else str(result.get("reason") or f"evaluation {status or 'failed'}")[:500]
+        verified: dict[str, Any] = {}
+        if isinstance(metrics, dict):
+            kept = [str(k) for k in (vals.get("kept") or []) if isinstance(k, str)]
+            try:
+                problem, verified = _verify_metrics(client, payload, metrics, kept)
+            except WorkerFailed as exc:
+                problem = f"the harness could not verify the metrics: {exc.reason}"
+            if problem:
+                ok, reason = False, problem
+        cpu = client.cpu_seconds()
+        memory = client.memory_mib()
+        said = metrics.get("cpu_seconds") if isinstance(metrics, dict) else None
+        # the efficiency guard's basis is the worker's CPU time, which the harness reads from
+        # /proc: a report far below it (start-up and verification aside) is a lie
+        if isinstance(said, (int, float)) and cpu > float(said) + CPU_SLACK_S + 0.1 * cpu and ok:
+            ok, reason = False, (f"the worker reported {float(said):.1f} CPU seconds; the harness measured "
+                                 f"{cpu:.1f} s of the worker's CPU time")
+    out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory,
+                           "verified": verified}
+    if isinstance(metrics, dict):
+        out["metrics"] = metrics
+    return out
 
 
 def scale_from_spec(spec: Any) -> Any:
@@ -491,13 +649,25 @@ def scale_from_spec(spec: Any) -> Any:
     return Scale(**fields)
 
 
+def payload_scale(payload: dict[str, Any]) -> Any:
+    """The ``Scale`` an evaluate payload names (``scale``, optional ``scale_factor`` and
+    ``scale_overrides``), the same in the harness and in the worker."""
+    from training.scales import get_scale, scaled_down
+
+    scale: Any = scale_from_spec(payload.get("scale", "explore"))
+    if payload.get("scale_factor") is not None or payload.get("scale_overrides"):
+        return scaled_down(scale, float(payload.get("scale_factor") or 1.0), **(payload.get("scale_overrides") or {}))
+    return get_scale(scale)
+
+
 def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
-              emit: Callable[[dict[str, Any]], None], static: bool) -> dict[str, Any]:
+              emit: Callable[[dict[str, Any]], None], static: bool, keep_model: Any = None) -> dict[str, Any]:
     """Evaluate the candidate with ``training.evaluate`` (the class loaded under the guard).
 
     Payload: ``path``, ``scale`` (a name), optional ``scale_factor`` and ``scale_overrides``
     (a cheaper copy via ``training.scales.scaled_down``, for tests and smoke runs), ``seed``,
-    ``baseline``, ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
+    ``baseline``, ``guards`` (``training.guards.Guards`` as a dict; default: derived from the
+    baseline), ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
     by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``."""
     import training.evaluate as ev
     from training.scales import get_scale, scaled_down
@@ -518,6 +688,10 @@ def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
         emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
 
     kwargs = dict(payload.get("kwargs") or {})
+    if keep_model is not None:
+        kwargs["keep_model"] = keep_model
+    if payload.get("guards") is not None:
+        kwargs["guards"] = payload["guards"]
     if hasattr(ev, "evaluate_class"):
         metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
                                     progress=progress, **kwargs)
@@ -553,7 +727,9 @@ def _vm_peak_mib() -> float | None:
 
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this child when the process that started it dies (Linux
-    ``PR_SET_PDEATHSIG``), so that a console or loop killed mid-run leaves no evaluation running.
+    ``PR_SET_PDEATHSIG``), so that a console or loop killed mid-run leaves no evaluation running,
+    and make it non-dumpable (``PR_SET_DUMPABLE`` 0: its memory and descriptors are out of reach
+    of processes without capabilities, such as the worker).
     Done before the guard is installed (it refuses ctypes to candidate code)."""
     if not sys.platform.startswith("linux"):
         return
@@ -562,9 +738,14 @@ def die_with_parent() -> None:
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # PR_SET_DUMPABLE 0: without capabilities, no process (the worker included) may open this
+        # harness's /proc/<pid>/mem or /proc/<pid>/fd/* (the result channel) or ptrace it
+        libc.prctl(4, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the request was even read
+    # the parent died before the request was even read (outside a PID namespace, where the
+    # parent is bwrap's init with pid 1 and bwrap's own --die-with-parent covers this)
+    if os.getppid() == 1 and "--pidns" not in sys.argv:
         os._exit(1)
 
 
@@ -574,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sandbox_child")
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--request", default=None, help="request JSON file (default: stdin)")
+    parser.add_argument("--pidns", action="store_true", help="running as the init child of a PID namespace (bwrap)")
     args = parser.parse_args(argv)
     channel = ResultChannel(args.result_fd)
     try:

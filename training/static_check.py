@@ -69,7 +69,13 @@ FORBIDDEN_ATTRS: dict[str, str] = {
         "tempfile", "glob", "urllib", "http", "requests", "warnings", "weakref", "traceback",
         "linecache", "runpy", "codeop", "pty", "resource", "mmap", "asyncio", "numpy", "np", "fla",
         "triton", "zipfile", "tarfile", "json", "logging", "distutils", "setuptools", "pkgutil",
-        "sysconfig", "atexit", "faulthandler", "copyreg")},
+        "sysconfig", "atexit", "faulthandler", "copyreg", "operator", "types", "collections",
+        "contextlib", "copy", "abc", "codecs", "signal", "selectors", "posix", "errno", "stat",
+        "fcntl", "keyword", "itertools", "reprlib", "string", "textwrap", "enum", "typing",
+        "serialization", "_weakref", "_thread", "posixpath", "genericpath")},
+    **{name: "evaluates strings as code or reaches frames" for name in (
+        "get_type_hints", "ForwardRef", "get_annotations", "_eval_type", "evaluate_forward_ref",
+        "make_dataclass", "attrgetter", "methodcaller", "_getframe", "currentframe")},
     **{name: "file I/O or native code" for name in (
         "save", "load", "hub", "utils", "ops", "classes", "library", "distributed", "package",
         "from_file", "tofile", "fromfile", "jit", "compile", "export", "onnx", "profiler",
@@ -87,6 +93,19 @@ FORBIDDEN_ATTRS: dict[str, str] = {
 ATTR_BUILTINS: frozenset[str] = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 
 _BUILTIN_NAMES: frozenset[str] = frozenset(dir(builtins))
+#: Standard-library module names refused as attribute names (module handles reached through an
+#: allowed module), except the allowed modules and names torch uses for ordinary functions.
+_STDLIB_MODULES: frozenset[str] = frozenset(
+    n for n in getattr(__import__("sys"), "stdlib_module_names", ())
+    if not n.startswith("_") and n not in {"math", "functools", "dataclasses", "random", "select", "array",
+                                           "numbers", "token", "this", "nturl2path", "cmath", "statistics",
+                                           "fractions", "decimal", "colorsys", "bisect", "heapq",
+                                           # torch functions/methods that share a module's name
+                                           "chunk", "trace", "signal"})
+#: Classes a candidate may not subclass.
+_FORBIDDEN_BASES: frozenset[str] = frozenset({"str", "bytes", "bytearray", "type", "PathLike", "int", "float",
+                                              "dict", "list", "tuple", "set", "frozenset", "BaseException",
+                                              "Exception", "memoryview"})
 _DUNDER = re.compile(r"__[A-Za-z0-9_]+__")
 MAX_SOURCE_BYTES = 512 * 1024
 
@@ -188,6 +207,13 @@ def _check_contract(tree: ast.Module) -> list[Violation]:
     return errors
 
 
+def _rooted_at_self(node: ast.expr) -> bool:
+    """Whether an attribute chain starts at ``self`` (the candidate's own objects)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
 class _Walker(ast.NodeVisitor):
     """Collects allow-list violations."""
 
@@ -216,10 +242,21 @@ class _Walker(ast.NodeVisitor):
             for kw in node.keywords:
                 if kw.arg == "metaclass":
                     self.bad(node, f"class {node.name}(metaclass=...)", "metaclasses are not allowed")
+        for b in node.bases:
+            name = b.id if isinstance(b, ast.Name) else (b.attr if isinstance(b, ast.Attribute) else None)
+            if name in _FORBIDDEN_BASES:
+                self.bad(node, f"class {node.name}({name})", f"subclassing {name} is not allowed (a lying "
+                         "str/bytes/path/type subclass can fool trusted code)")
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self._mark_docstring(node.body)
+        if _DUNDER.fullmatch(node.name) and node.name not in ALLOWED_DUNDER_ATTRS:
+            self.bad(node, f"def {node.name}", "special methods other than __init__ are not allowed (finalizers, "
+                     "attribute hooks and operators run code wherever the object goes)")
+        for d in node.decorator_list:
+            if isinstance(d, ast.Name) and d.id in ("classmethod", "property", "staticmethod"):
+                continue
         self.generic_visit(node)
 
     def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
@@ -289,9 +326,15 @@ class _Walker(ast.NodeVisitor):
                      "__class__/__mro__/__globals__/__subclasses__)")
         elif attr in FORBIDDEN_ATTRS:
             self.bad(node, f".{attr}", f"attribute {attr!r} is not allowed ({FORBIDDEN_ATTRS[attr]})")
-        elif attr.startswith("_") and isinstance(node.value, ast.Name) and node.value.id != "self":
-            # private attributes of modules/objects other than the candidate's own (torch._C ...)
-            self.bad(node, f"{node.value.id}.{attr}", "private attributes of other objects are not allowed")
+        elif attr.startswith("_") and not _DUNDER.fullmatch(attr) and not _rooted_at_self(node.value):
+            # private attributes of modules/objects other than the candidate's own (torch._C,
+            # torch.serialization._open_file, a.b._c ...)
+            where = f"{node.value.id}.{attr}" if isinstance(node.value, ast.Name) else f"....{attr}"
+            self.bad(node, where, "private attributes of other objects are not allowed")
+        elif attr in _STDLIB_MODULES and not _rooted_at_self(node.value):
+            # a module handle reached through another module (typing.operator, dataclasses.sys ...)
+            self.bad(node, f".{attr}", f"attribute {attr!r} names a standard-library module (a module handle "
+                     "outside the allow-list)")
         if isinstance(node.ctx, (ast.Store, ast.Del)):
             root = node.value
             while isinstance(root, (ast.Attribute, ast.Subscript, ast.Call)):

@@ -2,10 +2,12 @@
 
 AdamW with linear warm-up and cosine decay (or warm-up/stable/decay), gradient clipping, seeded
 initialisation, bf16 autocast on CUDA and fp32 on CPU. Every ``log_every`` steps one line
-(step, loss, tokens/s, elapsed) goes to a callback and to a log file. A :class:`RunMonitor`
-stops a run that exceeds its time budget, produces a non-finite loss, diverges (smoothed loss
-rising well above its running minimum) or, given a baseline curve, whose smoothed loss falls more
-than ``leak_tolerance`` below the baseline's at the same step (suspected leak of future tokens).
+(step, loss, tokens/s, elapsed) goes to a callback and to a log file. A run always does its fixed
+number of steps (wall time is never a budget). A :class:`RunMonitor` stops a run that produces a
+non-finite loss, diverges (smoothed loss rising well above its running minimum) or, given a
+baseline curve, whose smoothed loss falls more than ``leak_tolerance`` below the baseline's at the
+same step (suspected leak of future tokens). An optional ``guard`` callback (the evaluation's
+CPU-time and hang guards, :mod:`training.guards`) is asked once per step.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     log_every: int = 10
-    time_budget_s: float | None = None
     seed: int = 0
     # monitor
     ema_beta: float = 0.9
@@ -111,7 +112,7 @@ def baseline_loss_at(curve: Sequence[Sequence[float]], step: float) -> float | N
 class RunMonitor:
     """Decides whether a run must stop; ``update`` returns a reason or None.
 
-    Checks, in order: non-finite loss; time budget; divergence (EMA of the loss above
+    Checks, in order: non-finite loss; divergence (EMA of the loss above
     ``divergence_ratio`` times its running minimum and more than ``divergence_margin`` nats above
     it); suspected leak (EMA more than ``leak_tolerance`` below the baseline curve's loss at the
     same step, the baseline being smoothed with the same EMA). Divergence and leak checks start
@@ -132,13 +133,12 @@ class RunMonitor:
             out.append([s, ema])
         return out
 
-    def update(self, step: int, loss: float, elapsed: float) -> str | None:
-        """Feed the loss of ``step``; returns why the run must stop, or None."""
+    def update(self, step: int, loss: float, elapsed: float | None = None) -> str | None:
+        """Feed the loss of ``step``; returns why the run must stop, or None. ``elapsed`` is
+        accepted for callers of the old signature and ignored: time never stops a run here."""
         cfg = self.cfg
         if not math.isfinite(loss):
             return f"non-finite loss ({loss}) at step {step}"
-        if cfg.time_budget_s is not None and elapsed > cfg.time_budget_s:
-            return f"time budget of {cfg.time_budget_s:.0f} s exceeded at step {step} ({elapsed:.1f} s)"
         self.ema = loss if self.ema is None else cfg.ema_beta * self.ema + (1 - cfg.ema_beta) * loss
         if step < self.start_step:
             self.min_ema = min(self.min_ema, self.ema)
@@ -165,7 +165,7 @@ class RunMonitor:
 class TrainResult:
     """Outcome of :func:`train`."""
 
-    status: str  # "ok" or "stopped"
+    status: str  # "ok", "stopped" (monitor) or a guard's status ("too_slow", "hung")
     stop_reason: str | None
     steps_done: int
     train_loss: float | None  # mean loss over the last logging window
@@ -196,12 +196,14 @@ def train(
     baseline_curve: Sequence[Sequence[float]] | None = None,
     label: str = "",
     on_step: Callable[[int, float], None] | None = None,
+    guard: Callable[[], tuple[str, str] | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (tokens ``[B, T]`` -> logits ``[B, T, V]``) on ``batches`` of
-    ``(inputs, targets)`` for ``cfg.steps`` steps, or until the monitor stops it.
+    ``(inputs, targets)`` for ``cfg.steps`` steps, or until the monitor or ``guard`` stops it.
 
     Log lines look like ``[label] step 40/300 loss 2.4512 lr 2.9e-03 tok/s 31,204 elapsed 6.1s``.
-    ``on_step(step, loss)`` is called every step (for progress displays).
+    ``on_step(step, loss)`` is called every step (for progress displays). ``guard()`` is called
+    before every step; a ``(status, reason)`` it returns ends the run with that status.
     """
     device = next(model.parameters()).device
     decay, no_decay = [], []
@@ -227,12 +229,19 @@ def train(
     curve: list[list[float]] = []
     window: list[float] = []
     tokens = 0
+    steps_done = 0
     status, reason = "ok", None
     start = time.perf_counter()
     model.train()
     step = 0
     try:
         for step in range(cfg.steps):
+            if guard is not None:
+                verdict = guard()
+                if verdict is not None:
+                    status, reason = verdict
+                    emit(f"{prefix}stopped before step {step}: {reason}")
+                    break
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in opt.param_groups:
@@ -241,8 +250,7 @@ def train(
                 logits = model(x)
             loss = sequence_loss(logits, y)
             loss_value = float(loss.detach())
-            elapsed = time.perf_counter() - start
-            reason = monitor.update(step, loss_value, elapsed)
+            reason = monitor.update(step, loss_value)
             if reason is not None:
                 status = "stopped"
                 curve.append([step, loss_value])
@@ -253,6 +261,7 @@ def train(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            steps_done += 1
             tokens += x.numel()
             curve.append([step, loss_value])
             window.append(loss_value)
@@ -270,7 +279,6 @@ def train(
         if log_file is not None:
             log_file.close()
     seconds = time.perf_counter() - start
-    steps_done = step + 1 if status == "ok" else step
     return TrainResult(
         status=status,
         stop_reason=reason,

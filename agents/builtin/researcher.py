@@ -115,4 +115,6 @@ class BuiltinResearcher:
                            _history(ctx.history), _hits(ctx.cognition), rng, tried, feedback, fits)
         except RuntimeError as exc:
             raise ResearchError(str(exc)) from exc
-        return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code, extra=prop.extra())
+        # rendered by this project from a genome: trusted (runs even where bwrap is missing)
+        return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code, extra=prop.extra(),
+                        trusted=True)

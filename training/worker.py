@@ -1,0 +1,317 @@
+"""The sandbox worker: the only process that runs candidate code.
+
+The trusted harness (:mod:`training.sandbox_child`) forks it before any candidate code exists.
+:func:`serve` then, in this order: closes every file descriptor but its end of the socketpair and
+stdout/stderr (so the result channel to the parent is out of reach), caps its open files, installs
+a seccomp filter (:func:`install_seccomp`: no execve, no new processes, no sockets but AF_UNIX,
+no ptrace/mount/setns/unshare/bpf/perf_event_open/keyctl...), warms torch up, installs the
+diagnostic audit-hook guard and the monkeypatch watch, and answers the harness's commands over
+the socketpair (:mod:`training.wire` frames, nothing pickled):
+
+- ``build`` {path, d_model, n_heads, seed, static} -> values {params}: loads the candidate (static
+  check first) and builds ``Mixer(d_model, n_heads)`` under ``torch.manual_seed(seed)``;
+- ``forward`` {mode, seed, backward, param_grads} + [x, (g)] -> [y, (x.grad), (param grads)]: one
+  forward (with ``torch.manual_seed(seed)`` first, so that dropout repeats), optionally a backward
+  of ``(y * g).sum()``;
+- ``timed`` {reps} + [x, g] -> nothing: ``reps`` forward+backward passes (the harness times them
+  from outside);
+- ``saved_bytes`` + [x, g] -> values {saved_bytes}: the activation memory autograd keeps;
+- ``status`` -> values {violations, changes}: what the diagnostic guard and the watch saw;
+- ``quit``.
+
+Everything the worker says is untrusted: the harness computes each verdict from the tensors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+import sys
+import traceback
+from typing import Any
+
+import torch
+
+from training import wire
+
+#: Syscalls the worker may never make (EPERM).
+DENIED_SYSCALLS = (
+    "execve", "execveat", "fork", "vfork", "ptrace", "mount", "umount2", "pivot_root", "chroot",
+    "setns", "unshare", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+    "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "init_module",
+    "finit_module", "delete_module", "userfaultfd", "io_uring_setup", "open_by_handle_at",
+    "name_to_handle_at", "fanotify_init", "reboot", "swapon", "swapoff", "acct", "quotactl",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
+    "personality", "mknod", "mknodat",
+)
+CLONE_THREAD = 0x00010000
+
+
+def install_seccomp() -> str | None:
+    """Install the worker's seccomp filter on this process (irreversible; inherited by threads).
+    Returns None on success, else why not (no libseccomp binding)."""
+    try:
+        import pyseccomp as sc
+    except Exception as exc:  # noqa: BLE001 - reported, the OS sandbox still holds
+        return f"pyseccomp unavailable: {exc}"
+    f = sc.SyscallFilter(sc.ALLOW)
+    deny = sc.ERRNO(errno.EPERM)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(deny, name)
+        except Exception:  # noqa: BLE001 - a syscall this architecture lacks
+            pass
+    # threads only: clone without CLONE_THREAD (a new process) is refused; clone3 hides its
+    # flags in memory, so it reports ENOSYS and the C library falls back to clone
+    f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    noaf = sc.ERRNO(errno.EAFNOSUPPORT)
+    f.add_rule(noaf, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    f.add_rule(noaf, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    f.load()
+    return None
+
+
+def _close_fds(keep: set[int]) -> None:
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    keep = keep | {0, 1, 2}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = int(name)
+        except ValueError:
+            continue
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _warm_up() -> None:
+    x = torch.randn(2, 8, 4, requires_grad=True)
+    (torch.nn.functional.softmax(x @ x.transpose(1, 2), -1) @ x).sum().backward()
+
+
+def _walk_parameters(module: Any) -> list:
+    from training.checker import _walk_parameters as walk
+
+    return walk(module)
+
+
+class Worker:
+    """The worker's state: the candidate class, the built model, the guard and the watch."""
+
+    def __init__(self, sock: socket.socket, guard: Any, watch: Any) -> None:
+        self.sock = sock
+        self.guard = guard
+        self.watch = watch
+        self.cls: type | None = None
+        self.model: Any = None
+        self.trained: dict[str, Any] = {}  # label -> model trained by the evaluate op
+
+    # ------------------------------------------------------------------ ops
+    def op_build(self, args: dict, tensors: list) -> tuple[dict, list]:
+        from training.sandbox_child import load_candidate
+
+        if self.cls is None:
+            self.cls = load_candidate(str(args["path"]), self.guard, static=bool(args.get("static", True)))
+        torch.manual_seed(int(args.get("seed", 0)))
+        m = self.cls(d_model=int(args["d_model"]), n_heads=int(args["n_heads"]))
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError("Mixer(...) did not return an nn.Module")
+        self.model = m
+        params = _walk_parameters(m)
+        return {"params": int(sum(p.numel() for p in params)), "n_tensors": len(params)}, []
+
+    def _model(self) -> Any:
+        if self.model is None:
+            raise RuntimeError("no model built")
+        return self.model
+
+    def op_forward(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        torch.nn.Module.train(m, args.get("mode", "train") == "train")
+        backward = bool(args.get("backward", False))
+        x = tensors[0].clone()
+        if backward:
+            x.requires_grad_(True)
+        if args.get("seed") is not None:
+            torch.manual_seed(int(args["seed"]))
+        if backward:
+            y = m(x)
+        else:
+            with torch.no_grad():
+                y = m(x)
+        if type(y) is not torch.Tensor:  # noqa: E721 - a subclass could lie
+            raise TypeError(f"forward must return a plain torch.Tensor, not {type(y).__name__}")
+        out = [y.detach()]
+        values: dict[str, Any] = {"requires_grad": bool(y.requires_grad)}
+        if backward and tuple(y.shape) != tuple(x.shape):  # the harness reports the shape
+            out += [torch.zeros(0)] + ([torch.zeros(0)] if args.get("param_grads") else [])
+            return values, out
+        if backward:
+            if not y.requires_grad:
+                raise RuntimeError("the output does not require grad (no backward path)")
+            g = tensors[1]
+            torch.Tensor.backward(torch.sum(y * g))
+            out.append(x.grad.detach() if x.grad is not None else torch.zeros(0))
+            if args.get("param_grads"):
+                params = _walk_parameters(m)
+                present = [p.grad is not None for p in params]
+                flat = [p.grad.detach().reshape(-1).float() for p in params if p.grad is not None]
+                out.append(torch.cat(flat) if flat else torch.zeros(0))
+                values["grad_present"] = present
+                values["n_params"] = len(params)
+                for p in params:
+                    p.grad = None
+        return values, out
+
+    def op_timed(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        torch.nn.Module.train(m, True)
+        x, g = tensors[0], tensors[1]
+        for _ in range(max(1, min(64, int(args.get("reps", 1))))):
+            xi = x.clone().requires_grad_(True)
+            y = m(xi)
+            torch.Tensor.backward(y, g)
+        return {}, []
+
+    def op_saved_bytes(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        torch.nn.Module.train(m, True)
+        param_ptrs = {p.data_ptr() for p in _walk_parameters(m)}
+        seen: dict[int, int] = {}
+
+        def pack(t: Any) -> Any:
+            try:
+                st = t.untyped_storage()
+                ptr = st.data_ptr()
+                if ptr not in param_ptrs:
+                    seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
+            except Exception:  # noqa: BLE001 - exotic tensors have no storage
+                pass
+            return t
+
+        x = tensors[0].clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = m(x)
+        torch.Tensor.backward(y, tensors[1])
+        return {"saved_bytes": int(sum(seen.values()))}, []
+
+    def op_evaluate(self, args: dict, tensors: list) -> tuple[dict, list]:
+        """The whole evaluation (``training.evaluate``) of the candidate in this process; progress
+        goes to the harness as ``{"event": "progress"}`` frames before the reply. The metrics
+        are the worker's word (the harness bounds and sanity-checks them)."""
+        from training.sandbox_child import _evaluate
+
+        def emit(msg: dict[str, Any]) -> None:
+            if msg.get("event") == "progress":
+                wire.send(self.sock, {"event": "progress", "fraction": float(msg.get("fraction") or 0.0),
+                                      "message": str(msg.get("message", ""))[:200]})
+
+        result = _evaluate(dict(args.get("payload") or {}), self.guard, self.watch, emit,
+                           bool(args.get("static", True)), keep_model=self.trained.__setitem__)
+        return {"result": result, "kept": sorted(self.trained)}, []
+
+    def op_logits(self, args: dict, tensors: list) -> tuple[dict, list]:
+        """Logits of a trained model (``label``) for the harness's token batch, in eval mode."""
+        m = self.trained.get(str(args.get("label")))
+        if m is None:
+            raise KeyError(f"no trained model {args.get('label')!r}")
+        torch.nn.Module.train(m, False)
+        with torch.no_grad():
+            y = m(tensors[0].clone())
+        if type(y) is not torch.Tensor:  # noqa: E721
+            raise TypeError("the model must return a plain torch.Tensor")
+        return {}, [y.detach().float()]
+
+    def op_status(self, args: dict, tensors: list) -> tuple[dict, list]:
+        return {"violations": list(self.guard.violations[:10]), "changes": list(self.watch.changes()[:10])}, []
+
+    # ------------------------------------------------------------------ loop
+    def serve(self) -> None:
+        """Answer commands until ``quit`` or until the harness goes away."""
+        from training.sandbox_child import SandboxViolation, _memory_message
+
+        ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
+               "saved_bytes": self.op_saved_bytes, "status": self.op_status, "evaluate": self.op_evaluate,
+               "logits": self.op_logits}
+        while True:
+            try:
+                header, tensors = wire.recv(self.sock)
+            except (wire.WireError, OSError):
+                return
+            op = header.get("op")
+            if op == "quit":
+                return
+            fn = ops.get(op)
+            try:
+                if fn is None:
+                    raise ValueError(f"unknown op {op!r}")
+                values, out = fn(header.get("args") or {}, tensors)
+                reply: dict[str, Any] = {"ok": True, "values": values}
+            except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+                out = []
+                try:
+                    text = str(exc)
+                except BaseException:  # noqa: BLE001
+                    text = "<unprintable>"
+                memory = isinstance(exc, MemoryError) or _memory_message(exc)
+                kind = "violation" if isinstance(exc, SandboxViolation) else ("memory" if memory else "error")
+                reply = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {text[:300]}"
+                         if kind == "error" else text[:300]}
+                if kind == "error":
+                    print(traceback.format_exc(limit=6), file=sys.stderr, flush=True)
+            try:
+                wire.send(self.sock, reply, out)
+            except (wire.WireError, OSError, MemoryError):
+                try:
+                    wire.send(self.sock, {"ok": False, "kind": "error", "error": "could not send the reply"})
+                except (wire.WireError, OSError):
+                    return
+
+
+def serve(sock: socket.socket, request: dict[str, Any]) -> None:
+    """The body of the forked worker (never returns: exits the process)."""
+    code = 0
+    try:
+        _close_fds({sock.fileno()})
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (AttributeError, ValueError):
+                pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        cap = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
+        threads = max(1, int(request.get("limits", {}).get("threads", 1)))
+        torch.set_num_threads(threads)
+        why = install_seccomp()
+        if why and request.get("isolation") == "bwrap":
+            print(f"[sandbox] worker without seccomp filter: {why}", file=sys.stderr, flush=True)
+        _warm_up()
+        from training.sandbox_child import Guard, _read_roots, default_watch
+
+        payload = request.get("payload") or {}
+        extra = list(payload.get("read_roots", []))
+        if payload.get("path"):
+            extra.append(os.path.dirname(str(payload["path"])))
+        guard = Guard(request["run_dir"], _read_roots(request.get("project_root", ""), extra))
+        watch = default_watch()
+        guard.install()
+        guard.active = True
+        Worker(sock, guard, watch).serve()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc(limit=6)
+        code = 3
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)
