@@ -10,5 +10,7 @@ demo: install
 test: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests
 
+# every benchmark with --json: records appended to benchmarks/results/*.jsonl, then a table.
+# BENCH selects and passes arguments, e.g. make bench BENCH="ops_throughput check_latency --quick"
 bench: install
-	for b in benchmarks/*.py; do .venv/bin/python $$b; done
+	.venv/bin/python scripts/bench.py $(BENCH)

@@ -9,7 +9,7 @@
 * embedding model load time and throughput;
 * disk size of the lab.
 
-Usage: python benchmarks/archive_scale.py [--n 10000] [--vectors 10000,100000] [--quick]
+Usage: python benchmarks/archive_scale.py [--n 10000] [--vectors 10000,100000] [--quick] [--json]
 Targets (issue): commit <= 50 ms median at 10k; novelty query <= 1 ms p99 at 100k.
 """
 
@@ -38,6 +38,11 @@ from archive.lineage import lineage_tree  # noqa: E402
 from archive.record import format_id  # noqa: E402
 from archive.synth import BASE_CODE, synthetic_record  # noqa: E402
 from archive.vectors import VectorIndex  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_json_flag, json_output  # noqa: E402
+
+FIGURES: dict = {}  # what --json reports, filled in by the bench_* functions
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -97,6 +102,8 @@ def bench_archive(n: int, workdir: Path) -> Path:
           f"{store.maintenance_every}), last 1000 median {pct(times[-1000:], 50) * 1e3:.1f} ms; total {total:.0f} s")
     print(f"commit CPU time of this process (robust to other load): median {pct(cpu, 50) * 1e3:.2f} ms, "
           f"p99 {pct(cpu, 99) * 1e3:.2f} ms")
+    FIGURES["commit"] = {"n": n, "median_ms": round(pct(times, 50) * 1e3, 3), "p99_ms": round(pct(times, 99) * 1e3, 3),
+                         "cpu_median_ms": round(pct(cpu, 50) * 1e3, 3), "total_s": round(total, 1)}
     lab.close()
 
     t = time.perf_counter()
@@ -105,6 +112,7 @@ def bench_archive(n: int, workdir: Path) -> Path:
     t = time.perf_counter()
     out = lab.reindex(novelty=False)
     print(f"reindex (index.json from git, {out['experiments']} experiments): {out['index_seconds']:.2f} s")
+    FIGURES["reindex_s"] = round(out["index_seconds"], 3)
     t = time.perf_counter()
     lab.novelty.rebuild(lab.store)
     print(f"novelty rebuild with the hash embedder ({len(lab.novelty)} motivations): {time.perf_counter() - t:.2f} s")
@@ -143,6 +151,8 @@ def bench_archive(n: int, workdir: Path) -> Path:
     print(f"Lab.commit (archive + index.json + novelty, hash embedder) at {len(lab.store)}: "
           f"median {pct(full, 50) * 1e3:.0f} ms, p99 {pct(full, 99) * 1e3:.0f} ms (CPU median "
           f"{pct(full_cpu, 50) * 1e3:.0f} ms)")
+    FIGURES["lab_commit"] = {"median_ms": round(pct(full, 50) * 1e3, 2), "p99_ms": round(pct(full, 99) * 1e3, 2),
+                             "cpu_median_ms": round(pct(full_cpu, 50) * 1e3, 2)}
     lab.index.flush_interval = 5.0
     full = []
     for _ in range(50):
@@ -158,6 +168,7 @@ def bench_archive(n: int, workdir: Path) -> Path:
     print(f"disk: lab {du(labdir) / 1e6:.1f} MB in files ({du_blocks(labdir)} on disk); "
           f"archive {du(labdir / 'archive') / 1e6:.1f} MB, index.json {(labdir / 'index.json').stat().st_size / 1e6:.1f} MB, "
           f"novelty {(labdir / 'novelty.hnsw').stat().st_size / 1e6:.1f} MB")
+    FIGURES["lab_mb"] = round(du(labdir) / 1e6, 2)
     return labdir
 
 
@@ -200,6 +211,10 @@ def bench_vectors(sizes: list[int], dim: int = 384, queries: int = 1000) -> None
                   f"{pct(lat, 50) * 1e3:.3f} ms, p99 {pct(lat, 99) * 1e3:.3f} ms (CPU p50 {pct(cpu, 50) * 1e3:.3f}, "
                   f"p99 {pct(cpu, 99) * 1e3:.3f} ms); recall@10 {recall:.3f}, recall@1 {r1:.3f}; "
                   f"brute force {brute * 1e3:.2f} ms/query")
+            FIGURES.setdefault("novelty", []).append({
+                "vectors": n, "noise": noise, "ef": ef, "build_s": round(build, 2),
+                "query_p50_ms": round(pct(lat, 50) * 1e3, 4), "query_p99_ms": round(pct(lat, 99) * 1e3, 4),
+                "recall_at_10": round(float(recall), 4)})
 
 
 def bench_embedder() -> None:
@@ -223,6 +238,8 @@ def bench_embedder() -> None:
         emb.embed([tx])
         one.append(time.perf_counter() - t)
     print(f"throughput: {len(texts) / dt:.0f} motivations/s in batches; one motivation {pct(one, 50) * 1e3:.1f} ms median")
+    FIGURES["embedder"] = {"cold_load_s": out.stdout.strip() or None, "per_s_batched": round(len(texts) / dt, 1),
+                           "one_median_ms": round(pct(one, 50) * 1e3, 3)}
 
 
 def main() -> None:
@@ -231,9 +248,18 @@ def main() -> None:
     ap.add_argument("--vectors", default="10000,100000", help="novelty index sizes")
     ap.add_argument("--quick", action="store_true", help="1,000 experiments and 10k vectors")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic lab (path printed)")
+    add_json_flag(ap)
     args = ap.parse_args()
     if args.quick:
         args.n, args.vectors = 1000, "10000"
+    with json_output("archive_scale", args.json) as rec:
+        rec.settings.update(n=args.n, vectors=args.vectors)
+        rec.figures = FIGURES
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The embedder, novelty-index and archive benchmarks (figures in ``FIGURES``)."""
     work = Path(tempfile.mkdtemp(prefix="asiarch-bench-"))
     try:
         bench_embedder()

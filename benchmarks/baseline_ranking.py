@@ -1,7 +1,7 @@
 """Rank the six reference mixers at the probe and/or explore scale, with seeds and wall time.
 
     .venv/bin/python benchmarks/baseline_ranking.py [--scale probe|explore|both] [--seeds N]
-        [--only a,b] [--json FILE]
+        [--only a,b] [--out FILE] [--json]
 
 Prints one line per run as it finishes, then a ranked table per scale (mean over seeds, with the
 spread), the per-probe accuracies, and how the measured order on the recall probes compares with
@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_flag, json_output  # noqa: E402
 
 from training.evaluate import evaluate_references  # noqa: E402
 from training.scales import get_scale  # noqa: E402
@@ -54,9 +57,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first_seed .. first_seed + seeds - 1")
     ap.add_argument("--only", default=None, help="comma-separated subset of the reference mixers")
-    ap.add_argument("--json", default=None, help="write all results to this JSON file")
+    ap.add_argument("--out", default=None, help="write all results (every run) to this JSON file")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a loaded machine)")
+    add_json_flag(ap)
     args = ap.parse_args()
+    with json_output("baseline_ranking", args.json) as rec:
+        rec.settings.update(scale=args.scale, seeds=args.seeds, first_seed=args.first_seed,
+                            only=args.only, threads=args.threads)
+        run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> None:
+    """Rank the references per scale; per scale the ranked table and the rank correlations go to ``figures``."""
     scales = ["probe", "explore"] if args.scale == "both" else [args.scale]
     names = args.only.split(",") if args.only else None
     everything = {}
@@ -95,13 +107,21 @@ def main() -> None:
         print(f"\nrecall order (sum of {', '.join(RECALL_PROBES)}): {' > '.join(by_recall)}")
         print(f"literature order on recall:  {' > '.join(n for n in LITERATURE if n in recall)}")
         print(f"Kendall tau (measured recall vs literature): {kendall_tau(by_recall, LITERATURE):+.2f}")
+        figures[scale_name] = {
+            "ranked": [{k: r.get(k) for k in ("name", "val_bpb", "val_bpb_std", "probe_mean", "probe_mean_std",
+                                              "probes", "wall_seconds", "cpu_seconds", "status")} for r in ranked],
+            "recall_order": by_recall, "kendall_tau_recall": kendall_tau(by_recall, LITERATURE),
+            "total_s": round(time.time() - t0, 1),
+        }
         if ranked and ranked[0]["val_bpb"] is not None:
             by_bpb = [r["name"] for r in ranked if r["val_bpb"] is not None]
             print(f"LM order (val bpb): {' < '.join(by_bpb)};  Kendall tau vs literature: "
                   f"{kendall_tau(by_bpb, LITERATURE):+.2f}")
+            figures[scale_name]["lm_order"] = by_bpb
+            figures[scale_name]["kendall_tau_lm"] = kendall_tau(by_bpb, LITERATURE)
         print(flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(everything, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(everything, indent=2))
 
 
 if __name__ == "__main__":

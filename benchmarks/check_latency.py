@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_flag, json_output  # noqa: E402
 
 from training.checker import check_file  # noqa: E402
 from training.mixers import REFERENCE_MIXERS  # noqa: E402
@@ -39,7 +42,15 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(REFERENCE_MIXERS))
     ap.add_argument("--scale", default="probe")
     ap.add_argument("--repeats", type=int, default=3)
+    add_json_flag(ap)
     args = ap.parse_args()
+    with json_output("check_latency", args.json) as rec:
+        rec.settings.update(scale=args.scale, repeats=args.repeats, statistic="median wall seconds")
+        run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> None:
+    """Check every named mixer ``args.repeats`` times; per-mixer figures go to ``figures``."""
     print(f"check latency, scale={args.scale}, median of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
     print(f"{'mixer':<18} {'median s':>8} {'min':>6} {'max':>6}  {'verdict':<7} {'t-exp':>5} {'m-exp':>5}  "
           f"failed checks / isolation")
@@ -56,6 +67,12 @@ def main() -> None:
               f"{'PASS' if report.passed else 'FAIL':<7} {sq.details.get('time_exponent', float('nan')):5.2f} "
               f"{sq.details.get('memory_exponent', float('nan')):5.2f}  {','.join(failed) or '-'} / {report.isolation}")
         sys.stdout.flush()
+        figures[name] = {
+            "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+            "max_s": round(max(times), 3), "passed": report.passed, "failed_checks": failed,
+            "time_exponent": sq.details.get("time_exponent"), "memory_exponent": sq.details.get("memory_exponent"),
+            "isolation": report.isolation,
+        }
 
 
 if __name__ == "__main__":

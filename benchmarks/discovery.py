@@ -23,6 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_flag, json_output  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baselines", default="deltanet,gated_deltanet,linear_attention",
                     help="reference mixers measured as yardsticks (comma-separated; 'all' for six)")
     ap.add_argument("--seed", type=int, default=0)
+    add_json_flag(ap)
     args = ap.parse_args(argv)
+    with json_output("discovery", args.json) as rec:
+        rec.settings.update(experiments=args.experiments, scale=args.scale, baselines=args.baselines,
+                            seed=args.seed, lab=str(args.lab) if args.lab else None)
+        return run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> int:
+    """The discovery run and its report; the summary figures go to ``figures``."""
 
     from agents.events import ExperimentFinished, StageChanged
     from agents.loop import Loop
@@ -176,13 +188,22 @@ def main(argv: list[str] | None = None) -> int:
               + ("; per metric: " + ", ".join(f"{k} {v}" for k, v in per_metric.items()) if per_metric else ""))
     winners = [r.id for r in exps if r.status == "accepted" and r.fitness_seeds and seed_fs
                and promote({int(k): v for k, v in r.fitness_seeds.items()}, seed_fs).promoted]
-    print(json.dumps({"experiments": n, "wall_s": round(wall, 1), "evaluations": evals,
-                      "best": best.id if best else None, "best_fitness": best.fitness if best else None,
-                      "best_interval": best.fitness_interval if best else None,
-                      "best_lower_bound": best_curve[-1] if best_curve else None,
-                      "seed": seed_fit, "seed_interval": seed_rec.fitness_interval if seed_rec else None,
-                      "beats_seed": verdict.promoted if verdict else False,
-                      "beats_seed_per_metric": per_metric, "winners": winners}))
+    summary = {"experiments": n, "wall_s": round(wall, 1), "evaluations": evals,
+               "best": best.id if best else None, "best_fitness": best.fitness if best else None,
+               "best_interval": best.fitness_interval if best else None,
+               "best_lower_bound": best_curve[-1] if best_curve else None,
+               "seed": seed_fit, "seed_interval": seed_rec.fitness_interval if seed_rec else None,
+               "beats_seed": verdict.promoted if verdict else False,
+               "beats_seed_per_metric": per_metric, "winners": winners}
+    figures.update(summary)
+    figures.update(
+        experiments_per_hour=round(3600 * n / max(exp_wall, 1e-9), 2) if n else None,
+        experiment_wall_s=round(exp_wall, 1), accepted=sum(r.status == "accepted" for r in exps),
+        failed=sum(r.status == "failed" for r in exps), stage_s={k: round(v, 2) for k, v in stage_t.items()},
+        best_curve=best_curve,
+    )
+    if not args.json:  # the summary line it has always printed (with --json the record carries it)
+        print(json.dumps(summary))
     return 0
 
 

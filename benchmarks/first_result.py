@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hogs", type=int, default=0, help="busy-loop processes beside the run (default 0)")
     ap.add_argument("--lab", type=Path, default=None, help="lab folder to create (default: a temporary one)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--json", action="store_true", help="print one JSON line (figures + machine facts)")
     args = ap.parse_args(argv)
     tmp = None
     if args.lab is None:
@@ -142,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     out["hogs"] = args.hogs
     if args.json:
-        print(json.dumps(out))
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import JsonRecord
+
+        rec = JsonRecord("first_result")
+        rec.settings.update(hogs=args.hogs, timeout=args.timeout)
+        rec.figures.update(out)
+        print(rec.line())
         return 0
     print(f"first result at the demo scale ({args.hogs} busy loop(s) beside it; load avg before "
           f"{out['load_avg_before']}, after {out['load_avg_after']})")

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import add_json_flag, json_output  # noqa: E402
 from agents.events import Event, StageChanged  # noqa: E402
 from agents.loop import Loop  # noqa: E402
 from agents.standin import HYPERPARAMETERS, set_default  # noqa: E402
@@ -50,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", type=int, default=2)
     ap.add_argument("--scale-factor", type=float, default=1.0)
     ap.add_argument("--embedder", default=None, help="e.g. hash (default: the lab's fastembed model)")
+    add_json_flag(ap)
     args = ap.parse_args(argv)
+    with json_output("loop_overhead", args.json) as rec:
+        rec.settings.update(experiments=args.experiments, scale="probe", scale_factor=args.scale_factor,
+                            embedder=args.embedder or "default")
+        return run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> int:
+    """Run the loop against the scripted LLM; per-stage means go to ``figures``."""
 
     from archive.config import LabConfig
     from archive.lab import Lab
@@ -122,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overhead per experiment {over:.3f} s; check+evaluate {train:.3f} s; ratio {over / max(train, 1e-9):.4f}")
     statuses = [r.status for r in recs]
     print("statuses:", ", ".join(statuses))
+    figures.update(
+        experiments=n, wall_s=round(wall, 2), overhead_s=round(over, 4), training_s=round(train, 3),
+        overhead_ratio=round(over / max(train, 1e-9), 5), events_s=round(events_per, 4),
+        stage_mean_s={k: round(statistics.mean(v), 4) for k, v in per.items()}, statuses=statuses,
+    )
     return 0
 
 

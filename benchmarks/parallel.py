@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_flag, json_output  # noqa: E402
 
 
 def _scale(name: str, factor: float):
@@ -109,7 +112,16 @@ def main() -> None:
                     help="the built-in evolutionary researcher, or the tests' stand-in (edits one "
                          "hyper-parameter of the DeltaNet file per proposal)")
     ap.add_argument("--keep", action="store_true", help="keep the labs (printed path)")
+    add_json_flag(ap)
     args = ap.parse_args()
+    with json_output("parallel", args.json) as rec:
+        rec.settings.update(experiments=args.experiments, scale=args.scale, factor=args.factor,
+                            executor=args.executor, concurrency=args.concurrency, researcher=args.researcher)
+        run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> None:
+    """Measure the seed once, then the loop at each concurrency; rows go to ``figures``."""
 
     from agents.engineer import SandboxExecutor
     from training.mixers import REFERENCE_MIXERS, SEED_MIXER
@@ -134,7 +146,9 @@ def main() -> None:
             sys.exit(f"the seed baseline failed: {seed.error}")
         print(f"seed baseline measured once in {time.perf_counter() - t:.1f} s (probe mean "
               f"{seed.metrics.get('probe_mean'):.3f})")
+        figures["seed_baseline_s"] = round(time.perf_counter() - t, 2)
         rows = []
+        figures["runs"] = rows
         for n in args.concurrency:
             r = measure(n, args.experiments, scale, {SEED_MIXER: seed.metrics}, root, args.executor,
                         args.researcher)

@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_flag, json_output  # noqa: E402
 
 from agents.stats import summarize  # noqa: E402
 from training.evaluate import evaluate_references  # noqa: E402
@@ -119,8 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="step multiplier for every probe and the LM (1 = the real scales; 0.1 = smoke test)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per evaluation")
     ap.add_argument("--only", default=None, help="comma-separated subset of the reference mixers")
-    ap.add_argument("--json", default=None, help="also write the whole result to this file")
+    ap.add_argument("--out", default=None, help="also write the whole result to this file")
+    add_json_flag(ap)
     args = ap.parse_args(argv)
+    with json_output("proxy_validity", args.json) as rec:
+        rec.settings.update(scales=args.scales, seeds=args.seeds, first_seed=args.first_seed, factor=args.factor,
+                            threads=args.threads, only=args.only)
+        return run(args, rec.figures)
+
+
+def run(args: argparse.Namespace, figures: dict) -> int:
+    """The evaluations and rankings; the whole result goes to ``figures``."""
     names = args.only.split(",") if args.only else None
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     out: dict = {"seeds": seeds, "factor": args.factor, "threads": args.threads, "scales": {}}
@@ -149,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         out["scales"][scale_name] = entry
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
     out["cpu_s"] = round(time.process_time() - c_all, 1)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    figures.update(out)
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
     summary = {"wall_s": out["wall_s"], "cpu_s": out["cpu_s"], "factor": args.factor, "seeds": len(seeds)}
     for k, e in out["scales"].items():
         summary[f"{k}_recall_tau"] = e["recall"]["tau"]

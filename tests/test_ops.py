@@ -175,6 +175,116 @@ def test_gated_delta_strong_decay_is_stable():
     close(out, ref)
 
 
+@pytest.mark.parametrize(
+    "op, per_step",
+    [
+        ("gated_linear_attention", 10.0),  # chunks and 16-blocks over the span limit, 4-blocks under it
+        ("gated_linear_attention", 40.0),  # even 4-blocks over it: the elementwise leaf
+        ("simple_gla", 10.0),
+        ("gated_delta_rule", 10.0),
+    ],
+)
+def test_strong_decay_long_sequence_values_and_gradients(op, per_step):
+    """L=2048 with log decays down to about -``per_step`` per step (mixed with gentle ones, so that
+    some state survives a chunk): nothing non-finite, and equal to the recurrence in values and
+    gradients - in fp64 to 1e-9 (the algorithm, every stable path included, is exact), in fp32 to
+    1e-4 (gradients relative to their largest entry: summed over 2048 positions, the largest are
+    ~20 and fp32 rounding alone moves them by ~1e-5 of that)."""
+    B, H, L, Dk, Dv = 1, 2, 2048, 4, 4
+    leaves = rand_inputs(B, H, L, Dk, Dv, seed=31, requires_grad=True)
+    gen = torch.Generator().manual_seed(32)
+    shape = (B, H, L, Dk) if op == "gated_linear_attention" else (B, H, L)
+    strong = torch.rand(shape, generator=gen, dtype=torch.float64) < 0.5
+    g = torch.where(strong, -per_step * torch.rand(shape, generator=gen, dtype=torch.float64),
+                    -0.05 * torch.rand(shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    q, k, v, beta = leaves["q"], leaves["k"], leaves["v"], leaves["beta"]
+
+    def ours(dtype):
+        f = lambda x: x.to(dtype)  # noqa: E731
+        if op == "gated_linear_attention":
+            return ops.gated_linear_attention(f(q), f(k), f(v), f(g))
+        if op == "simple_gla":
+            return ops.simple_gla(f(q), f(k), f(v), f(g))
+        return ops.gated_delta_rule(f(q), f(ops.l2_norm(k)), f(v), f(beta), f(g))
+
+    def ref():
+        if op == "gated_linear_attention":
+            return ref_recurrent(q, k, v, decay_fn=lambda s: g[:, :, s].exp()[..., None])
+        if op == "simple_gla":
+            return ref_recurrent(q, k, v, decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
+        return ref_recurrent(q, ops.l2_norm(k), v, beta=beta, decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
+
+    weight = torch.randn(B, H, L, Dv, generator=gen, dtype=torch.float64)
+    inputs = [q, k, v, g] + ([beta] if op == "gated_delta_rule" else [])
+
+    def run(fn):
+        for t in inputs:
+            t.grad = None
+        out = fn()
+        (out.double() * weight).sum().backward()
+        return out.detach().double(), [t.grad.clone() for t in inputs]
+
+    out_ref, grads_ref = run(ref)
+    out64, grads64 = run(lambda: ours(torch.float64))
+    out32, grads32 = run(lambda: ours(torch.float32))
+    assert torch.isfinite(out32).all() and all(torch.isfinite(gr).all() for gr in grads32)
+    torch.testing.assert_close(out64, out_ref, atol=1e-9, rtol=1e-9)
+    close(out32, out_ref)
+    for name, g64, g32, gr in zip("qkvgb", grads64, grads32, grads_ref):
+        torch.testing.assert_close(g64, gr, atol=1e-9, rtol=1e-9, msg=lambda m: f"{op} d{name} fp64: {m}")
+        scale = gr.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(g32 / scale, gr / scale, atol=1e-4, rtol=1e-4, msg=lambda m: f"{op} d{name}: {m}")
+
+
+def test_gla_intra_chunk_paths_agree():
+    """The three ways of computing GLA's intra-chunk scores (one factored product; sub-blocks
+    through a reference decay; elementwise) give the same matrix, in fp64, for decays that select
+    each path."""
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(3, 64, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    for per_step in (0.05, 3.0, 30.0):
+        G = (-per_step * torch.rand(3, 64, 8, generator=gen, dtype=torch.float64)).cumsum(-2)
+        want = torch.einsum("...id,...jd,...ijd->...ij", q, k, (G.unsqueeze(-2) - G.unsqueeze(-3)).clamp(max=0).exp())
+        want = want.tril()
+        for splits in [(16, 4), (8,), ()]:
+            got = ops._gla_intra_chunk(q, k, G, splits)
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
+
+
+def test_unit_lower_inverse_and_its_gradient():
+    gen = torch.Generator().manual_seed(5)
+    A = (0.3 * torch.randn(2, 3, 12, 12, generator=gen, dtype=torch.float64)).tril(-1).requires_grad_()
+    T = ops._UnitLowerInverse.apply(A)
+    eye = torch.eye(12, dtype=torch.float64)
+    torch.testing.assert_close(T @ (A + eye), eye.expand(2, 3, 12, 12))
+    assert torch.autograd.gradcheck(lambda a: ops._UnitLowerInverse.apply(a.tril(-1)), (A,))
+
+
+def test_default_chunk_size_is_tuned_per_op_and_checked():
+    t = rand_inputs(1, 2, 70, 8, 8, seed=3)
+    for name, (ours, _) in _cases(t).items():
+        close(ours(None), ours(16))
+    for op in ops.CHUNK_OPS:
+        for length in (1, 10, 256, 1024, 4096, 10**6):
+            for head_dim in (8, 32, 64, 256):
+                c = ops.chunk_size_for(op, length, head_dim)
+                assert isinstance(c, int) and ops.MIN_CHUNK <= c <= ops.MAX_CHUNK and c & (c - 1) == 0
+                assert c <= max(ops.MIN_CHUNK, 2 * length)  # no chunk of pure padding
+    # the measured choices (docs/OPS.md): C = D for the linear family, D / 2 for the delta rules
+    assert ops.chunk_size_for("gated_linear_attention", 1024, 64) == 64
+    assert ops.chunk_size_for("linear_attention", 256, 32) == 32
+    assert ops.chunk_size_for("delta_rule", 1024, 64) == 32
+    assert ops.chunk_size_for("gated_delta_rule", 256, 32) == 16
+    with pytest.raises(ValueError, match="unknown op"):
+        ops.chunk_size_for("nope", 10)
+    with pytest.raises(ValueError, match="length"):
+        ops.chunk_size_for("delta_rule", 0)
+    q = torch.randn(1, 1, 8, 4)
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            ops.linear_attention(q, q, q, chunk_size=bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # gradients: ours against autograd through the recurrence, on small shapes
 # ------------------------------------------------------------------------------------------------
@@ -387,3 +497,24 @@ def test_fla_dispatch_is_cuda_only(monkeypatch):
     assert not ops._use_fla(x)
     assert ops.linear_attention(x, x, x).shape == x.shape
 
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "retention", "simple_gla", "gated_linear_attention",
+                                  "delta_rule", "gated_delta_rule"])
+def test_ops_run_under_cpu_bf16_autocast(name):
+    """Under ``torch.autocast("cpu", bfloat16)`` (inputs rounded to bf16) every op runs forward and
+    backward (decay sums, the triangular inverse and the delta state carry stay fp32 inside) and
+    stays within bf16 rounding of the fp32 result."""
+    t = rand_inputs(2, 2, 100, 16, 16, seed=41, dtype=torch.float32)
+    cases = _cases(t)
+    ours, _ = cases[name]
+    ref = ours(32)
+    leaves = {n: x.bfloat16().requires_grad_() for n, x in t.items()}
+    cases_bf16 = _cases(leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cases_bf16[name][0](32)
+    out.float().square().sum().backward()
+    assert torch.isfinite(out.float()).all()
+    assert leaves["q"].grad is not None and torch.isfinite(leaves["q"].grad.float()).all()
+    rel = (out.float() - ref).norm() / ref.norm()
+    assert rel < 3e-2, f"{name}: relative error {rel:.3g} under bf16 autocast"

@@ -29,7 +29,7 @@ class Mixer(nn.Module):
     """DeltaNet token mixer: ``[batch, length, d_model] -> [batch, length, d_model]``.
 
     Keyword arguments: ``expand_k`` / ``expand_v`` (key / value width as a multiple of d_model,
-    default 1), ``conv_size`` (default 4), ``chunk_size`` (of the chunked delta rule, default 64).
+    default 1), ``conv_size`` (default 4), ``chunk_size`` (of the chunked delta rule; default None: tuned per head dim, ``training.ops.chunk_size_for``).
     Other keyword arguments are accepted and ignored.
     """
 
@@ -40,7 +40,7 @@ class Mixer(nn.Module):
         expand_k: float = 1.0,
         expand_v: float = 1.0,
         conv_size: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__()

@@ -31,7 +31,7 @@ class Mixer(nn.Module):
     """Gated DeltaNet token mixer: ``[batch, length, d_model] -> [batch, length, d_model]``.
 
     Keyword arguments: ``expand_k`` (default 0.5), ``expand_v`` (default 1), ``conv_size``
-    (default 4), ``chunk_size`` (default 64). Other keyword arguments are accepted and ignored.
+    (default 4), ``chunk_size`` (default None: tuned per head dim, ``training.ops.chunk_size_for``). Other keyword arguments are accepted and ignored.
     """
 
     def __init__(
@@ -41,7 +41,7 @@ class Mixer(nn.Module):
         expand_k: float = 0.5,
         expand_v: float = 1.0,
         conv_size: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__()

@@ -30,7 +30,8 @@ class Mixer(nn.Module):
 
     Keyword arguments: ``expand_k`` (default 0.5), ``expand_v`` (default 1), ``gate_low_rank_dim``
     (default 16), ``gate_logit_normalizer`` (default 16), ``conv_size`` (default 4), ``chunk_size``
-    (default 64). Other keyword arguments are accepted and ignored.
+    (default None: tuned per head dim, ``training.ops.chunk_size_for``). Other keyword arguments are
+    accepted and ignored.
     """
 
     def __init__(
@@ -42,7 +43,7 @@ class Mixer(nn.Module):
         gate_low_rank_dim: int = 16,
         gate_logit_normalizer: float = 16.0,
         conv_size: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__()

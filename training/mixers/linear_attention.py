@@ -29,7 +29,7 @@ class Mixer(nn.Module):
 
     Keyword arguments: ``feature_map`` (a name from ``training.ops.FEATURE_MAPS``, default
     ``"elu_plus_one"``), ``expand_k`` / ``expand_v`` (default 1), ``conv_size`` (default 4),
-    ``chunk_size`` (default 64). Other keyword arguments are accepted and ignored.
+    ``chunk_size`` (default None: tuned per head dim, ``training.ops.chunk_size_for``). Other keyword arguments are accepted and ignored.
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class Mixer(nn.Module):
         expand_k: float = 1.0,
         expand_v: float = 1.0,
         conv_size: int = 4,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__()
