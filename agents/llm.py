@@ -146,7 +146,7 @@ class Capabilities:
         """One line, e.g. ``smollm2 @ http://127.0.0.1:8080/v1, JSON via json_object+schema, ctx 8192``."""
         if not self.reachable:
             return f"{self.model} @ {self.url}: unreachable ({self.error or 'no answer'})"
-        ctx = f"ctx {self.context_length}" + ("" if self.context_source in ("server", "config", "num_ctx sent") else
+        ctx = f"ctx {self.context_length}" + ("" if self.context_source in ("server", "config") else
                                                f" ({self.context_source})")
         return f"{self.model} @ {self.url}, JSON via {self.json_mode}, {ctx}"
 
@@ -246,7 +246,8 @@ class ChatBackend(ABC):
             caps.model_present = self.model in models or any(m.split(":")[0] == self.model for m in models)
         srv_ctx, source = self.server_context()
         if srv_ctx:
-            caps.context_length, caps.context_source = srv_ctx, "server"
+            caps.context_length, caps.context_source = srv_ctx, ("num_ctx sent" if source == "num_ctx sent"
+                                                                 else "server")
             if context_length and context_length < srv_ctx:
                 caps.context_length, caps.context_source = context_length, "config"
                 caps.notes.append(f"the server's context is {srv_ctx} ({source}); the config limits it")
@@ -300,6 +301,7 @@ class ChatBackend(ABC):
                 caps.error = last
             return
         caps.json_mode = self.json_mode
+        caps.notes.extend(getattr(self, "format_notes", []))
         if caps.model_present is False:
             raise ModelMissing(self._missing_message([]))
 
@@ -308,6 +310,11 @@ class ChatBackend(ABC):
 
     def close(self) -> None:  # pragma: no cover - trivial
         """Release connections."""
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    t = " ".join((text or "").split())
+    return t if len(t) <= n else t[: n - 1] + "…"
 
 
 def _model_missing_text(text: str) -> bool:
@@ -489,6 +496,8 @@ class OpenAIBackend(ChatBackend):
             headers["Authorization"] = f"Bearer {self.api_key}"
         self._client = httpx.Client(timeout=_timeout(timeout_s), headers=headers)
         self.json_mode = "json_schema"
+        #: structured-output forms the server refused during calls (kept in the capabilities)
+        self.format_notes: list[str] = []
         #: which tokenizer endpoint answered ("" = none found yet, None = none exists)
         self._tokenizer: str | None = ""
 
@@ -608,6 +617,7 @@ class OpenAIBackend(ChatBackend):
                 if schema is None or i >= len(modes) - 1:
                     raise LLMUnavailable(str(exc)) from None
                 self.json_mode = modes[i + 1]
+                self.format_notes.append(f"{modes[i]}: refused ({_one_line(str(exc), 300)})")
                 if self.caps is not None:
                     self.caps.json_mode = self.json_mode
                     self.caps.notes.append(f"stepped down to {self.json_mode}: {exc}")

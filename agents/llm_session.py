@@ -379,14 +379,18 @@ def tally(records: Iterable[Any], into: dict[str, dict[str, Any]] | None = None)
 
 
 def format_tally(t: dict[str, Any]) -> dict[str, str]:
-    """Display strings of one role's tally: ``answered`` ("3/4 by the model"), ``calls``,
-    ``time`` (mean and max per call) and ``tokens`` ("~" when estimated)."""
+    """Display strings of one role's tally: ``answered`` ("3 LLM / 1 built-in" over the steps
+    the model was asked, or "4 (built-in role)"), ``calls`` ("5 (2 failed)"), ``time`` (mean
+    and max seconds per call, failed calls included) and ``tokens`` ("in/out", "~" when any
+    count is an estimate)."""
     steps = t["llm"] + t["fallback"]
-    answered = (f"{t['llm']}/{steps} by the model" + (f", {t['fallback']} built-in fallback" if t["fallback"] else "")
-                if steps else (f"{t['builtin']} built-in" if t["builtin"] else "-"))
-    calls = f"{t['calls']}" + (f" ({t['failed_calls']} failed)" if t["failed_calls"] else "") if t["calls"] else "-"
+    if steps:
+        answered = f"{t['llm']} LLM / {t['fallback']} built-in"
+    else:
+        answered = f"{t['builtin']} (built-in role)" if t["builtin"] else "-"
+    calls = (f"{t['calls']}" + (f" ({t['failed_calls']} failed)" if t["failed_calls"] else "")) if t["calls"] else "-"
     mean = t["call_seconds"] / t["calls"] if t["calls"] else 0.0
-    time_s = f"{mean:.1f} s mean, {t['max_call_s']:.1f} s max" if t["calls"] else "-"
+    time_s = f"{mean:.1f} / {t['max_call_s']:.1f} s" if t["calls"] else "-"
     mark = "~" if t["tokens_estimated"] else ""
-    tokens = f"{mark}{t['tokens_in']} in / {mark}{t['tokens_out']} out" if t["calls"] else "-"
+    tokens = f"{mark}{t['tokens_in']}/{mark}{t['tokens_out']}" if t["calls"] else "-"
     return {"answered": answered, "calls": calls, "time": time_s, "tokens": tokens}

@@ -38,6 +38,8 @@ class Reply:
     ``content``: the assistant text (a dict is JSON-encoded). ``hang_s``: sleep before answering
     (bounded by the server's life). ``die_after``: for streams, close the connection after this
     many chunks without finishing. ``status``: answer with this HTTP error instead.
+    ``chunk_delay_s``: sleep between streamed chunks (a slow token stream). ``finish_reason``:
+    what the end of the reply says (``length`` for a reply cut at ``max_tokens``).
     """
 
     content: str | dict[str, Any] = ""
@@ -45,6 +47,8 @@ class Reply:
     die_after: int | None = None
     status: int | None = None
     chunk_chars: int = 16
+    chunk_delay_s: float = 0.0
+    finish_reason: str = "stop"
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else json.dumps(self.content)
@@ -150,7 +154,11 @@ class FakeLLMServer:
         context_length: int | None = None,
         props: bool = False,
         flavour: str = "openai",
+        usage: bool = True,
+        tokenizer: bool = False,
     ) -> None:
+        self.usage = usage
+        self.tokenizer = tokenizer
         self.formats = formats
         self.refuse_status = refuse_status
         self.context_length = context_length
@@ -226,6 +234,9 @@ class FakeLLMServer:
                     inputs = body.get("input", "")
                     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
                     self._json(200, {"model": body.get("model"), "embeddings": [hashed_embedding(t) for t in inputs]})
+                    return
+                if self.path == "/extras/tokenize/count" and server.tokenizer:
+                    self._json(200, {"count": len(str(body.get("input", "")).split())})
                     return
                 if self.path == "/api/show":
                     if body.get("model") not in server.models:
@@ -304,6 +315,8 @@ class FakeLLMServer:
                     if reply.die_after is not None and i >= reply.die_after:
                         self._die()
                         return
+                    if reply.chunk_delay_s:
+                        server._stop.wait(reply.chunk_delay_s)
                     self._write_chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": c},
                                                   "done": False}) + "\n")
                 self._write_chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": ""},
@@ -318,9 +331,9 @@ class FakeLLMServer:
                 usage = {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
                 if not body.get("stream"):
                     self._json(200, {"id": "x", "object": "chat.completion", "model": model,
-                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                     "choices": [{"index": 0, "finish_reason": reply.finish_reason,
                                                   "message": {"role": "assistant", "content": reply.text()}}],
-                                     "usage": usage})
+                                     **({"usage": usage} if server.usage else {})})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -330,13 +343,15 @@ class FakeLLMServer:
                     if reply.die_after is not None and i >= reply.die_after:
                         self._die()
                         return
+                    if reply.chunk_delay_s:
+                        server._stop.wait(reply.chunk_delay_s)
                     chunk = {"id": "x", "object": "chat.completion.chunk", "model": model,
                              "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": None}]}
                     self._write_chunk(f"data: {json.dumps(chunk)}\n\n")
                 end = {"id": "x", "object": "chat.completion.chunk", "model": model,
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]}
                 self._write_chunk(f"data: {json.dumps(end)}\n\n")
-                if (body.get("stream_options") or {}).get("include_usage"):
+                if (body.get("stream_options") or {}).get("include_usage") and server.usage:
                     self._write_chunk(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n")
                 self._write_chunk("data: [DONE]\n\n")
                 self._write_chunk("")
