@@ -277,3 +277,45 @@ def test_make_backend_kinds():
     assert isinstance(make_backend("openai:m@http://127.0.0.1:1/v1"), OpenAIBackend)
     assert make_backend("builtin") is None
     assert isinstance(AgentStep(role="judge"), AgentStep)
+
+
+def test_headless_lines_show_each_reply_and_error_once_prefixed():
+    from agents.events import AgentMessage, StageChanged
+    from asiarch_tui.cli_run import _Display
+
+    d = _Display(3)
+    err = d.on_event(AgentMessage(exp_id="0002", role="researcher", model="openai:m@u", message="error",
+                                  text="the reply is not JSON (Expecting value at position 0)", duration_s=41.5,
+                                  tokens_in=2500, tokens_out=1024, attempt=1))
+    assert err == ("0002: researcher (openai:m@u) attempt 1: unusable after 41.5 s, 2500 tokens in / 1024 out: "
+                   "the reply is not JSON (Expecting value at position 0)")
+    ok = d.on_event(AgentMessage(exp_id="0002", role="judge", model="openai:m@u", message="reply", duration_s=3.0))
+    assert ok == "0002: judge (openai:m@u) attempt 1: replied in 3.0 s"
+    assert d.on_event(AgentMessage(exp_id="0002", role="analyst", model="builtin", message="reply")) is None
+    fb = d.on_event(AgentStep(exp_id="0002", role="researcher", by="fallback", spec="openai:m@u", reason="x"))
+    assert fb == "0002: researcher: the built-in researcher answered this step"
+    st = d.on_event(StageChanged(exp_id="0002", stage="research", status="failed", detail="no researcher"))
+    assert st == "0002: research failed: no researcher"  # one prefix, not two
+
+
+def test_agents_table_status_bar_and_report_section():
+    from rich.console import Console
+
+    from asiarch_tui.cli_run import agents_table
+    from asiarch_tui.report import agents_html
+    from asiarch_tui.widgets import StatusBar
+
+    recs = [{"extra": {"agent_steps": [{"role": "researcher", "by": "llm", "spec": "openai:smollm2@u"},
+                                       {"role": "researcher", "by": "fallback", "spec": "openai:smollm2@u"}]},
+             "transcript": [{"role": "researcher", "model": "openai:smollm2@u", "ok": True, "duration_s": 12.0,
+                             "tokens_in": 900, "tokens_out": 300}]}]
+    t = tally(recs)
+    con = Console(width=140, record=True)
+    con.print(agents_table(t, {"researcher": "openai:smollm2@u"}))
+    out = con.export_text()
+    assert "smollm2" in out and "1 LLM / 1 built-in" in out and "12.0 / 12.0 s" in out and "900/300" in out
+    html = agents_html(recs)
+    assert "<h2>Agents</h2>" in html and "1 LLM / 1 built-in" in html
+    bar = StatusBar()
+    bar.values["llm_steps"] = {"researcher": (1, 1)}
+    assert "R 1/2" in bar.render_status().plain
