@@ -136,6 +136,19 @@ def test_malformed_researcher_falls_back_to_builtin_for_the_step(tmp_path):
     assert [s["by"] for s in steps] == ["fallback"] and "unusable" in steps[0]["reason"]
     assert summary.agents["researcher"]["fallback"] == 1 and summary.agents["researcher"]["llm"] == 0
     assert summary.agents["analyst"]["llm"] == 1  # the analyst's reply was usable
+    # `status` says it too, from the archive
+    import typer
+    from typer.testing import CliRunner
+
+    from asiarch_tui import cli_archive
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    cli_archive.register(app)
+    lab.close()
+    res = CliRunner().invoke(app, ["status", "--lab", str(tmp_path / "lab")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, out
+    assert "researcher ollama:scripted: 0 LLM / 1 built-in" in out and "analyst ollama:scripted: 1 LLM / 0 built-in" in out
 
 
 def test_unreachable_llm_falls_back_and_loop_survives(tmp_path):
