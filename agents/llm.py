@@ -494,6 +494,7 @@ class OpenAIBackend(ChatBackend):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        self._headers = headers
         self._client = httpx.Client(timeout=_timeout(timeout_s), headers=headers)
         self.json_mode = "json_schema"
         #: structured-output forms the server refused during calls (kept in the capabilities)
@@ -608,7 +609,18 @@ class OpenAIBackend(ChatBackend):
         deadline = _deadline(wall_timeout_s)
         while True:
             try:
-                return self._do(body, on_token, deadline, wall_timeout_s)
+                try:
+                    return self._do(body, on_token, deadline, wall_timeout_s)
+                except _EmptyStream:
+                    # llama-cpp-python fails a streamed request (e.g. a prompt over its context)
+                    # by closing an empty stream; asked again without streaming it answers with
+                    # its error (cheap: such errors come before any evaluation)
+                    plain = {k: v for k, v in body.items() if k != "stream_options"}
+                    plain["stream"] = False
+                    # the server dropped that connection: start a fresh pool
+                    self._client.close()
+                    self._client = httpx.Client(timeout=_timeout(self.timeout_s), headers=self._headers)
+                    return self._do(plain, on_token, deadline, wall_timeout_s)
             except _FormatRefused as exc:
                 # the server refuses this structured-output form: step down to the next one
                 # (remembered) and ask again; plain text is the last resort
@@ -632,7 +644,7 @@ class OpenAIBackend(ChatBackend):
         t0 = time.perf_counter()
         timeout = _timeout(min(self.timeout_s, wall) if wall else self.timeout_s)
         try:
-            if not self.stream:
+            if not body.get("stream"):
                 r = self._client.post(url, json=body, timeout=timeout)
                 self._raise_for(r)
                 data = r.json()
@@ -647,6 +659,7 @@ class OpenAIBackend(ChatBackend):
             usage: dict[str, Any] = {}
             finished = False
             finish = None
+            data_lines = 0
             with self._client.stream("POST", url, json=body, timeout=timeout) as r:
                 if r.status_code >= 400:
                     r.read()
@@ -659,6 +672,7 @@ class OpenAIBackend(ChatBackend):
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
+                    data_lines += 1
                     if payload == "[DONE]":
                         finished = True
                         break
@@ -676,6 +690,8 @@ class OpenAIBackend(ChatBackend):
                         if choice.get("finish_reason"):
                             finished = True
                             finish = choice["finish_reason"]
+            if not finished and data_lines == 0:
+                raise _EmptyStream()
             if not finished:
                 raise LLMUnavailable(f"{self.base_url} closed the stream before the reply was complete")
             return ChatReply("".join(pieces), self.model, time.perf_counter() - t0,
@@ -704,6 +720,10 @@ class OpenAIBackend(ChatBackend):
 
     def close(self) -> None:
         self._client.close()
+
+
+class _EmptyStream(Exception):
+    """The server closed a streamed reply without sending anything."""
 
 
 class _FormatRefused(Exception):
