@@ -19,6 +19,8 @@ import pytest
 from tests.llm_scenarios import MODEL, N_CTX
 
 PY = os.environ.get("ASIARCH_LLM_PYTHON", "")
+#: llama.cpp threads; 1 is far faster than 2 on a CPU shared with other busy processes
+THREADS = os.environ.get("ASIARCH_LLM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,7 +56,8 @@ class LlamaServer:
 
     def start(self, timeout: float = 180.0) -> "LlamaServer":
         cmd = [PY, "-m", "llama_cpp.server", "--model", gguf_path(), "--model_alias", MODEL, "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", str(N_CTX), "--n_threads", "2"]
+               "--port", str(self.port), "--n_ctx", str(N_CTX),
+               "--n_threads", THREADS, "--n_threads_batch", THREADS]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
