@@ -64,7 +64,8 @@ def test_loop_two_experiments(llama_server, tmp_path, config):
     for role in roles:
         t = summary.agents[role]
         steps = t["llm"] + t["fallback"]
-        assert steps >= (2 if role != "debugger" else 0) and t["calls"] >= steps
+        assert steps >= (2 if role != "debugger" else 0)
+        assert t["calls"] >= (1 if steps else 0)  # an open circuit answers without a call
         print(f"{config}/{role}: {t['llm']}/{steps} steps by the model, {t['calls']} calls, "
               f"{t['call_seconds'] / max(1, t['calls']):.1f} s per call")
 
