@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import prompts
-from agents.llm import CallRecorder, ChatBackend, LLMUnavailable, chat_json
+from agents.llm import CallRecorder, ChatBackend, LLMError
+from agents.llm_session import RoleSession, fallback
 
 __all__ = ["Analysis", "init_defaults", "components_of", "quasi_ablation", "BuiltinAnalyst", "LLMAnalyst"]
 
@@ -261,26 +262,26 @@ def _against_seed(m: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> li
 class LLMAnalyst:
     """The Analyst backed by a chat model; builtin for a step when the server is unavailable."""
 
-    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0,
+                 session: RoleSession | None = None) -> None:
         self.backend = backend
         self.spec = backend.spec
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.session = session or RoleSession("analyst", backend, retries=retries, backoff_s=backoff_s)
         self.fallback = BuiltinAnalyst()
 
     def analyse(self, record: Any, parent: Any, siblings: list[Any], baselines: dict[str, dict[str, Any]],
                 recorder: CallRecorder | None = None) -> Analysis:
-        """Ask the model; on ``LLMUnavailable`` warn and use the builtin analyst.
-        A reply malformed twice raises ``MalformedReply``."""
+        """Ask the model; when it cannot answer (server unavailable, reply unusable after its
+        correction round, circuit open) the builtin analyst answers this step."""
         rec = recorder or CallRecorder()
         ablations = quasi_ablation(record, siblings)
-        msgs = prompts.analyst_messages(record, parent, siblings, baselines, ablations)
+        pr = prompts.analyst_prompt(record, parent, siblings, baselines, ablations)
         try:
-            obj = chat_json(self.backend, "analyst", msgs, prompts.ANALYST_SCHEMA, rec,
-                            retries=self.retries, backoff_s=self.backoff_s)
-        except LLMUnavailable as exc:
-            rec.warn(f"analyst: {exc}; using the builtin analyst for this step", source="analyst")
+            obj = self.session.ask(rec, pr, prompts.ANALYST_SCHEMA)
+        except LLMError as exc:
+            fallback(rec, "analyst", self.spec, exc)
             return self.fallback.analyse(record, parent, siblings, baselines, rec)
+        rec.step("analyst", "llm", self.spec)
         problem = " ".join(str(obj["problem"]).split())[:300]
         return Analysis(str(obj["design_evaluation"]), str(obj["results"]), str(obj["expectation_vs_reality"]),
                         str(obj["explanation"]), str(obj["insights"]), problem, ablations, analyst=self.spec)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from agents import prompts
-from agents.llm import CallRecorder, ChatBackend, LLMError, LLMUnavailable, chat_json
+from agents.llm import CallRecorder, ChatBackend, LLMError
+from agents.llm_session import RoleSession, fallback
 from agents.researcher import validate_code
 
 __all__ = [
@@ -251,26 +252,25 @@ class BuiltinDebugger:
 class LLMDebugger:
     """The Debugger backed by a chat model (the builtin one when the server is unavailable)."""
 
-    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0,
+                 session: RoleSession | None = None) -> None:
         self.backend = backend
         self.spec = backend.spec
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.session = session or RoleSession("debugger", backend, retries=retries, backoff_s=backoff_s)
         self.fallback = BuiltinDebugger()
 
     def repair(self, code: str, error: str, log_tail: str, stage: str, motivation: str,
                recorder: CallRecorder) -> tuple[str, str] | None:
-        """Ask the model for ``{explanation, code}`` (the code must parse and define Mixer)."""
-        msgs = prompts.debugger_messages(code, error, log_tail, stage, motivation)
+        """Ask the model for ``{explanation, code}`` (the code must parse and define Mixer); the
+        builtin debugger answers this step when the model cannot."""
+        pr = prompts.debugger_prompt(code, error, log_tail, stage, motivation)
         try:
-            obj = chat_json(self.backend, "debugger", msgs, prompts.DEBUGGER_SCHEMA, recorder,
-                            validate=lambda o: validate_code(str(o.get("code", ""))),
-                            retries=self.retries, backoff_s=self.backoff_s)
-        except LLMUnavailable as exc:
-            recorder.warn(f"debugger: {exc}; using the builtin debugger for this step", source="debugger")
+            obj = self.session.ask(recorder, pr, prompts.DEBUGGER_SCHEMA,
+                                   validate=lambda o: validate_code(str(o.get("code", ""))))
+        except LLMError as exc:
+            fallback(recorder, "debugger", self.spec, exc)
             return self.fallback.repair(code, error, log_tail, stage, motivation, recorder)
-        except LLMError:
-            return None
+        recorder.step("debugger", "llm", self.spec)
         return str(obj["code"]), str(obj["explanation"])
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "ExperimentFinished",
     "LoopStateChanged",
     "Warning",
+    "AgentStep",
+    "LLMStatus",
     "EVENT_TYPES",
     "to_json",
     "from_json",
@@ -190,6 +192,31 @@ class BaselineProgress(Event):
     detail: str = ""
 
 
+@dataclass(kw_only=True)
+class AgentStep(Event):
+    """One agent step was answered: ``by`` is ``llm`` (the model's answer was used),
+    ``fallback`` (the built-in agent answered after the model could not, ``reason`` says why)
+    or ``builtin`` (the role is configured built-in)."""
+
+    kind: ClassVar[str] = "AgentStep"
+    role: str = ""
+    by: str = "llm"
+    spec: str = ""
+    reason: str = ""
+
+
+@dataclass(kw_only=True)
+class LLMStatus(Event):
+    """The LLM side of the roles, after negotiation and whenever a role's circuit opens or
+    closes: ``roles`` maps each role to ``{spec, summary, state, llm, fallback, builtin}``
+    (``state``: ``builtin``, ``ok``, ``open`` (the built-in agent answers until a retry) or
+    ``unreachable``; the counts are steps so far)."""
+
+    kind: ClassVar[str] = "LLMStatus"
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    detail: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -203,6 +230,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LoopStateChanged,
         Warning,
         BaselineProgress,
+        AgentStep,
+        LLMStatus,
     )
 }
 

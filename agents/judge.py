@@ -30,7 +30,8 @@ from typing import Any, Iterable
 
 from agents import prompts
 from agents.fitness import s_judge
-from agents.llm import CallRecorder, ChatBackend, LLMUnavailable, chat_json
+from agents.llm import CallRecorder, ChatBackend, LLMError
+from agents.llm_session import RoleSession, fallback
 
 __all__ = ["BuiltinJudge", "LLMJudge", "genome_distance", "code_trace", "trace_distance", "known_designs"]
 
@@ -220,20 +221,21 @@ class BuiltinJudge:
 class LLMJudge:
     """The Judge backed by a chat model; the rubric for a step when the server is unavailable."""
 
-    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0,
+                 session: RoleSession | None = None) -> None:
         self.backend = backend
         self.spec = backend.spec
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.session = session or RoleSession("judge", backend, retries=retries, backoff_s=backoff_s)
         self.fallback = BuiltinJudge()
 
     def judge(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
               nearest: tuple[str, float] | None, param_budget: int | None = None,
               recorder: CallRecorder | None = None, baselines: dict[str, dict[str, Any]] | None = None,
               history: Iterable[Any] | None = None) -> dict[str, Any]:
-        """Ask the model for the three scores; ``MalformedReply`` if unusable twice."""
+        """Ask the model for the three scores; the rubric answers this step when the model cannot
+        (server unavailable, reply unusable after its correction round, circuit open)."""
         rec = recorder or CallRecorder()
-        msgs = prompts.judge_messages(record, parent, baselines or ({"seed": baseline} if baseline else {}), nearest)
+        pr = prompts.judge_prompt(record, parent, baselines or ({"seed": baseline} if baseline else {}), nearest)
 
         def validate(obj: dict[str, Any]) -> str | None:
             for k in ("performance", "innovation", "complexity"):
@@ -243,11 +245,11 @@ class LLMJudge:
             return None
 
         try:
-            obj = chat_json(self.backend, "judge", msgs, prompts.JUDGE_SCHEMA, rec, validate=validate,
-                            retries=self.retries, backoff_s=self.backoff_s)
-        except LLMUnavailable as exc:
-            rec.warn(f"judge: {exc}; using the builtin rubric for this step", source="judge")
+            obj = self.session.ask(rec, pr, prompts.JUDGE_SCHEMA, validate=validate)
+        except LLMError as exc:
+            fallback(rec, "judge", self.spec, exc, "built-in rubric")
             return self.fallback.judge(record, parent, baseline, nearest, param_budget, rec, history=history)
+        rec.step("judge", "llm", self.spec)
         out = {k: _clamp(float(obj[k])) for k in ("performance", "innovation", "complexity")}
         out["reason"] = str(obj.get("reason", ""))
         out["judge"] = self.spec

@@ -57,7 +57,8 @@ from agents.yardstick import (
     score,
 )
 from agents.judge import BuiltinJudge, LLMJudge
-from agents.llm import CallRecorder, LLMError, LLMSpec, LLMUnavailable, make_backend, parse_llm_spec
+from agents.llm import CallRecorder, LLMError, LLMSpec, parse_llm_spec
+from agents.llm_session import LLMSession, fallback, tally
 from agents.researcher import (
     LLMResearcher,
     Proposal,
@@ -98,6 +99,9 @@ class LoopSummary:
     experiments: list[dict[str, Any]] = field(default_factory=list)
     state: str = "finished"
     seconds: float = 0.0
+    #: per role: steps answered by the model / the built-in fallback, calls, time, tokens
+    #: (``agents.llm_session.tally`` over this run's experiments)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _scale_name(scale: Any) -> str:
@@ -203,6 +207,7 @@ class Loop:
         self.lock_timeout = lock_timeout
         # agents per role
         self.role_specs = self._role_specs(llm)
+        self.llm = LLMSession(self.role_specs, cfg.llm, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
         self.researcher = researcher or self._make_researcher(self.role_specs["researcher"])
         self.fallback_researcher = fallback_researcher
         self.analyst = self._make_role("analyst")
@@ -251,23 +256,26 @@ class Loop:
         return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
                                unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
-    def _backend(self, spec: LLMSpec):
-        return make_backend(spec, timeout_s=self.timeout_s)
-
     def _make_researcher(self, spec: LLMSpec) -> Researcher | None:
-        be = self._backend(spec)
-        if be is None:
+        rs = self.llm.session("researcher")
+        if rs is None:
             return builtin_researcher(seed=self.seed)
-        return LLMResearcher(be, retries=self.retries, backoff_s=self.backoff_s)
+        return LLMResearcher(rs.backend, session=rs)
 
     def _make_role(self, role: str) -> Any:
-        be = self._backend(self.role_specs[role])
-        kw = dict(retries=self.retries, backoff_s=self.backoff_s)
+        rs = self.llm.session(role)
         if role == "analyst":
-            return BuiltinAnalyst() if be is None else LLMAnalyst(be, **kw)
+            return BuiltinAnalyst() if rs is None else LLMAnalyst(rs.backend, session=rs)
         if role == "judge":
-            return BuiltinJudge() if be is None else LLMJudge(be, **kw)
-        return BuiltinDebugger() if be is None else LLMDebugger(be, **kw)
+            return BuiltinJudge() if rs is None else LLMJudge(rs.backend, session=rs)
+        return BuiltinDebugger() if rs is None else LLMDebugger(rs.backend, session=rs)
+
+    def negotiate_llms(self) -> list[str]:
+        """Negotiate every configured LLM backend once (reachability, model, context, JSON form;
+        see ``agents.llm_session``) and return one line per role describing it. Raises
+        ``agents.llm.ModelMissing`` when a server does not serve its configured model."""
+        self.llm.negotiate(self.emit)
+        return self.llm.describe()
 
     # ------------------------------------------------------------------ public API (any thread)
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
@@ -753,6 +761,7 @@ class Loop:
                 with self._lock:
                     self._set_state("running")
                 try:
+                    self.llm.negotiate(self.emit)  # once per session (the CLI may have done it)
                     self.poll()
                     if self.measure_seed() is None:
                         why = self.yardstick_missing() or "the seed could not be measured"
@@ -835,6 +844,7 @@ class Loop:
                     "probe_mean": (rec.metrics or {}).get("probe_mean"),
                     "val_loss": (rec.metrics or {}).get("val_loss"),
                     "seconds": round(float(rec.timings.get("total", 0.0)), 2)})
+                tally([rec], into=self.summary.agents)
 
     def _run_workers(self) -> None:
         """``concurrency`` worker threads; this (coordinating) thread makes their commits."""
@@ -931,6 +941,7 @@ class Loop:
             record = ExperimentRecord(id=exp_id, name="unnamed", parent=parent.id,
                                       references=[r.id for r in references], scale=_scale_name(self.scale),
                                       seed=self.seed, transcript=recorder.transcript, timings=timings)
+            record.extra["agent_steps"] = recorder.steps  # who answered each agent step
             record.versions = _versions()
             self.poll()
 
@@ -960,12 +971,12 @@ class Loop:
                             proposal, researcher_spec = self._propose(ctx)
                         except (LLMError, ResearchError) as exc:
                             failure = f"research failed: {exc}"
-                            st.fail(failure)
+                            st.fail(str(exc))
                             proposal = None
                         except Exception as exc:  # a researcher's bug fails the step, not the loop
                             failure = f"research failed: {type(exc).__name__}: {exc}"
                             record.extra["traceback"] = traceback.format_exc()[-4000:]
-                            st.fail(failure)
+                            st.fail(f"{type(exc).__name__}: {exc}")
                             proposal = None
                     if proposal is None:
                         break
@@ -1069,6 +1080,8 @@ class Loop:
         siblings = [store.get(c) for c in store.children(parent.id)]
         with stage("analyse") as st:
             try:
+                if isinstance(self.analyst, BuiltinAnalyst):
+                    recorder.step("analyst", "builtin", "builtin")
                 analysis = self.analyst.analyse(record, parent, siblings, self.baselines(), recorder)
             except Exception as exc:  # malformed twice (LLMError) or an analyst bug: rule-based
                 st.fail(str(exc))
@@ -1207,6 +1220,8 @@ class Loop:
             if isinstance(self.judge_agent, LLMJudge):
                 return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
                                               recorder, baselines=self.baselines(), history=history)
+            if isinstance(self.judge_agent, BuiltinJudge) and recorder is not None:
+                recorder.step("judge", "builtin", "builtin")
             return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
                                           recorder, history=history)
         except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
@@ -1220,15 +1235,21 @@ class Loop:
             fb = self.fallback_researcher
             if fb is None:
                 raise ResearchError("no researcher: the built-in researcher is not installed and no LLM is set")
+            ctx.recorder.step("researcher", "builtin", getattr(fb, "spec", "fallback"))
             return fb.propose(ctx), getattr(fb, "spec", "fallback")
+        if not isinstance(self.researcher, LLMResearcher):
+            ctx.recorder.step("researcher", "builtin", getattr(self.researcher, "spec", "builtin"))
+            return self.researcher.propose(ctx), self.researcher.spec
         try:
             return self.researcher.propose(ctx), self.researcher.spec
-        except LLMUnavailable as exc:
+        except LLMError as exc:
+            # unreachable, unusable after its correction round, or its circuit open: the
+            # built-in researcher answers this step (the model's attempt stays in the transcript)
             fb = builtin_researcher(seed=self.seed) or self.fallback_researcher
             if fb is None:
                 raise
-            ctx.recorder.warn(f"researcher: {exc}; using the {getattr(fb, 'spec', 'builtin')} researcher for "
-                              "this step", source="researcher")
+            fallback(ctx.recorder, "researcher", self.researcher.spec, exc,
+                     f"{getattr(fb, 'spec', 'builtin')} researcher")
             return fb.propose(ctx), getattr(fb, "spec", "builtin")
 
     def _measured(self, rec: Any) -> Any:

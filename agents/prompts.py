@@ -1,16 +1,24 @@
 """Prompts and reply schemas of the LLM agents (Researcher, Debugger, Analyst, Judge).
 
-Each ``*_messages`` function returns a chat (system + user message); each ``*_SCHEMA`` is the JSON
-schema passed to the backend as structured output. The system prompts start with "You are the
+Each ``*_prompt`` function returns a :class:`Prompt` (a system message and user sections with
+priorities, so that a prompt can be fitted into a small context by dropping its least important
+parts first); ``*_messages`` returns the whole chat (system + user message); each ``*_SCHEMA`` is
+the JSON schema passed to the backend as structured output. The system prompts start with "You are the
 <Role>" (the scripted test server routes replies by it).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 __all__ = [
+    "Prompt",
+    "researcher_prompt",
+    "debugger_prompt",
+    "analyst_prompt",
+    "judge_prompt",
     "RESEARCHER_SCHEMA",
     "DEBUGGER_SCHEMA",
     "ANALYST_SCHEMA",
@@ -152,75 +160,156 @@ def _baselines_text(baselines: dict[str, dict[str, Any]]) -> str:
     return "\n".join(f"- {name}: {summarize_metrics(m)}" for name, m in sorted(baselines.items()))
 
 
-def researcher_messages(ctx: Any) -> list[dict[str, str]]:
-    """The Researcher's chat for a ``ResearchContext``."""
+@dataclass
+class Prompt:
+    """A chat prompt built of sections that can be dropped to fit a context window.
+
+    ``sections`` are ``(priority, label, text)``: priority 0 is always kept; higher numbers are
+    dropped first (ties: the later section first). ``fit(limit, count)`` drops sections until
+    ``count(messages) <= limit`` and, if the kept sections are still too long, cuts the longest
+    kept section in the middle; it returns the messages and the labels of what was trimmed.
+    """
+
+    system: str
+    sections: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def add(self, priority: float, label: str, text: str) -> "Prompt":
+        """Append a section; returns self."""
+        self.sections.append((float(priority), label, text))
+        return self
+
+    def _messages(self, sections: list[tuple[float, str, str]]) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system},
+                {"role": "user", "content": "\n\n".join(t for _, _, t in sections)}]
+
+    def messages(self) -> list[dict[str, str]]:
+        """The whole chat (system + user message)."""
+        return self._messages(self.sections)
+
+    def fit(self, limit: int, count: Callable[[list[dict[str, str]]], int]) -> tuple[list[dict[str, str]], list[str]]:
+        """The chat within ``limit`` tokens (as ``count`` measures) and what was trimmed."""
+        kept = list(self.sections)
+        trimmed: list[str] = []
+        while count(self._messages(kept)) > limit:
+            order = [i for i, s in enumerate(kept) if s[0] > 0]
+            if not order:
+                break
+            i = max(order, key=lambda k: (kept[k][0], k))
+            trimmed.append(kept[i][1])
+            del kept[i]
+        over = count(self._messages(kept)) - limit
+        if over > 0 and kept:
+            i = max(range(len(kept)), key=lambda k: len(kept[k][2]))
+            pri, label, text = kept[i]
+            per_token = max(1.0, len(text) / max(1, count([{"role": "user", "content": text}])))
+            cut = int((over + 8) * per_token) + 40
+            if cut < len(text) - 80:
+                keep = len(text) - cut
+                text = text[: keep // 2] + "\n…[trimmed to fit the context]…\n" + text[len(text) - keep // 2:]
+                kept[i] = (pri, label, text)
+                trimmed.append(f"{label} (cut by {cut} characters)")
+        return self._messages(kept), trimmed
+
+
+def researcher_prompt(ctx: Any) -> Prompt:
+    """The Researcher's prompt for a ``ResearchContext`` (sections by priority)."""
     p = ctx.parent
-    parts = [f"Experiment {ctx.exp_id} at the {ctx.scale} scale"
-             + (f"; mixer parameter budget {ctx.param_budget}" if ctx.param_budget else "") + ".",
-             "## Parent\n" + _rec_summary(p, code=True)]
+    pr = Prompt(_SYS_RESEARCHER)
+    pr.add(0, "header", f"Experiment {ctx.exp_id} at the {ctx.scale} scale"
+           + (f"; mixer parameter budget {ctx.param_budget}" if ctx.param_budget else "") + ".")
+    pr.add(0, "parent", "## Parent\n" + _rec_summary(p, code=True))
     if getattr(p, "analysis", ""):
-        parts.append("## Parent's analysis\n" + p.analysis.strip())
+        pr.add(3, "parent's analysis", "## Parent's analysis\n" + p.analysis.strip())
     if getattr(p, "problem", ""):
-        parts.append("## Problem to address\n" + p.problem.strip())
+        pr.add(0, "problem", "## Problem to address\n" + p.problem.strip())
     if ctx.baselines:
-        parts.append("## Reference baselines at this scale\n" + _baselines_text(ctx.baselines))
-    if ctx.references:
-        parts.append("## Other designs in the lab (for ideas)\n" + "\n\n".join(_rec_summary(r, limit=300) for r in ctx.references))
-    if ctx.cognition:
-        notes = []
-        for entry, score in ctx.cognition:
-            notes.append(f"### {entry.title} ({entry.year}; relevance {score:.2f})\n"
-                         f"When: {entry.scenario.strip()}\nMechanism: {entry.algorithm.strip()}")
-        parts.append("## Literature notes relevant to the problem\n" + "\n\n".join(notes))
+        pr.add(4, "baselines", "## Reference baselines at this scale\n" + _baselines_text(ctx.baselines))
+    for i, r in enumerate(ctx.references):
+        head = "## Other designs in the lab (for ideas)\n" if i == 0 else ""
+        pr.add(6 + i * 0.01, f"reference {r.id}", head + _rec_summary(r, limit=300))
+    for i, (entry, score) in enumerate(ctx.cognition):
+        head = "## Literature notes relevant to the problem\n" if i == 0 else ""
+        pr.add(5 + i * 0.01, f"cognition {entry.id}", head + (
+            f"### {entry.title} ({entry.year}; relevance {score:.2f})\n"
+            f"When: {entry.scenario.strip()}\nMechanism: {entry.algorithm.strip()}"))
     if ctx.failures:
         fails = []
         for r in ctx.failures:
             why = (r.metrics or {}).get("error") or r.extra.get("failure") or r.analysis or "unknown"
             fails.append(f"- {r.id} {r.name}: {str(why)[:300]}")
-        parts.append("## Recent failures (avoid repeating them)\n" + "\n".join(fails))
+        pr.add(7, "recent failures", "## Recent failures (avoid repeating them)\n" + "\n".join(fails))
     for rej in ctx.rejections:
         txt = f"## Your earlier proposal '{rej.proposal.name}' was sent back: {rej.reason}"
         if rej.neighbour_id:
             txt += (f"\nIt is too close (similarity {rej.similarity:.2f}) to experiment {rej.neighbour_id} "
                     f"{rej.neighbour_name}: {rej.neighbour_motivation[:400]}\nPropose a clearly different idea.")
-        parts.append(txt)
-    parts.append("Propose the next experiment as JSON {name, motivation, code}.")
-    return [{"role": "system", "content": _SYS_RESEARCHER}, {"role": "user", "content": "\n\n".join(parts)}]
+        pr.add(0, f"rejection of {rej.proposal.name}", txt)
+    pr.add(0, "instruction", "Propose the next experiment as JSON {name, motivation, code}.")
+    return pr
+
+
+def researcher_messages(ctx: Any) -> list[dict[str, str]]:
+    """The Researcher's chat for a ``ResearchContext``."""
+    return researcher_prompt(ctx).messages()
+
+
+def debugger_prompt(code: str, error: str, log_tail: str, stage: str, motivation: str = "") -> Prompt:
+    """The Debugger's prompt: the failing code, the error and the end of the log."""
+    pr = Prompt(_SYS_DEBUGGER)
+    pr.add(0, "stage", f"The mixer failed at the {stage} stage.")
+    pr.add(2, "idea", f"## Idea\n{motivation.strip() or '(not given)'}")
+    pr.add(0, "error", f"## Error\n{error.strip()}")
+    pr.add(3, "log tail", f"## Log tail\n```\n{log_tail.strip()[-3000:]}\n```")
+    pr.add(0, "code", f"## Code\n```python\n{code.rstrip()}\n```")
+    pr.add(0, "instruction", "Return JSON {explanation, code}.")
+    return pr
 
 
 def debugger_messages(code: str, error: str, log_tail: str, stage: str, motivation: str = "") -> list[dict[str, str]]:
     """The Debugger's chat: the failing code, the error and the end of the log."""
-    user = (f"The mixer failed at the {stage} stage.\n\n## Idea\n{motivation.strip() or '(not given)'}\n\n"
-            f"## Error\n{error.strip()}\n\n## Log tail\n```\n{log_tail.strip()[-3000:]}\n```\n\n"
-            f"## Code\n```python\n{code.rstrip()}\n```\n\nReturn JSON {{explanation, code}}.")
-    return [{"role": "system", "content": _SYS_DEBUGGER}, {"role": "user", "content": user}]
+    return debugger_prompt(code, error, log_tail, stage, motivation).messages()
+
+
+def analyst_prompt(record: Any, parent: Any, siblings: list[Any], baselines: dict[str, dict[str, Any]],
+                   ablations: list[dict[str, Any]]) -> Prompt:
+    """The Analyst's prompt."""
+    pr = Prompt(_SYS_ANALYST)
+    pr.add(0, "experiment", "## This experiment\n" + _rec_summary(record, code=True))
+    if parent is not None:
+        pr.add(2, "parent", "## Parent\n" + _rec_summary(parent))
+    for i, s in enumerate(siblings[:6]):
+        head = "## Siblings (same parent)\n" if i == 0 else ""
+        pr.add(5 + i * 0.01, f"sibling {s.id}", head + _rec_summary(s, limit=300))
+    pr.add(3, "baselines", "## Reference baselines\n" + _baselines_text(baselines))
+    if ablations:
+        pr.add(1, "ablations", "## One-component differences found (quasi-ablation)\n" + json.dumps(ablations, indent=1))
+    pr.add(0, "instruction", "Write the analysis as JSON.")
+    return pr
 
 
 def analyst_messages(record: Any, parent: Any, siblings: list[Any], baselines: dict[str, dict[str, Any]],
                      ablations: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The Analyst's chat."""
-    parts = ["## This experiment\n" + _rec_summary(record, code=True)]
+    return analyst_prompt(record, parent, siblings, baselines, ablations).messages()
+
+
+def judge_prompt(record: Any, parent: Any, baselines: dict[str, dict[str, Any]],
+                 nearest: tuple[str, float] | None) -> Prompt:
+    """The Judge's prompt."""
+    pr = Prompt(_SYS_JUDGE)
+    pr.add(0, "experiment", "## Experiment\n" + _rec_summary(record, code=True))
+    if record.analysis:
+        pr.add(2, "analysis", "## Analysis\n" + record.analysis.strip()[:2000])
     if parent is not None:
-        parts.append("## Parent\n" + _rec_summary(parent))
-    if siblings:
-        parts.append("## Siblings (same parent)\n" + "\n\n".join(_rec_summary(s, limit=300) for s in siblings[:6]))
-    parts.append("## Reference baselines\n" + _baselines_text(baselines))
-    if ablations:
-        parts.append("## One-component differences found (quasi-ablation)\n" + json.dumps(ablations, indent=1))
-    parts.append("Write the analysis as JSON.")
-    return [{"role": "system", "content": _SYS_ANALYST}, {"role": "user", "content": "\n\n".join(parts)}]
+        pr.add(3, "parent", "## Parent\n" + _rec_summary(parent))
+    pr.add(4, "baselines", "## Reference baselines\n" + _baselines_text(baselines))
+    if nearest:
+        pr.add(1, "nearest idea", f"Most similar earlier idea: experiment {nearest[0]} (similarity {nearest[1]:.2f}).")
+    pr.add(0, "instruction", "Score it as JSON {performance, innovation, complexity, reason}.")
+    return pr
 
 
 def judge_messages(record: Any, parent: Any, baselines: dict[str, dict[str, Any]],
                    nearest: tuple[str, float] | None) -> list[dict[str, str]]:
     """The Judge's chat."""
-    parts = ["## Experiment\n" + _rec_summary(record, code=True)]
-    if record.analysis:
-        parts.append("## Analysis\n" + record.analysis.strip()[:2000])
-    if parent is not None:
-        parts.append("## Parent\n" + _rec_summary(parent))
-    parts.append("## Reference baselines\n" + _baselines_text(baselines))
-    if nearest:
-        parts.append(f"Most similar earlier idea: experiment {nearest[0]} (similarity {nearest[1]:.2f}).")
-    parts.append("Score it as JSON {performance, innovation, complexity, reason}.")
-    return [{"role": "system", "content": _SYS_JUDGE}, {"role": "user", "content": "\n\n".join(parts)}]
+    return judge_prompt(record, parent, baselines, nearest).messages()

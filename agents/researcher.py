@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from agents.llm import CallRecorder, ChatBackend, chat_json
+from agents.llm import CallRecorder, ChatBackend
+from agents.llm_session import RoleSession
 from agents import prompts
 
 __all__ = [
@@ -121,17 +122,19 @@ def _validate_proposal(obj: dict[str, Any]) -> str | None:
 class LLMResearcher:
     """A researcher backed by a chat model (Ollama or OpenAI-compatible)."""
 
-    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0) -> None:
+    def __init__(self, backend: ChatBackend, retries: int = 2, backoff_s: float = 1.0,
+                 session: RoleSession | None = None) -> None:
         self.backend = backend
         self.spec = backend.spec
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.session = session or RoleSession("researcher", backend, retries=retries, backoff_s=backoff_s)
 
     def propose(self, ctx: ResearchContext) -> Proposal:
-        """Build the prompt, ask the model, validate the reply (one correction round)."""
-        messages = prompts.researcher_messages(ctx)
-        obj = chat_json(self.backend, "researcher", messages, prompts.RESEARCHER_SCHEMA, ctx.recorder,
-                        validate=_validate_proposal, retries=self.retries, backoff_s=self.backoff_s)
+        """Build the prompt (fitted to the context), ask the model, validate the reply (one
+        correction round). Raises ``LLMError`` when the model cannot answer this step (the loop
+        then asks the built-in researcher)."""
+        obj = self.session.ask(ctx.recorder, prompts.researcher_prompt(ctx), prompts.RESEARCHER_SCHEMA,
+                               validate=_validate_proposal)
+        ctx.recorder.step("researcher", "llm", self.spec)
         name = " ".join(str(obj["name"]).split())[:80] or "unnamed"
         cited = [str(e.id) for e, _ in ctx.cognition]
         return Proposal(name=name, motivation=str(obj["motivation"]).strip(), code=str(obj["code"]),

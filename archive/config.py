@@ -43,6 +43,21 @@ class LLMConfig:
     debugger_model: str = "qwen3:8b"
     ollama_host: str = "http://127.0.0.1:11434"
     openai_base_url: str = "http://127.0.0.1:8000/v1"
+    #: the server's context in tokens (0: ask the server; llama.cpp's default 2048 if it does not say)
+    context_length: int = 0
+    #: reply limits per role in tokens (0: from the role's reply schema: 1536 with code, less without)
+    researcher_max_tokens: int = 0
+    analyst_max_tokens: int = 0
+    judge_max_tokens: int = 0
+    debugger_max_tokens: int = 0
+    #: sampling temperature of a first answer and of its correction round (kept different)
+    temperature: float = 0.7
+    correction_temperature: float = 0.2
+    #: wall-clock limit of one call in seconds, streaming included (0: the request timeout)
+    call_timeout_s: float = 0.0
+    #: consecutive failures of a role before its built-in agent takes over, and for how long
+    breaker_failures: int = 3
+    breaker_minutes: float = 10.0
 
 
 @dataclass
@@ -134,6 +149,20 @@ class LabConfig:
             v = getattr(self.llm, role)
             if v not in BACKENDS:
                 raise bad(f"llm.{role}", f"is {v!r}; it must be one of {', '.join(BACKENDS)}")
+        for key in ("context_length", "researcher_max_tokens", "analyst_max_tokens", "judge_max_tokens",
+                    "debugger_max_tokens"):
+            if getattr(self.llm, key) < 0:
+                raise bad(f"llm.{key}", "must be 0 (automatic) or a positive number of tokens")
+        if self.llm.context_length and self.llm.context_length < 256:
+            raise bad("llm.context_length", "must be 0 (ask the server) or at least 256 tokens")
+        for key in ("temperature", "correction_temperature"):
+            if not 0.0 <= getattr(self.llm, key) <= 2.0:
+                raise bad(f"llm.{key}", "must be between 0 and 2")
+        if self.llm.call_timeout_s < 0 or self.llm.breaker_minutes < 0:
+            raise bad("llm.call_timeout_s" if self.llm.call_timeout_s < 0 else "llm.breaker_minutes",
+                      "must be 0 or more")
+        if self.llm.breaker_failures < 1:
+            raise bad("llm.breaker_failures", "must be at least 1")
         if self.loop.mode not in MODES:
             raise bad("loop.mode", f"is {self.loop.mode!r}; it must be one of {', '.join(MODES)}")
         if self.loop.scale not in SCALES:
@@ -263,8 +292,8 @@ _TEMPLATE = """\
 [llm]
 # Backend of each agent role: "builtin" (the evolutionary researcher and rule-based analyst,
 # judge and debugger; no LLM needed), "ollama" (a local Ollama server), or "openai" (any
-# OpenAI-compatible server at openai_base_url). An unreachable server falls back to builtin
-# with a warning.
+# OpenAI-compatible server at openai_base_url). A step the model cannot answer (server
+# unreachable, reply unusable after one correction) is answered by the built-in agent.
 researcher = {llm.researcher}
 analyst = {llm.analyst}
 judge = {llm.judge}
@@ -278,6 +307,25 @@ debugger_model = {llm.debugger_model}
 ollama_host = {llm.ollama_host}
 # Base URL of an OpenAI-compatible server (vLLM, llama.cpp server, ...).
 openai_base_url = {llm.openai_base_url}
+# The server's context window in tokens; 0 asks the server (llama.cpp's /props, Ollama's
+# num_ctx) and assumes 2048 (llama.cpp's default) when it does not say. Prompts are fitted into
+# it with room for the reply (the least important sections are dropped first).
+context_length = {llm.context_length}
+# Reply limits in tokens per role (0 = from the role's reply schema: 1536 when it carries code).
+researcher_max_tokens = {llm.researcher_max_tokens}
+analyst_max_tokens = {llm.analyst_max_tokens}
+judge_max_tokens = {llm.judge_max_tokens}
+debugger_max_tokens = {llm.debugger_max_tokens}
+# Sampling temperature of a first answer, and of the one correction round after an unusable
+# reply (different, so that the retry does not repeat the same reply).
+temperature = {llm.temperature}
+correction_temperature = {llm.correction_temperature}
+# Wall-clock limit of one call in seconds, token stream included (0 = the request timeout).
+call_timeout_s = {llm.call_timeout_s}
+# After this many consecutive failures of a role, its built-in agent answers for
+# breaker_minutes; then the server is tried again.
+breaker_failures = {llm.breaker_failures}
+breaker_minutes = {llm.breaker_minutes}
 
 [loop]
 # "autonomous" runs experiments back to back; "supervised" waits for approve / reject / edit

@@ -285,9 +285,22 @@ class ResearchConsole(App[None]):
             self.query_one(StatusBar).set(state=e.state)
             if e.state in ("stopped", "finished"):
                 self.in_flight = None
+        elif isinstance(e, ev.LLMStatus):
+            states = {r.get("state") for r in e.roles.values()} - {"builtin"}
+            self.query_one(StatusBar).set(llm=e.detail or self.llm_label,
+                                          llm_ok=not (states & {"open", "unreachable"}))
+        elif isinstance(e, ev.AgentStep):
+            bar = self.query_one(StatusBar)
+            steps = dict(bar.values.get("llm_steps") or {})
+            llm, fb = steps.get(e.role, (0, 0))
+            if e.by in ("llm", "fallback"):
+                steps[e.role] = (llm + (e.by == "llm"), fb + (e.by == "fallback"))
+                bar.set(llm_steps=steps)
         elif isinstance(e, ev.Warning):
             self.query_one("#warnings", Label).update(Text(f"⚠ {e.message}", style="yellow"))
-            if e.source.startswith("llm"):
+            if e.source == "llm-ok":
+                self.query_one(StatusBar).set(llm_ok=True)
+            elif e.source.startswith("llm"):
                 self.query_one(StatusBar).set(llm_ok=False)
             self.notify(e.message, severity="warning", timeout=6)
 

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console, Group
@@ -106,7 +106,25 @@ def status(lab: Path = LAB_OPTION,
                           "–" if d["fitness"] is None else f"{d['fitness']:.3f}", d["parent"] or "–",
                           d["scale"] or "–", d["created"])
         console.print(table)
+        _agents_status(opened)
         opened.close()
+
+
+def _agents_status(opened: Any) -> None:
+    """Per role: steps answered by the model vs the built-in fallback, over the whole archive."""
+    from agents.llm_session import ROLES, format_tally, tally
+
+    t = tally(opened.store.all())
+    asked = {r: v for r, v in t.items() if v["llm"] or v["fallback"]}
+    if not asked:
+        return
+    console.print("agents (steps answered by the model / by the built-in fallback):")
+    for role in ROLES:
+        if role in asked:
+            f = format_tally(asked[role])
+            specs = ", ".join(asked[role]["specs"])
+            console.print(f"  {role:<10} {escape(specs)}: {f['answered']}; calls {f['calls']}, "
+                          f"time per call {f['time']}, tokens {f['tokens']}", highlight=False)
 
 
 def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."), lab: Path = LAB_OPTION,

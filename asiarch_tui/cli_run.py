@@ -37,6 +37,7 @@ class _Display:
         self.finished: list[Any] = []
         self.warnings: list[str] = []
         self.tokens = 0
+        self.llm_label = ""
         self.lock = threading.Lock()
 
     def on_event(self, ev: Any) -> str | None:
@@ -75,8 +76,22 @@ class _Display:
             if kind == "AgentMessage":
                 if ev.message == "delta":
                     self.tokens += 1
-                elif ev.message == "reply":
-                    return f"{ev.exp_id}: {ev.role} ({ev.model}) replied in {ev.duration_s or 0:.1f} s"
+                    return None
+                if ev.model == "builtin" or ev.message not in ("reply", "error"):
+                    return None  # built-in steps show as their AgentStep
+                tok = ""
+                if ev.tokens_in is not None or ev.tokens_out is not None:
+                    tok = f", {ev.tokens_in or 0} tokens in / {ev.tokens_out or 0} out"
+                head = f"{ev.exp_id}: {ev.role} ({ev.model}) attempt {ev.attempt}"
+                if ev.message == "reply":
+                    return f"{head}: replied in {ev.duration_s or 0:.1f} s{tok}"
+                return f"{head}: unusable after {ev.duration_s or 0:.1f} s{tok}: {_one_line(ev.text)}"
+            if kind == "AgentStep":
+                if ev.by == "fallback":
+                    return f"{ev.exp_id}: {ev.role}: the built-in {ev.role} answered this step"
+                return None
+            if kind == "LLMStatus":
+                self.llm_label = ev.detail
                 return None
             if kind == "Warning":
                 self.warnings.append(ev.message)
@@ -100,6 +115,8 @@ class _Display:
                                  f"  elapsed {el / 60:.1f} min")
             cur = self.current
             lines = [head]
+            if self.llm_label and self.llm_label != "builtin":
+                lines.append(Text(f"  llm: {self.llm_label}", style="dim"))
             if cur:
                 secs = time.monotonic() - cur.get("started", time.monotonic())
                 lines.append(Text(f"  {cur.get('id')} ← {cur.get('parent') or '-'}  stage: {cur.get('stage')} "
@@ -125,6 +142,34 @@ def _fitness_text(ev: Any) -> str:
         return "n/a"
     s = summarize(((ev.fitness_components or {}).get("fitness_seeds") or {}).values())
     return format_spread(ev.fitness, s.std if s else None, s.n if s else 1) if s and s.n >= 2 else f"{ev.fitness:.3f}"
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    t = " ".join((text or "").split())
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def agents_table(agents: dict[str, dict[str, Any]], specs: dict[str, str] | None = None) -> Table:
+    """Per role: backend, steps the model answered vs the built-in fallback, calls (failed),
+    time per call, tokens ("~": estimated)."""
+    from agents.llm_session import ROLES, format_tally
+
+    t = Table(show_header=True, header_style="bold", expand=False,
+              caption="steps: answered by the model / by the built-in fallback; time: mean / max per call "
+                      "(failed calls included); tokens in/out, ~ = estimated")
+    for col in ("role", "model", "steps", "calls", "time", "tokens"):
+        t.add_column(col, no_wrap=col in ("role", "steps"))
+    for role in ROLES:
+        tl = agents.get(role)
+        spec = (specs or {}).get(role) or ", ".join((tl or {}).get("specs") or []) or "builtin"
+        spec = spec.split(":", 1)[1].split("@", 1)[0] if spec.startswith(("openai:", "ollama:")) else spec
+        if tl is None:
+            t.add_row(role, spec, "-", "-", "-", "-")
+            continue
+        f = format_tally(tl)
+        style = "red" if tl["fallback"] and not tl["llm"] else ("yellow" if tl["fallback"] else "")
+        t.add_row(role, spec, Text(f["answered"], style=style), f["calls"], f["time"], f["tokens"])
+    return t
 
 
 def _table(finished: list[Any]) -> Table:
@@ -203,10 +248,13 @@ def register(app: typer.Typer) -> None:
         baselines: Optional[str] = typer.Option(None, "--baselines",
                                                 help="Comma-separated reference mixers to measure (default: all)."),
         timeout: float = typer.Option(300.0, "--llm-timeout", help="Seconds to wait for an LLM server."),
+        llm_context: Optional[int] = typer.Option(None, "--llm-context", min=256,
+                                                  help="The LLM server's context in tokens when it does not report "
+                                                       "it (default: the lab's \\[llm] context_length)."),
     ) -> None:
         """Run the research loop on LAB headless: sample, research, check, evaluate, analyse, commit."""
         from agents.events import ApprovalRequested
-        from agents.llm import parse_llm_spec
+        from agents.llm import ModelMissing, parse_llm_spec
         from agents.loop import Loop
         from agents.researcher import builtin_researcher
         from archive.config import ConfigError
@@ -253,10 +301,26 @@ def register(app: typer.Typer) -> None:
                 if unknown:
                     _fail(f"--baselines: unknown reference mixer(s) {', '.join(unknown)}; "
                           f"known: {', '.join(REFERENCE_MIXERS)}.")
+            if llm_context is not None:
+                opened.config.llm.context_length = int(llm_context)
             loop = Loop(opened, llm=llm, mode=mode, scale=scale_obj, experiments=experiments, hours=hours,
                         baselines=names, timeout_s=timeout, lock_timeout=5.0)
         except (LabError, ConfigError, EmbedderUnavailable, LabBusyError, ValueError) as exc:
             _fail(str(exc))
+        # negotiate the LLM servers before the loop starts: the header says what each role runs
+        # on; a server without the configured model stops here with a clear message
+        warnings: list[Any] = []
+        try:
+            loop.llm.negotiate(warnings.append)
+        except ModelMissing as exc:
+            opened.close()
+            _fail(f"{exc}. Check the model name in --llm or the lab's [llm] config.")
+        for line in loop.llm.describe():
+            console.print(line, highlight=False, soft_wrap=True)
+        for w in warnings:
+            if type(w).kind == "Warning":
+                console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
+        loop.llm.emit = None  # the loop sets its own emitter when it starts
         if loop.researcher is None and builtin_researcher() is None:
             _fail("the built-in researcher is not installed in this version, and the lab's researcher is "
                   "`builtin`. Give an LLM with --llm ollama:MODEL (a running Ollama server) or "
@@ -307,6 +371,14 @@ def register(app: typer.Typer) -> None:
         summary = loop.summary
         if display.finished:
             console.print(_table(display.finished))
+        if summary.agents:
+            console.print(agents_table(summary.agents, {r: (str(s) if s.backend != "builtin" else "builtin")
+                                                        for r, s in loop.role_specs.items()}))
+            used = sum(t["llm"] for t in summary.agents.values())
+            asked = sum(t["llm"] + t["fallback"] for t in summary.agents.values())
+            if asked and not used:
+                console.print("[bold red]no LLM reply was used in this run[/]: every model step fell back to the "
+                              "built-in agents (see the warnings and the transcripts).", highlight=False)
         console.print(f"{len(summary.experiments)} experiment(s) in {summary.seconds / 60:.1f} min; "
                       f"loop {summary.state}.", highlight=False)
         if summary.state == "error":

@@ -70,5 +70,17 @@ def register(app: typer.Typer) -> None:
         the_lab = open_or_create_lab(lab)
         loop = None if browse else make_loop(the_lab, llm, mode, experiments)
         llm_label = llm or the_lab.config.llm.researcher
+        if loop is not None and loop.llm.backends:
+            # before the screen opens: a missing model is a clear error here, not a dead console
+            from agents.llm import ModelMissing
+
+            typer.secho("negotiating with the LLM server(s)...", err=True)
+            try:
+                loop.llm.negotiate()
+            except ModelMissing as exc:
+                fail(f"{exc}. Check the model name in --llm or the lab's [llm] config.")
+            for line in loop.llm.describe():
+                typer.secho(line, err=True)
+            llm_label = loop.llm.label()
         console = ResearchConsole(the_lab, loop, autostart=not paused, llm_label=llm_label)
         console.run()

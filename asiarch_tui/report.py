@@ -703,8 +703,31 @@ def render_html(data: ReportData, figures: dict[str, Path], out_dir: Path) -> st
                 cog = ", ".join(f"{data.entry_titles.get(k, k)} ({v})" for k, v in inf["cog_w"].most_common(8))
                 items.append(f"<li>cognition entries: {html.escape(cog)}</li>")
             parts.append("<ul>" + "".join(items) + "</ul>")
+    parts.append(agents_html(data.records))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def agents_html(records: list[Any]) -> str:
+    """The report's "Agents" section: per role, the steps the model answered vs the built-in
+    fallback, model calls, time per call and tokens (empty when no step was recorded)."""
+    from agents.llm_session import ROLES, format_tally, tally
+
+    t = tally(records)
+    if not t:
+        return ""
+    rows = []
+    for role in ROLES:
+        if role not in t:
+            continue
+        f = format_tally(t[role])
+        specs = ", ".join(t[role]["specs"]) or "built-in"
+        rows.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in (
+            role, specs, f["answered"], f["calls"], f["time"], f["tokens"])) + "</tr>")
+    return ("<h2>Agents</h2><p class='meta'>Steps answered by the model vs by the built-in agent after the model "
+            "could not (unreachable, unusable reply, circuit open); time is mean / max seconds per model call, "
+            "failed calls included; tokens in/out, ~ = estimated.</p><table><tr><th>role</th><th>model</th>"
+            "<th>steps</th><th>calls</th><th>time</th><th>tokens</th></tr>" + "".join(rows) + "</table>")
 
 
 def build_report(lab: Any, out_dir: str | Path | None = None) -> Report:

@@ -302,7 +302,8 @@ class PlotPanel(Vertical):
 
 
 class StatusBar(Static):
-    """Mode, loop state, experiments done, best fitness, elapsed, LLM backend and health."""
+    """Mode, loop state, experiments done, best fitness, elapsed, LLM backend and health, and per
+    role the steps its model answered out of those it was asked (``R 2/3``: researcher)."""
 
     DEFAULT_CSS = """
     StatusBar { height: 1; background: $boost; padding: 0 1; }
@@ -334,6 +335,11 @@ class StatusBar(Static):
         t.append(f"  · {v['done']} done · best {fmt_fitness(v['best'])} · {h:d}:{m:02d}:{s:02d}")
         t.append(f" · llm {v['llm']} ")
         t.append("●" if v["llm_ok"] else "○ unreachable", style="green" if v["llm_ok"] else "red")
+        steps = v.get("llm_steps") or {}
+        if steps:
+            # steps each role's model answered / steps it was asked (the rest: built-in fallback)
+            t.append("  " + " ".join(f"{r[0].upper()} {a}/{a + b}" for r, (a, b) in steps.items()),
+                     style="yellow" if any(b for a, b in steps.values()) else "")
         return t
 
 

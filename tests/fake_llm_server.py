@@ -1,8 +1,15 @@
 """A scripted LLM server for tests: Ollama's API and an OpenAI-compatible one, on 127.0.0.1.
 
-Endpoints: ``GET /api/tags``, ``POST /api/chat`` (streaming NDJSON or not), ``POST /api/embed``
-(deterministic hashed bag-of-words vectors), ``GET /v1/models``, ``POST /v1/chat/completions``
-(SSE streaming or not). Replies come from a *responder*: a function ``(request_json, path) ->
+Endpoints: ``GET /api/tags``, ``POST /api/show`` (``num_ctx`` when ``context_length`` is set),
+``POST /api/chat`` (streaming NDJSON or not), ``POST /api/embed`` (deterministic hashed
+bag-of-words vectors), ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE streaming or not),
+``GET /props`` (llama.cpp style, when ``props`` is set).
+
+Negotiation probes (the tiny ``{"ok": true}`` request of ``ChatBackend.negotiate``) are answered
+by the server itself; ``formats`` lists the structured-output forms it accepts (others get
+``refuse_status`` with a pydantic-like body, as llama-cpp-python answers ``json_schema``).
+``flavour="ollama"`` makes ``/v1`` answer like Ollama's OpenAI-compatible mode (error bodies
+``{"error": {"message", "type"}}``). Replies come from a *responder*: a function ``(request_json, path) ->
 Reply | str | dict``; ``ScriptedResponder`` routes by agent role (found in the system prompt)
 to per-role queues. A ``Reply`` can also hang, die mid-stream or answer with an HTTP error.
 
@@ -31,6 +38,8 @@ class Reply:
     ``content``: the assistant text (a dict is JSON-encoded). ``hang_s``: sleep before answering
     (bounded by the server's life). ``die_after``: for streams, close the connection after this
     many chunks without finishing. ``status``: answer with this HTTP error instead.
+    ``chunk_delay_s``: sleep between streamed chunks (a slow token stream). ``finish_reason``:
+    what the end of the reply says (``length`` for a reply cut at ``max_tokens``).
     """
 
     content: str | dict[str, Any] = ""
@@ -38,6 +47,8 @@ class Reply:
     die_after: int | None = None
     status: int | None = None
     chunk_chars: int = 16
+    chunk_delay_s: float = 0.0
+    finish_reason: str = "stop"
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else json.dumps(self.content)
@@ -90,6 +101,28 @@ class ScriptedResponder:
         return Reply(status=500, content=f"no scripted reply for role {role}")
 
 
+def _is_probe(body: dict[str, Any]) -> bool:
+    msgs = body.get("messages") or []
+    return bool(msgs) and 'Reply with the JSON object {"ok": true}' in str(msgs[-1].get("content", ""))
+
+
+def _format_of(path: str, body: dict[str, Any]) -> str | None:
+    """The structured-output form a chat request asks for (None: plain text)."""
+    if path == "/api/chat":
+        f = body.get("format")
+        if f is None or f == "":
+            return None
+        return "json_object" if f == "json" else "json_schema"
+    rf = body.get("response_format")
+    if not rf:
+        return None
+    if rf.get("type") == "json_schema":
+        return "json_schema"
+    if rf.get("type") == "json_object":
+        return "json_object+schema" if rf.get("schema") else "json_object"
+    return str(rf.get("type"))
+
+
 def hashed_embedding(text: str, dim: int = 64) -> list[float]:
     """A deterministic bag-of-words vector, L2-normalised (similar texts -> similar vectors)."""
     v = [0.0] * dim
@@ -116,12 +149,28 @@ class FakeLLMServer:
         models: tuple[str, ...] = ("scripted",),
         max_requests: int = 500,
         lifetime_s: float = 300.0,
+        formats: tuple[str, ...] = ("json_schema", "json_object+schema", "json_object", "plain"),
+        refuse_status: int = 400,
+        context_length: int | None = None,
+        props: bool = False,
+        flavour: str = "openai",
+        usage: bool = True,
+        tokenizer: bool = False,
     ) -> None:
+        self.usage = usage
+        self.tokenizer = tokenizer
+        self.formats = formats
+        self.refuse_status = refuse_status
+        self.context_length = context_length
+        self.props = props
+        self.flavour = flavour
         self.responder = responder or ScriptedResponder(default=lambda role, req: Reply(content="{}"))
         self.models = models
         self.max_requests = max_requests
         self.lifetime_s = lifetime_s
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        #: the structured-output form of each negotiation probe answered
+        self.probes: list[str] = []
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -162,6 +211,9 @@ class FakeLLMServer:
                 server.requests.append((self.path, {}))
                 if self.path == "/api/tags":
                     self._json(200, {"models": [{"model": m, "name": m} for m in server.models]})
+                elif self.path == "/props" and server.props and server.context_length:
+                    self._json(200, {"default_generation_settings": {"n_ctx": server.context_length},
+                                     "total_slots": 1})
                 elif self.path in ("/v1/models", "/models"):
                     self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 elif self.path == "/":
@@ -183,19 +235,61 @@ class FakeLLMServer:
                     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
                     self._json(200, {"model": body.get("model"), "embeddings": [hashed_embedding(t) for t in inputs]})
                     return
+                if self.path == "/extras/tokenize/count" and server.tokenizer:
+                    self._json(200, {"count": len(str(body.get("input", "")).split())})
+                    return
+                if self.path == "/api/show":
+                    if body.get("model") not in server.models:
+                        self._json(404, {"error": f"model '{body.get('model')}' not found"})
+                        return
+                    params = f"num_ctx                        {server.context_length}" if server.context_length else ""
+                    self._json(200, {"modelfile": "", "parameters": params, "template": "",
+                                     "details": {"family": "scripted"},
+                                     "model_info": {"scripted.context_length": 32768}})
+                    return
                 if self.path not in ("/api/chat", "/v1/chat/completions"):
                     self._json(404, {"error": "not found"})
                     return
-                reply = _as_reply(server.responder(body, self.path))
+                form = _format_of(self.path, body)
+                if form is not None and form not in server.formats:
+                    self._json(server.refuse_status, {"error": {
+                        "message": f"[{{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                                   f"'msg': \"Input should be 'text' or 'json_object'\", 'input': '{form}'}}]",
+                        "type": "internal_server_error"}})
+                    return
+                if server.context_length and self._too_long(body):
+                    return
+                if _is_probe(body):
+                    server.probes.append(form or "plain")
+                    reply = Reply(content={"ok": True})
+                else:
+                    reply = _as_reply(server.responder(body, self.path))
                 if reply.hang_s:
                     server._stop.wait(reply.hang_s)
                 if reply.status:
-                    self._json(reply.status, {"error": reply.text() or "scripted error"})
+                    if server.flavour == "ollama" and self.path.startswith("/v1"):
+                        self._json(reply.status, {"error": {"message": reply.text() or "scripted error",
+                                                            "type": "api_error", "param": None, "code": None}})
+                    else:
+                        self._json(reply.status, {"error": reply.text() or "scripted error"})
                     return
                 if self.path == "/api/chat":
                     self._ollama(body, reply)
                 else:
                     self._openai(body, reply)
+
+            def _too_long(self, body: dict[str, Any]) -> bool:
+                n = sum(len(m.get("content", "")) for m in body.get("messages", [])) // 3
+                want = n + int(body.get("max_tokens") or 0)
+                if want <= int(server.context_length or 0):
+                    return False
+                if self.path == "/api/chat":
+                    return False  # Ollama cuts the prompt silently
+                msg = (f"This model's maximum context length is {server.context_length} tokens. However, you "
+                       f"requested {want} tokens ({n} in the messages, {body.get('max_tokens')} in the completion).")
+                self._json(400, {"error": {"message": msg, "type": "invalid_request_error",
+                                           "code": "context_length_exceeded"}})
+                return True
 
             def _chunks(self, reply: Reply) -> list[str]:
                 t = reply.text()
@@ -221,6 +315,8 @@ class FakeLLMServer:
                     if reply.die_after is not None and i >= reply.die_after:
                         self._die()
                         return
+                    if reply.chunk_delay_s:
+                        server._stop.wait(reply.chunk_delay_s)
                     self._write_chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": c},
                                                   "done": False}) + "\n")
                 self._write_chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": ""},
@@ -235,9 +331,9 @@ class FakeLLMServer:
                 usage = {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
                 if not body.get("stream"):
                     self._json(200, {"id": "x", "object": "chat.completion", "model": model,
-                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                     "choices": [{"index": 0, "finish_reason": reply.finish_reason,
                                                   "message": {"role": "assistant", "content": reply.text()}}],
-                                     "usage": usage})
+                                     **({"usage": usage} if server.usage else {})})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -247,13 +343,15 @@ class FakeLLMServer:
                     if reply.die_after is not None and i >= reply.die_after:
                         self._die()
                         return
+                    if reply.chunk_delay_s:
+                        server._stop.wait(reply.chunk_delay_s)
                     chunk = {"id": "x", "object": "chat.completion.chunk", "model": model,
                              "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": None}]}
                     self._write_chunk(f"data: {json.dumps(chunk)}\n\n")
                 end = {"id": "x", "object": "chat.completion.chunk", "model": model,
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]}
                 self._write_chunk(f"data: {json.dumps(end)}\n\n")
-                if (body.get("stream_options") or {}).get("include_usage"):
+                if (body.get("stream_options") or {}).get("include_usage") and server.usage:
                     self._write_chunk(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n")
                 self._write_chunk("data: [DONE]\n\n")
                 self._write_chunk("")
@@ -294,8 +392,8 @@ class FakeLLMServer:
             self._httpd = None
 
     def chat_requests(self) -> list[dict[str, Any]]:
-        """The bodies of the chat requests received so far."""
-        return [b for p, b in self.requests if p in ("/api/chat", "/v1/chat/completions")]
+        """The bodies of the chat requests received so far (negotiation probes left out)."""
+        return [b for p, b in self.requests if p in ("/api/chat", "/v1/chat/completions") and not _is_probe(b)]
 
     def __enter__(self) -> "FakeLLMServer":
         return self.start()

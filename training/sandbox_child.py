@@ -499,6 +499,7 @@ def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any
     import torch
 
     from training import probes as P
+    from training.harness import WorkerFailed
     from training.trainer import IGNORE, sequence_loss
 
     scale = payload_scale(payload)

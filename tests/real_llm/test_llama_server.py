@@ -1,0 +1,102 @@
+"""Against a real llama.cpp server (llama-cpp-python serving SmolLM2-135M): the backend scenarios,
+recorded as cassettes for the default suite; the loop for 2 experiments per role configuration;
+and the server killed mid-run. Opt-in: ``make test-llm``."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agents.events import ExperimentFinished, Warning
+from agents.llm import OpenAIBackend
+from agents.loop import Loop
+from tests import llm_scenarios as sc
+from tests.loop_helpers import FakeExecutor, make_lab
+from tests.real_llm.conftest import LlamaServer
+
+
+@pytest.mark.parametrize("name", list(sc.SCENARIOS))
+def test_scenario_recorded(llama_server, name):
+    sc.CASSETTES.mkdir(exist_ok=True)
+    with sc.vcr_config(record=True).use_cassette(str(sc.cassette(name))):
+        be = OpenAIBackend(sc.MODEL, llama_server.url, timeout_s=300)
+        out = sc.SCENARIOS[name](be)
+    sc.check(name, out)
+
+
+def _lab(tmp_path, roles: tuple[str, ...], url: str):
+    lab = make_lab(tmp_path / "lab")
+    c = lab.config.llm
+    for role in roles:
+        setattr(c, role, "openai")
+        setattr(c, f"{role}_model", sc.MODEL)
+    c.openai_base_url = url
+    c.context_length = sc.N_CTX
+    # small replies keep a CPU-served 135M model to tens of seconds per call
+    c.researcher_max_tokens, c.debugger_max_tokens, c.analyst_max_tokens, c.judge_max_tokens = 512, 512, 384, 96
+    c.call_timeout_s = 240.0
+    return lab
+
+
+CONFIGS = {"all": ("researcher", "analyst", "judge", "debugger"), "researcher": ("researcher",),
+           "analyst+judge": ("analyst", "judge")}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_loop_two_experiments(llama_server, tmp_path, config):
+    roles = CONFIGS[config]
+    lab = _lab(tmp_path, roles, llama_server.url)
+    loop = Loop(lab, executor=FakeExecutor(), experiments=2, baselines=("deltanet",), backoff_s=0.5)
+    header = loop.negotiate_llms()
+    for role in roles:
+        line = next(x for x in header if x.startswith(role))
+        assert "JSON via json_object+schema" in line and f"ctx {sc.N_CTX}" in line, header
+    summary = loop.run()
+    assert summary.state == "finished" and len(summary.experiments) == 2
+    for e in summary.experiments:
+        rec = lab.store.get(e["id"])
+        assert rec.name != "research-failed"  # an unusable reply never spends the experiment
+        model_calls = [t for t in rec.transcript if t["model"].startswith("openai:")]
+        assert model_calls and any(t["reply"] for t in model_calls)  # the model's real replies are kept
+        assert all(t["duration_s"] > 0 for t in model_calls)
+    for role in roles:
+        t = summary.agents[role]
+        steps = t["llm"] + t["fallback"]
+        assert steps >= (2 if role != "debugger" else 0)
+        assert t["calls"] >= (1 if steps else 0)  # an open circuit answers without a call
+        print(f"{config}/{role}: {t['llm']}/{steps} steps by the model, {t['calls']} calls, "
+              f"{t['call_seconds'] / max(1, t['calls']):.1f} s per call")
+
+
+def test_server_killed_mid_run(tmp_path):
+    srv = LlamaServer(tmp_path / "server.log").start()
+    try:
+        lab = _lab(tmp_path, CONFIGS["all"], srv.url)
+        lab.config.llm.researcher_max_tokens = lab.config.llm.analyst_max_tokens = 128
+        loop = Loop(lab, executor=FakeExecutor(), experiments=3, baselines=("deltanet",), backoff_s=0.2)
+        events: list = []
+        first_done = threading.Event()
+
+        def on(ev):
+            events.append(ev)
+            if isinstance(ev, ExperimentFinished) and ev.reason != "seed measured":
+                first_done.set()
+
+        loop.subscribe(on)
+        loop.start()
+        assert first_done.wait(900), "the first experiment did not finish"
+        srv.kill()
+        assert loop.join(900)
+    finally:
+        srv.kill()
+    summary = loop.summary
+    assert summary.state == "finished" and len(summary.experiments) == 3
+    last = lab.store.get(summary.experiments[-1]["id"])
+    assert last.name != "research-failed"
+    assert all(s["by"] == "fallback" for s in last.extra["agent_steps"] if s["role"] in ("researcher", "analyst", "judge"))
+    # one clear warning per role when its circuit opens, not one per call
+    opened = [e.message for e in events if isinstance(e, Warning) and "consecutive failures" in e.message]
+    assert len(opened) <= 4 and len({m.split(":")[0] for m in opened}) == len(opened)
+    assert summary.agents["researcher"]["llm"] + summary.agents["researcher"]["fallback"] == 3
