@@ -500,13 +500,7 @@ class ArchiveStore:
 
     def best(self) -> ExperimentRecord | None:
         """The best accepted experiment (``refs/heads/best``), or None."""
-        sha = self._read_ref(BEST_REF)
-        if sha is None:
-            return None
-        exp_id = self._by_commit.get(sha)
-        if exp_id is None:
-            self.refresh()
-            exp_id = self._by_commit.get(sha)
+        exp_id = self.best_id()
         return self.get(exp_id) if exp_id else None
 
 

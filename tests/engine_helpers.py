@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 
@@ -53,3 +54,12 @@ def tiny_scale(name: str = "explore", lm_steps: int = 4, probe_steps: int = 2):
         probe_d_model=16, probe_n_heads=2, probe_n_layers=1, probes=probes,
     )
 
+
+
+def listener() -> socket.socket:
+    """A TCP listener on 127.0.0.1 (any free port) that a contained candidate must not reach."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.5)
+    return srv

@@ -31,6 +31,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 
+#: A reply schema, a valid reply and a prompt shared by the backend tests.
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "motivation": {"type": "string"}, "code": {"type": "string"}},
+    "required": ["name", "motivation", "code"],
+}
+GOOD = {"name": "x", "motivation": "because", "code": "class Mixer:\n    pass\n"}
+SYS = [{"role": "system", "content": "You are the Researcher of a lab."}, {"role": "user", "content": "go"}]
+
+
 @dataclass
 class Reply:
     """One scripted answer.

@@ -17,6 +17,7 @@ import pytest
 from training import sandbox as sandbox_mod
 from training.checker import CHECK_NAMES, _scale_config, check_file
 from training.sandbox import INNER_CANDIDATE, Limits, SandboxError, bwrap_path, run_sandboxed
+from tests.engine_helpers import listener
 
 HOSTILE = Path(__file__).parent / "hostile"
 SCALE = _scale_config("probe")
@@ -66,12 +67,6 @@ OS_CASES = {
 }
 
 
-def _listener() -> socket.socket:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.5)
-    return srv
 
 
 def _materialise(tmp_path: Path, name: str, outside: Path, port: int, secret: Path) -> Path:
@@ -142,7 +137,7 @@ def test_static_check_off_the_os_boundary_alone_contains_it(name, tmp_path):
     outside.mkdir()
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
-    srv = _listener()
+    srv = listener()
     try:
         cand = _materialise(tmp_path, name, outside, srv.getsockname()[1], secret)
         before = _tree(tmp_path)
@@ -186,7 +181,7 @@ def test_a_daemon_does_not_outlive_the_check(tmp_path):
     nothing has acted and nothing runs."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    srv = _listener()
+    srv = listener()
     try:
         cand = _materialise(tmp_path, "escape_daemon", outside, srv.getsockname()[1], tmp_path / "secret.txt")
         res = run_sandboxed("check", {"path": str(cand), "scale": SCALE, "static_check": False,

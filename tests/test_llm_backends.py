@@ -21,15 +21,8 @@ from agents.llm import (
     make_backend,
     parse_llm_spec,
 )
-from tests.fake_llm_server import FakeLLMServer, Reply, ScriptedResponder, hashed_embedding
+from tests.fake_llm_server import GOOD, SCHEMA, SYS, FakeLLMServer, Reply, ScriptedResponder, hashed_embedding
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "motivation": {"type": "string"}, "code": {"type": "string"}},
-    "required": ["name", "motivation", "code"],
-}
-GOOD = {"name": "x", "motivation": "because", "code": "class Mixer:\n    pass\n"}
-SYS = [{"role": "system", "content": "You are the Researcher of a lab."}, {"role": "user", "content": "go"}]
 
 
 def _no_sleep(_s: float) -> None:

@@ -22,15 +22,8 @@ from agents.llm import (
 )
 from agents.llm_session import CircuitBreaker, CircuitOpen, LLMSession, RoleSession, schema_max_tokens, tally
 from agents.llm import LLMSpec
-from tests.fake_llm_server import FakeLLMServer, Reply, ScriptedResponder
+from tests.fake_llm_server import GOOD, SCHEMA, SYS, FakeLLMServer, Reply, ScriptedResponder
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "motivation": {"type": "string"}, "code": {"type": "string"}},
-    "required": ["name", "motivation", "code"],
-}
-GOOD = {"name": "x", "motivation": "because", "code": "class Mixer:\n    pass\n"}
-SYS = [{"role": "system", "content": "You are the Researcher of a lab."}, {"role": "user", "content": "go"}]
 KINDS = ["ollama", "openai", "ollama-v1"]
 
 

@@ -12,18 +12,13 @@ import pytest
 from training import sandbox as sandbox_mod
 from training.sandbox import Limits, SandboxError, bwrap_path, run_sandboxed
 from training.checker import _scale_config
+from tests.engine_helpers import listener
 
 HOSTILE = Path(__file__).parent / "hostile"
 SCALE = _scale_config("probe")
 FAST = {"lengths": [256, 512, 1024], "time_budget_s": 1.0}
 
 
-def _listener() -> socket.socket:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.5)
-    return srv
 
 
 def _assert_no_connection(srv: socket.socket) -> None:
@@ -62,7 +57,7 @@ def test_runtime_escapes_make_no_file_and_no_connection(mode, tmp_path, monkeypa
     open() (absolute and ../relative), os.open, raw and high-level sockets and subprocess."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    srv = _listener()
+    srv = listener()
     try:
         cand = _candidate(tmp_path, "escape_runtime", outside, srv.getsockname()[1])
         before = _tree(tmp_path)
@@ -93,7 +88,7 @@ def test_runtime_escapes_make_no_file_and_no_connection(mode, tmp_path, monkeypa
 def test_static_escapes_are_also_stopped_at_runtime(name, needle, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    srv = _listener()
+    srv = listener()
     try:
         cand = _candidate(tmp_path, name, outside, srv.getsockname()[1])
         res = run_sandboxed("check", {"path": str(cand), "scale": SCALE, "static_check": False, "options": FAST},
