@@ -1,4 +1,4 @@
-"""The Analyst: what happened in an experiment, and why (DESIGN.md step 7).
+"""The Analyst: what happened in an experiment, and why (docs/ARCHITECTURE.md step 7).
 
 It compares the experiment with its parent, its siblings and the reference baselines, finds the
 component that made a difference by comparing siblings that differ in one lever (a

@@ -1,4 +1,4 @@
-"""The Engineer (check, then evaluate, in the sandbox) with the Debugger (DESIGN.md steps 4–6).
+"""The Engineer (check, then evaluate, in the sandbox) with the Debugger (docs/ARCHITECTURE.md steps 4–6).
 
 ``Engineer.develop`` runs the check; a failure goes to the Debugger with the code, the error and
 the log tail, and its repaired code is re-checked (bounded rounds, ``debug_rounds``). A passing

@@ -1,4 +1,4 @@
-"""The fitness of an experiment (DESIGN.md step 8).
+"""The fitness of an experiment (docs/ARCHITECTURE.md step 8).
 
 fitness = (s_loss + s_score + s_judge) / 3, each in [0, 1]; with L the validation loss, B the mean
 probe/benchmark score and L0, B0 the seed baseline's at the same scale:

@@ -1,5 +1,5 @@
 """The research loop: sample → research → novelty → check → (approve) → evaluate → analyse →
-judge → score → commit (DESIGN.md, "One experiment, step by step").
+judge → score → commit (docs/ARCHITECTURE.md, "One experiment, step by step").
 
 ``Loop`` runs in one worker thread (``start()``) or in the caller's thread (``run()``). It talks
 to the outside only through typed events (``agents.events``; ``subscribe``/``events``, also
@@ -1289,7 +1289,7 @@ class Loop:
         return list(self.lab.store.all())
 
     def _novelty(self, proposal: Proposal) -> tuple[bool, tuple[str, float] | None]:
-        """DESIGN.md step 3. A proposal that carries a genome (the built-in researcher's) is a
+        """docs/ARCHITECTURE.md step 3. A proposal that carries a genome (the built-in researcher's) is a
         structured design: it is a rehash exactly when an earlier experiment has the same genome.
         Its motivation is written from a template, so embedding similarity between two different
         genomes' motivations runs at 0.7-0.96 and would reject genuinely new designs. Free-text

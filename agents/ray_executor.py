@@ -1,4 +1,4 @@
-"""Executors: where checks and evaluations run (DESIGN.md, "Executors").
+"""Executors: where checks and evaluations run (docs/ARCHITECTURE.md, "Executors").
 
 Two implementations of ``agents.engineer.Executor``:
 

@@ -65,7 +65,7 @@ class Rejection:
 
 @dataclass
 class ResearchContext:
-    """Everything the Researcher sees for one step (DESIGN.md step 2).
+    """Everything the Researcher sees for one step (docs/ARCHITECTURE.md step 2).
 
     ``parent``, ``references`` and ``failures`` are ``archive.record.ExperimentRecord``s;
     ``cognition`` is ``[(corpus.schema.Entry, score), ...]`` for the parent's problem statement;

@@ -1,4 +1,4 @@
-"""The candidate set (DESIGN.md step 1): the top accepted experiments by fitness; parents are
+"""The candidate set (docs/ARCHITECTURE.md step 1): the top accepted experiments by fitness; parents are
 drawn rank-weighted from ranks 1..top_k, references uniformly from the reference ranks
 (11..50 by default).
 

@@ -78,7 +78,7 @@ class LoopConfig:
 
 @dataclass
 class SamplingConfig:
-    """[sampling]: the candidate set (DESIGN.md step 1)."""
+    """[sampling]: the candidate set (docs/ARCHITECTURE.md step 1)."""
 
     top_k: int = 10
     reference_ranks: list[int] = field(default_factory=lambda: [11, 50])

@@ -1,4 +1,4 @@
-"""A lab folder (DESIGN.md, "The archive")::
+"""A lab folder (docs/ARCHITECTURE.md, "The archive")::
 
     lab/asiarch.toml     configuration (archive.config)
     lab/archive/         bare git repo, one commit per experiment: the source of truth
@@ -273,7 +273,7 @@ class Lab:
         return self.store.next_id()
 
     def commit(self, record: ExperimentRecord, novelty: bool = True) -> str:
-        """DESIGN.md step 9: the archive commit, then the index and the novelty index, under the
+        """docs/ARCHITECTURE.md step 9: the archive commit, then the index and the novelty index, under the
         lab lock. A record with an empty ``id`` gets the next id under the lock. Returns the
         commit sha."""
         with self.lock():

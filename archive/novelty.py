@@ -1,5 +1,5 @@
 """The novelty index: embeddings of every experiment's motivation in a persisted hnswlib index
-(``lab/novelty.hnsw``), queried before a proposal is checked (DESIGN.md step 3).
+(``lab/novelty.hnsw``), queried before a proposal is checked (docs/ARCHITECTURE.md step 3).
 
 A motivation whose cosine similarity with an earlier one reaches the threshold (``[loop]
 novelty_threshold``) is not novel. The index records the archive state and the embedder it was

@@ -1,6 +1,6 @@
 """The archive store: one git commit per experiment, in a bare repo (``lab/archive``).
 
-Layout of one experiment commit (DESIGN.md, "The archive"):
+Layout of one experiment commit (docs/ARCHITECTURE.md, "The archive"):
 
 * first parent: the parent experiment's commit (the seed is a root commit); references and the
   rest of the lineage are in trailers;

@@ -1,4 +1,4 @@
-"""The fixed backbone every mixer is trained in (DESIGN.md, "The mixer contract").
+"""The fixed backbone every mixer is trained in (docs/ARCHITECTURE.md, "The mixer contract").
 
     tokens -> embedding -> N x [ x + Mixer(RMSNorm(x)); x + SwiGLU(RMSNorm(x)) ] -> RMSNorm -> tied LM head
 

@@ -1,4 +1,4 @@
-"""Named evaluation scales (DESIGN.md, "The evaluation ladder").
+"""Named evaluation scales (docs/ARCHITECTURE.md, "The evaluation ladder").
 
 - ``demo``: CPU, the default of a new lab: noisy and fuzzy recall only, 120 steps each.
 - ``probe``: CPU, tens of seconds: the synthetic probes only, at tiny width.
@@ -78,8 +78,8 @@ class Scale:
         return self.lm_steps > 0
 
 
-# Probe suites. Recall probes are sized so that state capacity matters (DESIGN.md: T=64 with 4
-# pairs separates nothing); the others are MAD's tasks at small size.
+# Probe suites. Recall probes are sized so that state capacity matters (measured: T=64 with 4
+# pairs separates no mixer from another); the others are MAD's tasks at small size.
 _PROBE_SUITE = (
     probe("mqar", vocab_size=128, seq_len=64, num_kv_pairs=8, steps=250, batch_size=32, lr=1e-2),
     probe("noisy_recall", vocab_size=64, seq_len=64, num_keys=8, noise_vocab=16, frac_noise=0.2,

@@ -1,6 +1,6 @@
 """Render a :class:`~agents.builtin.genome.Genome` to a standalone, readable mixer file.
 
-The output obeys DESIGN.md's mixer contract (``class Mixer(nn.Module)`` with
+The output obeys the mixer contract of docs/ARCHITECTURE.md (``class Mixer(nn.Module)`` with
 ``__init__(self, d_model, n_heads, **kwargs)`` and ``forward(x)``), imports only what the sandbox
 allows (torch, torch.nn, torch.nn.functional, math and ``training.ops``), and is written to be read
 by a person or an LLM researcher who mutates it further: one line per design choice, with comments

@@ -1,4 +1,4 @@
-"""The six reference mixers: standalone files obeying the mixer contract (DESIGN.md).
+"""The six reference mixers: standalone files obeying the mixer contract (docs/ARCHITECTURE.md).
 
 Each file defines ``class Mixer(nn.Module)`` with ``__init__(self, d_model, n_heads, **kwargs)`` and
 ``forward(x: [batch, length, d_model]) -> same shape``, imports only torch, einops and

@@ -8,7 +8,7 @@ Exact recall of anything in the context, at a cost quadratic in the length (this
 reference mixer that is *not* sub-quadratic; it is the yardstick, not a candidate). Computed with
 PyTorch's fused scaled_dot_product_attention. Rotary position embedding on q and k, and short
 causal convolutions (k=4, no activation) on q, k, v like every reference mixer here: without
-them attention stalls on associative recall at this scale on some seeds (see DESIGN.md).
+them attention stalls on associative recall at this scale on some seeds (measured with MQAR at width 64: 2 of 5 seeds stalled near 50%).
 
 Parameters at d_model = d, n_heads = h: 4 d^2 (q, k, v, o) + 12 d (convs); d=128, h=4: 67,072.
 """
