@@ -275,3 +275,17 @@ def test_child_dies_with_the_process_that_started_it(tmp_path):
     alive = [p for p in pids if os.path.exists(f"/proc/{p}")
              and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
     assert not alive, f"sandbox children outlived their parent: {alive}"
+
+
+def test_a_checkout_under_tmp_stays_visible_above_the_scratch(monkeypatch):
+    """The scratch is a tmpfs at /tmp: a project (or venv) that lives under /tmp, as a CI clone
+    may, is bound back read-only on top of it, outermost folder only; the run folder is not."""
+    from training import sandbox as sb
+
+    assert sb._bind_back("/tmp", ["/tmp/a", "/tmp/a/b", "/usr/lib", "/tmpx/c"]) == ["--ro-bind", "/tmp/a", "/tmp/a"]
+    monkeypatch.setattr(sb, "PROJECT_ROOT", Path("/tmp/clone-of-asiarch"))
+    flags = sb._bwrap_flags(1 << 20)
+    scratch = flags.index("--tmpfs") + 1
+    assert flags[scratch] == "/tmp"
+    i = flags.index("/tmp/clone-of-asiarch")
+    assert i > scratch and flags[i - 1] == "--ro-bind" and flags[i + 1] == "/tmp/clone-of-asiarch"

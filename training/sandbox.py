@@ -211,18 +211,29 @@ def _bwrap_flags(scratch_bytes: int) -> list[str]:
                                                  os.path.dirname(os.path.realpath(sys.executable)),
                                                  str(PROJECT_ROOT))})
     keep += [p for p in sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}) if p not in keep]
+    # a checkout or interpreter under /tmp (a CI clone, say) would vanish behind the scratch:
+    # bind it back, read-only (the writable run folder and the candidate stay the scratch's own)
+    flags += _bind_back(SCRATCH, [p for p in keep if not p.startswith((INNER_RUN_DIR, os.path.dirname(INNER_CANDIDATE)))])
     for hidden in HIDDEN_DIRS:
         if not os.path.isdir(hidden) or os.path.islink(hidden):
             continue
         flags += ["--size", str(1024 * 1024), "--tmpfs", hidden]
-        for p in keep:
-            if p.startswith(hidden.rstrip("/") + "/") and not any(
-                    p.startswith(q.rstrip("/") + "/") for q in keep if q != p):
-                flags += ["--ro-bind", p, p]
+        flags += _bind_back(hidden, keep)
         flags += ["--remount-ro", hidden]
     for f in HIDDEN_FILES:
         if os.path.isfile(f):
             flags += ["--ro-bind", "/dev/null", f]
+    return flags
+
+
+def _bind_back(folder: str, keep: list[str]) -> list[str]:
+    """``--ro-bind`` flags that put back, on top of a tmpfs mounted at ``folder``, the outermost
+    of the ``keep`` paths that lie inside it."""
+    inside = [p for p in keep if p.startswith(folder.rstrip("/") + "/")]
+    flags: list[str] = []
+    for p in inside:
+        if not any(p.startswith(q.rstrip("/") + "/") for q in inside if q != p):
+            flags += ["--ro-bind", p, p]
     return flags
 
 
