@@ -28,16 +28,21 @@ HYPERPARAMETERS: dict[str, tuple[tuple, str]] = {
 }
 
 
+#: A parameter's annotation: a name, or a union of names (``int | None``).
+_TYPE = r"\w+(?:\s*\|\s*\w+)*"
+
+
 def set_default(code: str, name: str, value: object) -> str | None:
-    """``code`` with the default of keyword ``name`` (``name: type = value``) replaced, or None."""
-    pat = re.compile(rf"(\b{name}\s*:\s*\w+\s*=\s*)([^,\)\n]+)")
+    """``code`` with the default of keyword ``name`` (``name: type = value``, the type may be a
+    union such as ``int | None``) replaced, or None."""
+    pat = re.compile(rf"(\b{name}\s*:\s*{_TYPE}\s*=\s*)([^,\)\n]+)")
     if not pat.search(code):
         return None
     return pat.sub(lambda m: m.group(1) + repr(value), code, count=1)
 
 
 def _current(code: str, name: str) -> str | None:
-    m = re.search(rf"\b{name}\s*:\s*\w+\s*=\s*([^,\)\n]+)", code)
+    m = re.search(rf"\b{name}\s*:\s*{_TYPE}\s*=\s*([^,\)\n]+)", code)
     return m.group(1).strip() if m else None
 
 

@@ -185,6 +185,9 @@ def _wait_for(events, pred, timeout=30.0):
 
 def test_supervised_approve_reject_edit_fork_pause_via_commands(tmp_path):
     lab = make_lab(tmp_path / "lab")
+    # this test is about the commands: the stand-in's templated motivations (similarity 0.95-0.98
+    # under the hash embedder) must not run out of novel proposals before the 4th approval
+    lab.config.loop.novelty_threshold = 0.995
     ex = FakeExecutor()
     loop = Loop(lab, llm="builtin", researcher=StandInResearcher(), executor=ex, mode="supervised",
                 experiments=4, baselines=("deltanet",))
