@@ -10,7 +10,7 @@ short training runs at the explore scale's model and batch shape (d_model 128, 4
 AdamW schedule as training/trainer.py): one in fp32, one with the forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``; the weights, gradients, optimizer state and the
 loss (logits upcast) stay fp32, and so do the ops' decay sums and delta-rule state carry
-(training/ops.py). Reported per run: tokens per CPU-second (``time.process_time`` with
+(training/ops/). Reported per run: tokens per CPU-second (``time.process_time`` with
 ``--threads`` threads; on a machine shared with other jobs CPU time is the fairer clock), the
 final training loss (mean of the last 10 steps) and the validation loss evaluated in fp32 on the
 scale's fixed validation windows. The verdict compares the bf16-fp32 loss change with the spread

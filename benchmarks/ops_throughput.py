@@ -130,21 +130,8 @@ DELTA_OPS = ("delta_rule", "gated_delta_rule")
 
 
 def recurrent(q, k, v, decay=None, beta=None):
-    """Step-by-step recurrence (the literal definition): S [B, H, Dk, Dv]."""
-    scale = q.shape[-1] ** -0.5
-    S = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
-    outs = []
-    for t in range(q.shape[2]):
-        if decay is not None:
-            S = S * decay(t)
-        kt, vt = k[:, :, t], v[:, :, t]
-        if beta is None:
-            S = S + kt.unsqueeze(-1) * vt.unsqueeze(-2)
-        else:
-            pred = (S * kt.unsqueeze(-1)).sum(-2)
-            S = S + beta[:, :, t, None, None] * kt.unsqueeze(-1) * (vt - pred).unsqueeze(-2)
-        outs.append(((q[:, :, t] * scale).unsqueeze(-1) * S).sum(-2))
-    return torch.stack(outs, dim=2)
+    """Step-by-step recurrence (the literal definition, ``training.ops.recurrence``)."""
+    return ops.recurrence(q, k, v, decay=decay, beta=beta)
 
 
 def load_fla_naive(sub: str):

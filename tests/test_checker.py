@@ -174,6 +174,7 @@ def test_quadratic_design_fails_subquadratic(tmp_path):
     ("nan_output", "forward_backward", "NaN or infinite"),
     ("tensor_subclass", "forward_backward", "plain torch.Tensor"),
     ("monkeypatch_alias", "build", "modified torch.isfinite"),
+    ("monkeypatch_ops_submodule", "build", "modified training.ops.common.chunk_size_for"),
     ("escape_dynamic_getattr", "build", "sandbox: getattr(..., 'os') is not allowed"),
 ])
 def test_broken_candidates_stop_at_the_right_check(name, check, needle, tmp_path):

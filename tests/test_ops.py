@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from training import ops
+from training.ops import common as ops_common
+from training.ops import delta as delta_mod
+from training.ops import gla as gla_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,34 +38,8 @@ SHAPES = [
 
 
 def ref_recurrent(q, k, v, scale=None, decay_fn=None, beta=None, normalize=False):
-    """Generic step-by-step recurrence over S [B, H, Dk, Dv].
-
-    decay_fn(t) returns the multiplicative decay of step t broadcastable to S (or None);
-    with beta the update is the (gated) delta rule, else the additive one.
-    """
-    B, H, L, Dk = q.shape
-    Dv = v.shape[-1]
-    scale = Dk ** -0.5 if scale is None else scale
-    S = q.new_zeros(B, H, Dk, Dv)
-    z = q.new_zeros(B, H, Dk)
-    outs = []
-    for t in range(L):
-        a = decay_fn(t) if decay_fn is not None else None
-        if a is not None:
-            S = a * S
-        kt, vt = k[:, :, t], v[:, :, t]
-        if beta is None:
-            S = S + kt.unsqueeze(-1) * vt.unsqueeze(-2)
-        else:
-            pred = (S * kt.unsqueeze(-1)).sum(-2)  # S^T k
-            S = S + beta[:, :, t, None, None] * kt.unsqueeze(-1) * (vt - pred).unsqueeze(-2)
-        qt = q[:, :, t] * scale
-        o = (qt.unsqueeze(-1) * S).sum(-2)
-        if normalize:
-            z = z + kt
-            o = o / ((qt * z).sum(-1, keepdim=True) + 1e-6)
-        outs.append(o)
-    return torch.stack(outs, dim=2)
+    """The package's literal recurrence (``training.ops.recurrence``), under the tests' old name."""
+    return ops.recurrence(q, k, v, scale=scale, decay=decay_fn, beta=beta, normalize=normalize)
 
 
 def rand_inputs(B, H, L, Dk, Dv, seed=0, dtype=torch.float64, requires_grad=False):
@@ -247,17 +224,17 @@ def test_gla_intra_chunk_paths_agree():
         want = torch.einsum("...id,...jd,...ijd->...ij", q, k, (G.unsqueeze(-2) - G.unsqueeze(-3)).clamp(max=0).exp())
         want = want.tril()
         for splits in [(16, 4), (8,), ()]:
-            got = ops._gla_intra_chunk(q, k, G, splits)
+            got = gla_mod._gla_intra_chunk(q, k, G, splits)
             torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
 
 
 def test_unit_lower_inverse_and_its_gradient():
     gen = torch.Generator().manual_seed(5)
     A = (0.3 * torch.randn(2, 3, 12, 12, generator=gen, dtype=torch.float64)).tril(-1).requires_grad_()
-    T = ops._UnitLowerInverse.apply(A)
+    T = delta_mod._UnitLowerInverse.apply(A)
     eye = torch.eye(12, dtype=torch.float64)
     torch.testing.assert_close(T @ (A + eye), eye.expand(2, 3, 12, 12))
-    assert torch.autograd.gradcheck(lambda a: ops._UnitLowerInverse.apply(a.tril(-1)), (A,))
+    assert torch.autograd.gradcheck(lambda a: delta_mod._UnitLowerInverse.apply(a.tril(-1)), (A,))
 
 
 def test_default_chunk_size_is_tuned_per_op_and_checked():
@@ -492,9 +469,9 @@ def test_fla_dispatch_is_cuda_only(monkeypatch):
     def must_not_import():
         raise AssertionError("fla import attempted for a CPU tensor")
 
-    monkeypatch.setattr(ops, "_fla_ops", must_not_import)
+    monkeypatch.setattr(ops_common, "_fla_ops", must_not_import)
     x = torch.randn(1, 1, 4, 2)
-    assert not ops._use_fla(x)
+    assert not ops_common._use_fla(x)
     assert ops.linear_attention(x, x, x).shape == x.shape
 
 
@@ -518,3 +495,34 @@ def test_ops_run_under_cpu_bf16_autocast(name):
     assert leaves["q"].grad is not None and torch.isfinite(leaves["q"].grad.float()).all()
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < 3e-2, f"{name}: relative error {rel:.3g} under bf16 autocast"
+
+
+# ------------------------------------------------------------------------------------------------
+# the package's naive references (training.ops.NAIVE) agree with the chunked ops
+# ------------------------------------------------------------------------------------------------
+
+
+def test_naive_references_match_chunked_ops():
+    t = rand_inputs(2, 2, 37, 8, 6, seed=3)
+    q, k, v, beta, gh, gc = (t[n] for n in ("q", "k", "v", "beta", "g_head", "g_chan"))
+    kn = ops.l2_norm(k)
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(2, dtype=q.dtype))
+    f = lambda x: x.float()  # noqa: E731
+    pairs = {
+        "linear_attention": (ops.linear_attention(f(q), f(k), f(v)), ops.NAIVE["linear_attention"](q, k, v)),
+        "retention": (ops.retention(f(q), f(k), f(v), f(gamma)), ops.NAIVE["retention"](q, k, v, gamma)),
+        "simple_gla": (ops.simple_gla(f(q), f(k), f(v), f(gh)), ops.NAIVE["simple_gla"](q, k, v, gh)),
+        "gated_linear_attention": (ops.gated_linear_attention(f(q), f(k), f(v), f(gc)),
+                                   ops.NAIVE["gated_linear_attention"](q, k, v, gc)),
+        "delta_rule": (ops.delta_rule(f(q), f(kn), f(v), f(beta)), ops.NAIVE["delta_rule"](q, kn, v, beta)),
+        "gated_delta_rule": (ops.gated_delta_rule(f(q), f(kn), f(v), f(beta), f(gh)),
+                             ops.NAIVE["gated_delta_rule"](q, kn, v, beta, gh)),
+    }
+    for name, (ours, ref) in pairs.items():
+        assert ours.shape == ref.shape, name
+        close(ours, ref)
+    x = torch.randn(2, 11, 5, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    for act in ("silu", None):
+        close(ops.short_conv(x, w, b, act), ops.NAIVE["short_conv"](x, w, b, act))

@@ -330,7 +330,7 @@ class MutationWatch:
 
 def default_watch() -> MutationWatch:
     """The watch over torch, torch.nn, torch.nn.functional, torch.Tensor, nn.Module, einops,
-    math and training.ops (those that are importable)."""
+    math, training.ops with its submodules and classes (those that are importable)."""
     import math
 
     import torch
@@ -348,11 +348,25 @@ def default_watch() -> MutationWatch:
         pass
     try:
         from training import ops
-
-        targets["training.ops"] = ops
-    except Exception:  # ops not built yet or broken: not the candidate's fault
-        pass
+    except Exception:  # a broken ops package: its own tests fail; not the candidate's fault
+        ops = None
+    if ops is not None:
+        targets.update(_ops_targets())
     return MutationWatch(targets)
+
+
+def _ops_targets() -> dict[str, Any]:
+    """training.ops, each of its submodules (the chunked ops call their helpers through them) and
+    each class defined there (autograd Functions, modules), by dotted name."""
+    out: dict[str, Any] = {}
+    for name, mod in sorted(sys.modules.items()):
+        if mod is None or not (name == "training.ops" or name.startswith("training.ops.")):
+            continue
+        out[name] = mod
+        for attr, obj in vars(mod).items():
+            if isinstance(obj, type) and getattr(obj, "__module__", "") == name:
+                out[f"{name}.{attr}"] = obj
+    return out
 
 
 CANDIDATE_MODULE = "asiarch_candidate"
