@@ -580,17 +580,21 @@ class Loop:
         runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
                 if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
         error = ""
-        for sd in seeds:  # the same seeds as every design in the top, so the yardstick has a spread
-            if sd in runs:
-                continue
-            self.poll()
-            res = with_trust(self.executor.evaluate, Path(REFERENCE_MIXERS[name]), rd / f"seed-{sd}", sd, None,
-                             on_line=lambda l: self.emit(LogLine(source="train", line=l)),
-                             trusted=True)  # our own code
-            runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
-            runs[sd].setdefault("seed", sd)
-            error = error or res.error
-            if not is_complete(runs[sd]):
+        # the same seeds as every design in the top, so the yardstick has a spread. With nothing
+        # measured yet, the first seed runs alone (a reference that fails here costs one run, not
+        # three); the others then run side by side: on 2 cores 3 seeds take two rounds either way.
+        todo = [sd for sd in seeds if sd not in runs]
+        waves = [todo[:1], todo[1:]] if not runs else [todo]
+        for wave in (w for w in waves if w):
+            results = self._evaluate_seeds(Path(REFERENCE_MIXERS[name]), wave, lambda sd: rd / f"seed-{sd}", None,
+                                           lambda l: self.emit(LogLine(source="train", line=l)),
+                                           trusted=True)  # our own code
+            for sd in wave:
+                res = results[sd]
+                runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
+                runs[sd].setdefault("seed", sd)
+                error = error or res.error
+            if not all(is_complete(runs[sd]) for sd in wave):
                 break
         metrics = combine_seeds([runs[sd] for sd in seeds if sd in runs])
         with self._lock:
@@ -1121,6 +1125,34 @@ class Loop:
 
         return design_seeds(self.seed, self.n_seeds)
 
+    def seed_parallelism(self) -> int:
+        """How many evaluations of one design's seeds run at once: the machine's cores shared by
+        the loop's workers (each sandboxed evaluation uses one thread; see ``Limits``)."""
+        import os
+
+        return max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
+
+    def _evaluate_seeds(self, code_path: Path, seeds: list[int], run_dir: Callable[[int], Path],
+                        baseline: dict[str, Any] | None, on_line: Callable[[str], None],
+                        trusted: bool) -> dict[int, Any]:
+        """Evaluate ``code_path`` on each of ``seeds`` (``run_dir(seed)`` each), up to
+        :meth:`seed_parallelism` at once; returns ``{seed: ExecResult}``. The runs are independent
+        fixed-work evaluations (one thread each), so running them side by side changes their wall
+        time only, never their metrics."""
+        def one(sd: int) -> Any:
+            self.poll()
+            return with_trust(self.executor.evaluate, code_path, run_dir(sd), sd, baseline,
+                              on_line=on_line, trusted=trusted)
+
+        width = min(len(seeds), self.seed_parallelism())
+        if width <= 1:
+            return {sd: one(sd) for sd in seeds}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="asiarch-seed") as pool:
+            futures = {sd: pool.submit(one, sd) for sd in seeds}
+            return {sd: fut.result() for sd, fut in futures.items()}
+
     def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
                     on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False) -> None:
         """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
@@ -1137,13 +1169,13 @@ class Loop:
         top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
                if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
         if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
-            code_path = run_dir / "mixer.py"
+            self.emit(LogLine(exp_id=record.id, source="loop",
+                              line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seeds "
+                                   f"{', '.join(map(str, seeds))} ({min(len(seeds), self.seed_parallelism())} at once)"))
+            results = self._evaluate_seeds(run_dir / "mixer.py", seeds, lambda sd: run_dir / f"eval_seed{sd}",
+                                           baseline, lambda l: on_line("train", l), trusted)
             for sd in seeds:
-                self.poll()
-                self.emit(LogLine(exp_id=record.id, source="loop",
-                                  line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seed {sd}"))
-                res = with_trust(self.executor.evaluate, code_path, run_dir / f"eval_seed{sd}", sd, baseline,
-                                 on_line=lambda l: on_line("train", l), trusted=trusted)
+                res = results[sd]
                 m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
                 m.setdefault("seed", sd)
                 runs.append(m)

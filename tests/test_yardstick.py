@@ -282,3 +282,53 @@ def test_status_bar_says_measuring_baselines():
     bar = StatusBar()
     bar.values.update(baselines="measuring baselines 2/5")
     assert "measuring baselines 2/5" in bar.render_status().plain
+
+
+class Overlapping(FakeExecutor):
+    """Records how many evaluations are in flight at once (a barrier-free count: each call waits
+    until a second one has started, or a short while)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self._lock = threading.Lock()
+        self._second = threading.Event()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls: list[tuple[str, int]] = []
+
+    def evaluate(self, path, run_dir, seed, baseline, on_line=None):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.calls.append((Path(run_dir).name, seed))
+            if self.in_flight >= 2:
+                self._second.set()
+        try:
+            self._second.wait(5.0)  # not a timed assert: it only gives a parallel caller the chance to start
+            return super().evaluate(path, run_dir, seed, baseline, on_line)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def test_the_seed_runs_its_first_seed_alone_then_the_others_side_by_side(tmp_path: Path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    lab = make_lab(tmp_path / "lab")
+    ex = Overlapping()
+    loop = Loop(lab, llm="builtin", executor=ex, experiments=0, baselines=("deltanet",))
+    assert loop.seed_parallelism() == 2
+    metrics = loop.measure_baseline("deltanet")
+    seeds = [sd for _, sd in ex.calls]
+    assert sorted(seeds) == loop._seed_list() and seeds[0] == loop._seed_list()[0]  # the first alone, first
+    assert ex.max_in_flight == 2  # the other two side by side
+    assert metrics["n_seeds"] == len(loop._seed_list())
+    # one core (or as many workers as cores): one at a time
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert loop.seed_parallelism() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    loop.concurrency = 2
+    assert loop.seed_parallelism() == 2
