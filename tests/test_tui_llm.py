@@ -5,7 +5,6 @@ role's steps are counted as the model's or the built-in fallback's, and a dead s
 from __future__ import annotations
 
 import asyncio
-import time
 
 from agents import events as ev
 from agents.loop import Loop
@@ -13,14 +12,7 @@ from asiarch_tui.app import LoopEvent, ResearchConsole
 from asiarch_tui.widgets import StatusBar
 from tests.fake_llm_server import FakeLLMServer, Reply, ScriptedResponder
 from tests.loop_helpers import FakeExecutor, make_lab
-
-
-async def _wait(pilot, cond, timeout: float = 60.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
+from tests.test_tui import wait_for as _wait
 
 
 def _status(app) -> str:
