@@ -66,8 +66,8 @@ from agents.researcher import (
     ResearchContext,
     ResearchError,
     Researcher,
-    builtin_researcher,
 )
+from agents.builtin.researcher import builtin_researcher
 
 __all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
 

@@ -2,8 +2,9 @@
 
 Any researcher implements ``propose(ctx: ResearchContext) -> Proposal``. ``LLMResearcher`` asks a
 chat model (``agents.llm``) with the prompt of ``agents.prompts.researcher_messages``; the
-built-in evolutionary researcher (``agents.builtin``) plugs in through the same interface and is
-found by :func:`builtin_researcher`.
+built-in evolutionary researcher (``agents.builtin.researcher``, made by its
+``builtin_researcher``) plugs in through the same interface. This module does not import it: the
+built-in researcher depends on the types here, never the other way round.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = [
     "LLMResearcher",
     "ResearchError",
     "validate_code",
-    "builtin_researcher",
 ]
 
 
@@ -139,13 +139,3 @@ class LLMResearcher:
         cited = [str(e.id) for e, _ in ctx.cognition]
         return Proposal(name=name, motivation=str(obj["motivation"]).strip(), code=str(obj["code"]),
                         extra={"cognition": cited})
-
-
-def builtin_researcher(seed: int = 0) -> Researcher | None:
-    """The built-in evolutionary researcher if it is installed (``agents.builtin.researcher``
-    exposing ``BuiltinResearcher(seed=...)``), else None."""
-    try:
-        from agents.builtin.researcher import BuiltinResearcher  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return BuiltinResearcher(seed=seed)

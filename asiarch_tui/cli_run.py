@@ -256,7 +256,6 @@ def register(app: typer.Typer) -> None:
         from agents.events import ApprovalRequested
         from agents.llm import ModelMissing, parse_llm_spec
         from agents.loop import Loop
-        from agents.researcher import builtin_researcher
         from archive.config import ConfigError
         from archive.embed import EmbedderUnavailable
         from archive.lab import Lab, LabError
@@ -321,10 +320,6 @@ def register(app: typer.Typer) -> None:
             if type(w).kind == "Warning":
                 console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
         loop.llm.emit = None  # the loop sets its own emitter when it starts
-        if loop.researcher is None and builtin_researcher() is None:
-            _fail("the built-in researcher is not installed in this version, and the lab's researcher is "
-                  "`builtin`. Give an LLM with --llm ollama:MODEL (a running Ollama server) or "
-                  "--llm openai:MODEL@URL, or set [llm] researcher in the lab's asiarch.toml.")
         display = _Display(loop.budget_experiments or None)
         interactive = console.is_terminal
         q = loop.event_queue()

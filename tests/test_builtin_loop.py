@@ -42,3 +42,18 @@ def test_the_measured_seed_maps_to_the_seed_genome(tmp_path):
     assert record_genome(measured) == SEED_GENOME and record_genome(lab.store.get("0000")) == SEED_GENOME
     child = lab.store.get("0002")
     assert child.parent == "0001" and "approached through" not in child.motivation
+
+
+def test_researcher_module_does_not_import_the_builtin_one():
+    """No import cycle: agents.researcher (the interface) never imports agents.builtin; a broken
+    built-in researcher fails loudly where it is used instead of turning into "no researcher"."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agents.researcher, agents.llm, agents.prompts; "
+            "print(sorted(m for m in sys.modules if m.startswith('agents.builtin')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    from agents.builtin.researcher import BuiltinResearcher, builtin_researcher
+
+    assert isinstance(builtin_researcher(seed=3), BuiltinResearcher)

@@ -118,3 +118,9 @@ class BuiltinResearcher:
         # rendered by this project from a genome: trusted (runs even where bwrap is missing)
         return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code, extra=prop.extra(),
                         trusted=True)
+
+
+def builtin_researcher(seed: int = 0) -> BuiltinResearcher:
+    """The built-in evolutionary researcher with ``seed`` (the offline default, and the fallback
+    for a step an LLM could not answer)."""
+    return BuiltinResearcher(seed=seed)
