@@ -214,8 +214,8 @@ def test_supervised_approve_reject_edit_fork_pause_via_commands(tmp_path):
     assert f2.status == "accepted"
     # 3rd: its parent is the fork; edit the code (re-checked, then evaluated)
     a3 = _wait_for(events, lambda e: isinstance(e, ApprovalRequested) and e.exp_id not in (a1.exp_id, a2.exp_id))
-    edited = a3.code.replace("chunk_size: int = 64", "chunk_size: int = 32").replace(
-        "chunk_size: int = 16", "chunk_size: int = 32") + "\n# edited\n"
+    edited = a3.code.replace("chunk_size: int | None = None", "chunk_size: int | None = 32") + "\n# edited\n"
+    assert edited != a3.code + "\n# edited\n"  # the edit changed the code
     loop.pause()
     _wait_for(events, lambda e: isinstance(e, LoopStateChanged) and e.state == "paused")
     loop.edit(edited)

@@ -217,7 +217,7 @@ def render(genome: Genome, name: str = "Candidate", summary: str = "") -> str:
             f'    """{name}: {g.describe()}."""',
             "",
             "    def __init__(self, d_model: int, n_heads: int, conv_size: int = "
-            f"{g.conv_size}, chunk_size: int = 64, **kwargs):",
+            f"{g.conv_size}, chunk_size: int | None = None, **kwargs):",
             textwrap.indent("\n".join(init), " " * 8),
             "",
             "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
