@@ -77,7 +77,8 @@ def _score_fields(metrics: dict[str, Any]) -> dict[str, Any]:
 
     return {"val_loss": r(metrics.get("val_loss")), "probe_mean": r(metrics.get("probe_mean")),
             "probes": {k: r(v) for k, v in sorted((metrics.get("probes") or {}).items())},
-            "seed": metrics.get("seed"), "scale": metrics.get("scale")}
+            "seed": metrics.get("seed"), "scale": metrics.get("scale"),
+            **({"benchmark": r(metrics.get("benchmark"))} if metrics.get("benchmark_kind") == "lm_eval" else {})}
 
 
 def yardstick_version(seed_metrics: dict[str, Any], scale: Any) -> str:
