@@ -196,3 +196,18 @@ def test_verify_cli_needs_scored_designs(tmp_path):
     assert res.exit_code == 1 and "on at least 2 seeds" in res.output
     res = CliRunner().invoke(app, ["verify", str(path), "--scale", "huge"])
     assert res.exit_code == 2 and "unknown scale" in res.output
+
+
+def test_console_tree_shows_the_scales_a_design_reached():
+    from asiarch_tui.widgets import LineageTree, metric_rows, node_label
+
+    tree = LineageTree()
+    tree.load([{"id": "0001", "name": "wide", "status": "accepted", "fitness": 0.6, "scale": "probe"},
+               {"id": "0002", "name": "wide", "parent": "0001", "status": "accepted", "fitness": 0.55,
+                "scale": "verify-mini", "promotion": "scale"}], best_id="0001")
+    assert "⇡verify-mini" in tree._label("0001").plain
+    assert "@verify-mini" in tree._label("0002").plain and "⇡" not in tree._label("0002").plain
+    assert "⇡" not in node_label({"id": "0003", "name": "x", "status": "accepted"}, None).plain
+    rows = dict(metric_rows({"benchmark_kind": "lm_eval", "benchmark": 0.2,
+                             "lm_eval": {"tasks": {"shakespeare_cloze": {"score": 0.2}}}}))
+    assert rows["benchmark"] == "lm-eval mean" and "lm_eval.tasks.shakespeare_cloze.score" in rows
