@@ -173,6 +173,7 @@ def verify_lab(lab: Any, top: int = 2, scale: str = "verify", seeds: int = 2, ex
         ys, why = lab_yardstick(lab.path, scale)
     results: list[ClimbResult] = []
     runs_dir = Path(lab.runs_dir) / "verify" / scale
+    todo: list[tuple[ClimbResult, Any, str, Path]] = []
     for exp_id in chosen:
         rec = store.get(exp_id)
         res = ClimbResult(exp_id, rec.name, scale)
@@ -185,16 +186,31 @@ def verify_lab(lab: Any, top: int = 2, scale: str = "verify", seeds: int = 2, ex
         code = store.read_file(exp_id, "mixer.py").decode("utf-8")
         rd = runs_dir / exp_id
         rd.mkdir(parents=True, exist_ok=True)
-        path = rd / "mixer.py"
-        path.write_text(code, encoding="utf-8")
-        runs = []
-        for sd in seed_list:
-            say(f"[verify] {exp_id} {rec.name} at {scale}, seed {sd}")
-            out = loop.executor.evaluate(path, rd / f"seed-{sd}", sd, ys.metrics if ys else None,
-                                         on_line=lambda line: say(line))
-            m = out.metrics or {"status": "error", "error": out.error, "partial": True, "seed": sd}
-            m.setdefault("seed", sd)
-            runs.append(m)
+        (rd / "mixer.py").write_text(code, encoding="utf-8")
+        todo.append((res, rec, code, rd))
+
+    def run_one(job: tuple[Path, str, int]) -> dict[str, Any]:
+        rd, label, sd = job
+        say(f"[verify] {label} at {scale}, seed {sd}")
+        out = loop.executor.evaluate(rd / "mixer.py", rd / f"seed-{sd}", sd, ys.metrics if ys else None,
+                                     on_line=lambda line: say(line))
+        m = out.metrics or {"status": "error", "error": out.error, "partial": True, "seed": sd}
+        m.setdefault("seed", sd)
+        return m
+
+    # every (design, seed) run is independent: up to [executor] concurrency in flight (a Ray
+    # executor with GPUs spreads them over the cluster's GPUs; the local one runs them in turn)
+    jobs = [(rd, f"{res.design} {rec.name}", sd) for res, rec, _, rd in todo for sd in seed_list]
+    if loop.concurrency > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=loop.concurrency) as pool:
+            all_runs = list(pool.map(run_one, jobs))
+    else:
+        all_runs = [run_one(j) for j in jobs]
+    for n, (res, rec, code, _rd) in enumerate(todo):
+        exp_id = res.design
+        runs = all_runs[n * len(seed_list):(n + 1) * len(seed_list)]
         metrics = combine(runs)
         judge = (rec.fitness_components or {}).get("judge")
         fitness, comps = score(metrics, judge, ys, "accepted", why)
