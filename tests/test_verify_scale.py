@@ -211,3 +211,12 @@ def test_console_tree_shows_the_scales_a_design_reached():
     rows = dict(metric_rows({"benchmark_kind": "lm_eval", "benchmark": 0.2,
                              "lm_eval": {"tasks": {"shakespeare_cloze": {"score": 0.2}}}}))
     assert rows["benchmark"] == "lm-eval mean" and "lm_eval.tasks.shakespeare_cloze.score" in rows
+
+
+def test_eval_refuses_hub_tasks_before_training():
+    deltanet = str(ROOT / "training/mixers/deltanet.py")
+    res = CliRunner().invoke(app, ["eval", deltanet, "--scale", "verify-mini", "--lm-eval-tasks",
+                                   "shakespeare_cloze,hellaswag"])
+    assert res.exit_code == 2 and "hellaswag" in res.output and "network" in res.output
+    res = CliRunner().invoke(app, ["eval", deltanet, "--scale", "demo", "--lm-eval-tasks", "shakespeare_cloze"])
+    assert res.exit_code == 2 and "trains no language model" in res.output
