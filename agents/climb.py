@@ -114,18 +114,12 @@ def _already(store: Any, exp_id: str, scale: str) -> str | None:
 
 
 def verify_lab(lab: Any, top: int = 2, scale: str = "verify", seeds: int = 2, executor: Any = None,
-               on_line: Callable[[str], None] | None = None, ids: list[str] | None = None,
-               allow_hub: bool = False) -> list[ClimbResult]:
+               on_line: Callable[[str], None] | None = None, ids: list[str] | None = None) -> list[ClimbResult]:
     """Promote the lab's top ``top`` designs (or the designs ``ids``) from its scale to ``scale``
     on ``seeds`` seeds (the lab's base seed and the next ones); see the module doc. ``executor``
     overrides the lab's (tests). Returns one :class:`ClimbResult` per design considered. Raises
     :class:`ClimbError`."""
     from agents.loop import Loop
-    from agents.repro import environment
-    from agents.seeds import combine
-    from agents.yardstick import lab_yardstick, score
-    from archive.record import ExperimentRecord
-    from training.mixers import SEED_MIXER
     from training.scales import SCALES
 
     say = on_line or (lambda line: None)
@@ -164,10 +158,27 @@ def verify_lab(lab: Any, top: int = 2, scale: str = "verify", seeds: int = 2, ex
                              "(the loop measures the designs entering its top on [loop] seeds seeds)")
         chosen = ranked[:top]
     loop = Loop(lab, llm="builtin", scale=scale, experiments=0, baselines=(), executor=executor)
-    loop.n_seeds = int(seeds)
+    try:
+        return _climb(lab, loop, chosen, base_scale, scale, int(seeds), say)
+    finally:
+        loop.bus.close()
+
+
+def _climb(lab: Any, loop: Any, chosen: list[str], base_scale: str, scale: str, seeds: int,
+           say: Callable[[str], None]) -> list[ClimbResult]:
+    """The body of :func:`verify_lab` once the designs are chosen."""
+    from agents.repro import environment
+    from agents.seeds import combine
+    from agents.yardstick import lab_yardstick, score
+    from archive.record import ExperimentRecord
+    from training.mixers import SEED_MIXER
+
+    store = lab.store
+    loop.n_seeds = seeds
     seed_list = loop._seed_list()
     ys, why = lab_yardstick(lab.path, scale)
-    if ys is None or {e.get("seed") for e in (ys.metrics.get("seeds") or [ys.metrics])} < set(seed_list):
+    if ys is None or not set(seed_list) <= {e.get("seed") for e in (ys.metrics.get("seeds") or [ys.metrics])
+                                            if e.get("status") == "ok"}:
         say(f"[verify] measuring the seed ({SEED_MIXER}) at {scale} on seeds {seed_list} (the yardstick)")
         loop.measure_baseline(SEED_MIXER)
         ys, why = lab_yardstick(lab.path, scale)
