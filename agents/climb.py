@@ -231,7 +231,7 @@ def _climb(lab: Any, loop: Any, chosen: list[str], base_scale: str, scale: str, 
         res.tasks = {t: v.get("score") for t, v in ((metrics.get("lm_eval") or {}).get("tasks") or {}).items()}
         ok = metrics.get("status") == "ok" and not metrics.get("partial")
         text = (f"{rec.name} re-evaluated at {scale} on seeds {seed_list}: fitness "
-                + (stats.format_spread(fitness, None, None) if fitness is not None else "none")
+                + (f"{fitness:.4f}" if fitness is not None else "none")
                 + (f" (interval [{res.interval[0]:.4f}, {res.interval[1]:.4f}])" if res.interval else ""))
         child = ExperimentRecord(
             id="", name=rec.name, parent=exp_id, status="accepted" if ok else "failed",
