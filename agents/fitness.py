@@ -1,7 +1,8 @@
 """The fitness of an experiment (docs/ARCHITECTURE.md step 8).
 
-fitness = (s_loss + s_score + s_judge) / 3, each in [0, 1]; with L the validation loss, B the mean
-probe/benchmark score and L0, B0 the seed baseline's at the same scale:
+fitness = (s_loss + s_score + s_judge) / 3, each in [0, 1]; with L the validation loss, B the
+benchmark score (at a scale with lm-eval tasks the mean lm-eval task score, ``benchmark``; else the
+probe mean) and L0, B0 the seed baseline's at the same scale:
 
 * s_loss  = σ(6·clip((L0 − L)/(0.1·L0), −1, 1))
 * s_score = σ(6·clip((B − B0)/(0.1·B0), −1, 1))
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["sigmoid", "s_loss", "s_score", "s_judge", "judge_weighted", "compute_fitness", "LEAK_FRACTION"]
+__all__ = ["benchmark_of", "sigmoid", "s_loss", "s_score", "s_judge", "judge_weighted", "compute_fitness", "LEAK_FRACTION"]
 
 #: A loss this fraction below the seed baseline's is treated as a leak, not a win.
 LEAK_FRACTION = 0.10
@@ -59,6 +60,13 @@ def s_judge(performance: float, innovation: float, complexity: float) -> float:
     return (judge_weighted(performance, innovation, complexity) - 1.0) / 9.0
 
 
+def benchmark_of(metrics: dict[str, Any] | None) -> float | None:
+    """The benchmark term's input of a metrics dict: ``benchmark`` (the mean lm-eval task score)
+    when its ``benchmark_kind`` is ``lm_eval``, else ``probe_mean``."""
+    m = metrics or {}
+    return m.get("benchmark") if m.get("benchmark_kind") == "lm_eval" else m.get("probe_mean")
+
+
 def compute_fitness(
     metrics: dict[str, Any] | None,
     baseline: dict[str, Any] | None,
@@ -83,7 +91,9 @@ def compute_fitness(
         else:
             sl = s_loss(L, L0)
             measured["s_loss"] = True
-    B, B0 = m.get("probe_mean"), b.get("probe_mean")
+    B, B0 = benchmark_of(m), benchmark_of(b)
+    if (m.get("benchmark_kind") == "lm_eval") != (b.get("benchmark_kind") == "lm_eval"):
+        B = B0 = None  # an lm-eval mean is never compared with a probe mean
     if _finite(B) and _finite(B0) and B0 >= 0:
         ss = s_score(B, B0)
         measured["s_score"] = True

@@ -29,14 +29,18 @@ __all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "sp
 #: Per-seed values kept in ``metrics.seeds``.
 SEED_KEYS = ("seed", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
              "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error")
-_MEAN_KEYS = ("val_loss", "val_bpb", "train_loss", "probe_mean", "tokens_per_s", "cpu_seconds", "wall_seconds",
+#: kept per seed at a scale with lm-eval tasks (the benchmark term and the per-task scores)
+LM_EVAL_KEYS = ("benchmark_kind", "benchmark", "lm_eval")
+_MEAN_KEYS = ("val_loss", "val_bpb", "train_loss", "probe_mean", "benchmark", "tokens_per_s", "cpu_seconds", "wall_seconds",
               "train_seconds")
-_SPREAD_KEYS = ("val_loss", "val_bpb", "probe_mean", "tokens_per_s")
+_SPREAD_KEYS = ("val_loss", "val_bpb", "probe_mean", "benchmark", "tokens_per_s")
 
 
 def _entry(m: dict[str, Any]) -> dict[str, Any]:
     out = {k: m.get(k) for k in SEED_KEYS}
     out["probes"] = dict(m.get("probes") or {})
+    if m.get("benchmark_kind") == "lm_eval":
+        out.update({k: m.get(k) for k in LM_EVAL_KEYS})
     return out
 
 
@@ -81,6 +85,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     entries = [_entry(r) for r in runs]
     out = dict(first)
     for key in _MEAN_KEYS:
+        if key == "benchmark" and first.get("benchmark_kind") != "lm_eval":
+            continue
         s = stats.summarize(r.get(key) for r in runs)
         out[key] = round(s.mean, 6) if s is not None else first.get(key)
     spread = spread_of(entries)

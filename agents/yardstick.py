@@ -77,7 +77,8 @@ def _score_fields(metrics: dict[str, Any]) -> dict[str, Any]:
 
     return {"val_loss": r(metrics.get("val_loss")), "probe_mean": r(metrics.get("probe_mean")),
             "probes": {k: r(v) for k, v in sorted((metrics.get("probes") or {}).items())},
-            "seed": metrics.get("seed"), "scale": metrics.get("scale")}
+            "seed": metrics.get("seed"), "scale": metrics.get("scale"),
+            **({"benchmark": r(metrics.get("benchmark"))} if metrics.get("benchmark_kind") == "lm_eval" else {})}
 
 
 def yardstick_version(seed_metrics: dict[str, Any], scale: Any) -> str:
@@ -181,8 +182,21 @@ def rescore_lab(lab: Any, scale: Any = None) -> dict[str, Any]:
     scores: dict[str, dict[str, Any]] = {}
     changed: list[str] = []
     scored = 0
+    others: dict[str, tuple[Yardstick | None, str | None]] = {}  # a climb to a higher scale
     for rec in lab.store.all():
         judge = (rec.fitness_components or {}).get("judge")
+        if _is_climb(rec) and rec.scale != _scale_name(scale):
+            if rec.scale not in others:
+                others[rec.scale] = lab_yardstick(lab.path, rec.scale)
+            o_ys, o_why = others[rec.scale]
+            fitness, comps = score(rec.metrics, judge, o_ys, rec.status, o_why)
+            comps["promotion"] = "scale"
+            before = lab.scores.fitness(rec.id, rec.fitness)
+            if (before is None) != (fitness is None) or (fitness is not None and abs(before - fitness) > 1e-9):
+                changed.append(rec.id)
+            scores[rec.id] = {"fitness": fitness, "fitness_components": comps,
+                              "yardstick": o_ys.version if o_ys else None, "_record": rec, "_climb": True}
+            continue
         fitness, comps = score(rec.metrics, judge, ys, rec.status, why)
         before = lab.scores.fitness(rec.id, rec.fitness)
         if fitness is not None:
@@ -191,13 +205,19 @@ def rescore_lab(lab: Any, scale: Any = None) -> dict[str, Any]:
             changed.append(rec.id)
         scores[rec.id] = {"fitness": fitness, "fitness_components": comps,
                           "yardstick": ys.version if ys else None, "_record": rec}
-    best = replay_promotions(scores)
+    best = replay_promotions({k: v for k, v in scores.items() if not v.get("_climb")})
     for v in scores.values():
         v.pop("_record", None)
+        v.pop("_climb", None)
     out = lab.apply_scores(ys.version if ys else None, scores, best=best)
     out.update(yardstick=ys.version if ys else None, reason=why, scored=scored,
                unscored=len(scores) - scored, changed=changed)
     return out
+
+
+def _is_climb(rec: Any) -> bool:
+    """A child commit of :mod:`agents.climb` (a design re-evaluated at a higher scale)."""
+    return (getattr(rec, "promotion", None) or {}).get("outcome") == "scale"
 
 
 def replay_promotions(scores: dict[str, dict[str, Any]]) -> str | None:

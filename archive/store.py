@@ -400,8 +400,8 @@ class ArchiveStore:
         best_id, best_fit = None, None
         for e in self.entries():
             t = parse_trailers(self.message(e.commit))
-            if t.get("Status") != "accepted":
-                continue
+            if t.get("Status") != "accepted" or t.get("Promotion") == "scale":
+                continue  # a climb to a higher scale (agents.climb) is scored on another yardstick
             if t.get("Fitness") in (None, "", "none"):
                 f = self._current(e.id, None)
                 if f is not None and (best_fit is None or f > best_fit):

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "asiarch_tui.cli_run",
     "asiarch_tui.cli_report",
     "asiarch_tui.cli_reproduce",
+    "asiarch_tui.cli_verify",
     "asiarch_tui.cli_tui",
 )
 

@@ -200,6 +200,25 @@ def ranking_table(results: list[dict], scale: str, n_seeds: int, wide: bool = Tr
     return table
 
 
+def _lm_eval_task_list(text: str, spec: dict) -> list[str]:
+    """The ``--lm-eval-tasks`` names, checked before anything trains: shipped tasks only (the
+    sandbox has no network, so lm-eval's hub tasks cannot load their data there)."""
+    from training.lm_eval_bridge import DEFAULT_TASKS, hub_tasks
+
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        _fail("--lm-eval-tasks names no task.", 2)
+    if not spec.get("lm_steps"):
+        _fail(f"the {spec.get('name')} scale trains no language model: lm-eval tasks need verify-mini or verify.", 2)
+    hub = hub_tasks(tasks)
+    if hub:
+        _fail(f"{', '.join(hub)}: not shipped with asiarch. lm-eval's own tasks download their data from the Hugging "
+              "Face hub and the sandbox never has a network. Shipped tasks: " + ", ".join(DEFAULT_TASKS)
+              + ". For trusted code on a machine with a network: training.evaluate.evaluate_class(..., "
+              "lm_eval_allow_hub=True).", 2)
+    return tasks
+
+
 def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wall_limit: Optional[float]):
     """The guards of ``eval``: from LAB's measured seed and [guards] when given, explicit limits
     on top; without either, no CPU cap and the scale's hang guard."""
@@ -300,7 +319,7 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         file: Path = typer.Argument(..., help="A Python file defining class Mixer(nn.Module)."),
-        scale: str = typer.Option("explore", "--scale", help="demo | probe | explore | verify."),
+        scale: str = typer.Option("explore", "--scale", help="demo | probe | explore | verify-mini | verify."),
         seed: int = typer.Option(0, "--seed", help="Random seed of the evaluation."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (also for a run a guard ended)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the training log lines."),
@@ -314,6 +333,9 @@ def register(app: typer.Typer) -> None:
             False, "--unsafe-no-sandbox",
             help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
                  "(no OS boundary: only for code you trust)."),
+        lm_eval_tasks: Optional[str] = typer.Option(
+            None, "--lm-eval-tasks", help="Comma-separated shipped lm-eval tasks replacing the scale's "
+                                          "(verify-mini/verify), e.g. shakespeare_cloze,shakespeare_lastword."),
     ) -> None:
         """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
         The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
@@ -351,6 +373,8 @@ def register(app: typer.Typer) -> None:
 
             try:
                 spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
+                if lm_eval_tasks is not None:
+                    spec["lm_eval_tasks"] = _lm_eval_task_list(lm_eval_tasks, spec)
                 res = run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
                                                  "guards": guards.to_dict()}, tmp,
                                     limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),

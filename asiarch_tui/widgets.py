@@ -50,8 +50,10 @@ PROMOTION_TEXT = {"promoted": "promoted to best", "tied": "tied with best (withi
                   "below": "below best", "single_seed": "one seed: not compared with best"}
 
 
-def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
-    """The tree label of one experiment: id, name, fitness, coloured by status, best starred."""
+def node_label(rec: Mapping[str, Any], best_id: str | None, reached: Iterable[str] = ()) -> Text:
+    """The tree label of one experiment: id, name, fitness, coloured by status, best starred;
+    a design re-evaluated at higher scales (``reached``: their names, by ``asiarch-tui verify``)
+    gets a ``⇡scale`` badge, and such a re-evaluation an ``@scale`` badge."""
     status = rec.get("status", "accepted")
     text = Text()
     if rec.get("id") == best_id:
@@ -62,6 +64,10 @@ def node_label(rec: Mapping[str, Any], best_id: str | None) -> Text:
     text.append(fmt_fitness_spread(rec), style="bold" if status == "accepted" else "dim")
     if rec.get("promotion") == "tied" and rec.get("id") != best_id:
         text.append(" ≈best", style="dim yellow")
+    if rec.get("promotion") == "scale":
+        text.append(f" @{rec.get('scale')}", style="bold magenta")
+    for scale in reached:
+        text.append(f" ⇡{scale}", style="magenta")
     if status != "accepted":
         text.append(f" ({status})", style="dim " + STATUS_STYLE.get(status, ""))
     return text
@@ -81,13 +87,18 @@ class LineageTree(Tree):
         self.show_root = False
         self._exp_nodes: dict[str, Any] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        self._reached: dict[str, list[str]] = {}  # design id -> higher scales it was evaluated at
         self.best_id: str | None = None
+
+    def _label(self, exp_id: str) -> Text:
+        return node_label(self._records[exp_id], self.best_id, self._reached.get(exp_id, ()))
 
     def load(self, records: Iterable[Mapping[str, Any]], best_id: str | None) -> None:
         """Rebuild the tree from experiment summaries (dicts with id, name, parent, status, fitness)."""
         self.clear()
         self._exp_nodes.clear()
         self._records = {}
+        self._reached = {}
         self.best_id = best_id
         pending = sorted((dict(r) for r in records), key=lambda r: str(r.get("id")))
         for rec in pending:
@@ -99,11 +110,18 @@ class LineageTree(Tree):
         rec = dict(rec)
         exp_id = str(rec["id"])
         self._records[exp_id] = rec
+        if rec.get("promotion") == "scale" and rec.get("parent") and rec.get("scale"):
+            pid = str(rec["parent"])
+            reached = self._reached.setdefault(pid, [])
+            if rec["scale"] not in reached:
+                reached.append(str(rec["scale"]))
+                if pid in self._exp_nodes:
+                    self._exp_nodes[pid].set_label(self._label(pid))
         if exp_id in self._exp_nodes:
-            self._exp_nodes[exp_id].set_label(node_label(rec, self.best_id))
+            self._exp_nodes[exp_id].set_label(self._label(exp_id))
         else:
             parent = self._exp_nodes.get(str(rec.get("parent"))) if rec.get("parent") else None
-            node = (parent or self.root).add(node_label(rec, self.best_id), data=exp_id, expand=True)
+            node = (parent or self.root).add(self._label(exp_id), data=exp_id, expand=True)
             self._exp_nodes[exp_id] = node
             (parent or self.root).expand()
         if refresh_best:
@@ -114,7 +132,7 @@ class LineageTree(Tree):
         old, self.best_id = self.best_id, best_id
         for i in {old, best_id} - {None}:
             if i in self._exp_nodes:
-                self._exp_nodes[i].set_label(node_label(self._records[i], self.best_id))
+                self._exp_nodes[i].set_label(self._label(i))
 
     def select_id(self, exp_id: str) -> None:
         """Move the cursor to the node of ``exp_id``."""
@@ -205,6 +223,9 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows += [("params", "params"), ("tokens_per_s", "tokens/s"), ("train_seconds", "train s"),
              ("cpu_seconds", "CPU s"), ("wall_seconds", "wall s"), ("throughput_vs_seed", "throughput vs seed")]
     rows += [(f"probes.{p}", f"probe {p}") for p in sorted((metrics.get("probes") or {}).keys())]
+    if metrics.get("benchmark_kind") == "lm_eval":  # the benchmark term: the mean lm-eval task score
+        tasks = ((metrics.get("lm_eval") or {}).get("tasks") or {}) if isinstance(metrics.get("lm_eval"), Mapping) else {}
+        rows += [("benchmark", "lm-eval mean")] + [(f"lm_eval.tasks.{t}.score", f"lm-eval {t}") for t in tasks]
     return rows
 
 

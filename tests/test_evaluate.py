@@ -96,7 +96,7 @@ def test_scales_contract():
     from training.mixers import reference_mixer_class
     from training.scales import SCALES, get_scale, scaled_down
 
-    assert set(SCALES) == {"demo", "probe", "explore", "verify"}
+    assert set(SCALES) == {"demo", "probe", "explore", "verify-mini", "verify"}
     assert not SCALES["demo"].has_lm and len(SCALES["demo"].probes) == 2
     assert not SCALES["probe"].has_lm and SCALES["explore"].has_lm and SCALES["verify"].lm_eval_tasks
     assert SCALES["explore"].lm_tokens >= 1_000_000
@@ -105,7 +105,8 @@ def test_scales_contract():
     for s in SCALES.values():
         assert get_scale(json.loads(json.dumps(dataclasses.asdict(s), default=str))) == s
         full = {"mqar", "noisy_recall", "fuzzy_recall", "selective_copy", "compression", "memorization"}
-        assert {p.label for p in s.probes} == (full if s.name != "demo" else {"noisy_recall", "fuzzy_recall"})
+        expected = {"demo": {"noisy_recall", "fuzzy_recall"}, "verify-mini": {"noisy_recall"}}.get(s.name, full)
+        assert {p.label for p in s.probes} == expected
     small = scaled_down("explore", 0.1)
     assert small.lm_steps == SCALES["explore"].lm_steps // 10 and small.name == "explore"
     # every reference mixer fits the budget at the scale's width

@@ -19,6 +19,7 @@ from training import guards as G
 from training import probes as P
 from training.guards import GUARD_STATUSES, Guards
 from training.data import CorpusError, batches, load_corpus, validation_batches
+from training.lm_eval_bridge import LMEvalError
 from training.scales import Scale, get_scale
 from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
 
@@ -94,6 +95,10 @@ def _empty_metrics(scale: Scale, seed: int) -> dict:
         "partial": False, "lm_tokens": 0, "steps_done": 0, "steps_planned": _planned_steps(scale),
         "tokens_done": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0, "load_avg_start": None,
         "load_avg_end": None, "throughput_vs_seed": None, "guards": None,
+        # the benchmark term of fitness: "lm_eval" (mean lm-eval task score, probes are then
+        # diagnostics) or "probes" (probe_mean); lm_eval holds the per-task scores
+        "benchmark_kind": scale.benchmark, "benchmark": None,
+        "lm_eval_tasks": list(scale.lm_eval_tasks) if scale.benchmark == "lm_eval" else [], "lm_eval": None,
     }
 
 
@@ -101,13 +106,18 @@ def _planned_steps(scale: Scale) -> int:
     return sum(p.steps for p in scale.probes) + (scale.lm_steps if scale.has_lm else 0)
 
 
-def is_partial(metrics: dict | None) -> bool:
+def is_partial(metrics: dict | None, lm_eval_pending: bool = False) -> bool:
     """Whether a metrics dict is not a complete evaluation (any status but ``ok``, a probe
-    missing, or an LM scale without a validation loss); such metrics are never a yardstick or
-    a fitness input. Dicts written before ``partial`` existed are judged by their content."""
+    missing, or an lm-eval scale without its task scores); such metrics are never a yardstick or
+    a fitness input. Dicts written before ``partial`` existed are judged by their content.
+    ``lm_eval_pending``: the task scores are still to come (the sandbox harness adds them)."""
     m = metrics or {}
     if m.get("status") != "ok" or m.get("partial"):
         return True
+    if m.get("benchmark_kind") == "lm_eval" and not lm_eval_pending:
+        done = ((m.get("lm_eval") or {}).get("tasks") or {}) if isinstance(m.get("lm_eval"), dict) else {}
+        if any(t not in done for t in (m.get("lm_eval_tasks") or [])) or m.get("benchmark") is None:
+            return True
     probes = m.get("probes") or {}
     if any(v is None for v in probes.values()):
         return True
@@ -138,8 +148,17 @@ def evaluate_class(
     num_threads: int | None = None,
     guards: Guards | dict | None = None,
     keep_model: Callable[[str, torch.nn.Module], None] | None = None,
+    lm_eval: str = "here",
+    lm_eval_allow_hub: bool = False,
 ) -> dict:
     """Evaluate ``mixer_cls`` at ``scale`` with ``seed``; returns the contract's metrics dict.
+
+    At a scale with ``lm_eval_tasks`` the trained language model is then scored on those tasks
+    (:func:`training.lm_eval_bridge.score_tasks`): ``lm_eval`` holds each task's score, stderr
+    and the harness version, and ``benchmark`` (the benchmark term of fitness) is their mean.
+    ``lm_eval="here"`` runs them in this process; ``"deferred"`` leaves them to the sandbox
+    harness, which computes them from the trained model's logits (the worker never reports a
+    task score). ``lm_eval_allow_hub`` permits lm-eval's own (hub, network) tasks.
 
     Probes run first (each on a fresh model), then the LM run when the scale has one; each runs
     its fixed number of steps, however long that takes. ``guards`` (a :class:`Guards` or its
@@ -161,7 +180,7 @@ def evaluate_class(
         guards = Guards.from_dict(guards)
     with torch_threads(num_threads):
         return _evaluate_class(mixer_cls, scale, seed, on_log, baseline, progress, mixer_kwargs,
-                               corpus_paths, log_path, guards, keep_model)
+                               corpus_paths, log_path, guards, keep_model, lm_eval, lm_eval_allow_hub)
 
 
 class _GuardStop(Exception):
@@ -173,7 +192,10 @@ class _GuardStop(Exception):
 
 
 def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, mixer_kwargs, corpus_paths,
-                    log_path, guards: Guards, keep_model=None) -> dict:
+                    log_path, guards: Guards, keep_model=None, lm_eval: str = "here",
+                    lm_eval_allow_hub: bool = False) -> dict:
+    if lm_eval not in ("here", "deferred"):
+        raise ValueError(f"lm_eval must be 'here' or 'deferred', got {lm_eval!r}")
     device = _device(scale)
     m = _empty_metrics(scale, seed)
     m["guards"] = guards.to_dict()
@@ -279,6 +301,10 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                 log(f"[lm] validation loss {vl:.4f} nats/byte = {vl / LN2:.4f} bits/byte")
                 if keep_model is not None:
                     keep_model("lm", model)
+                if scale.benchmark == "lm_eval" and lm_eval == "here" and m["status"] == "ok":
+                    check_guards("before the lm-eval tasks")
+                    model.eval()
+                    add_lm_eval(m, model, scale, seed, allow_hub=lm_eval_allow_hub, log=log)
             work["done"] += w
             work["stage"] = 0.0
         elif not scale.has_lm:
@@ -292,6 +318,8 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
         m["status"], m["error"] = "error", str(exc)
     except CorpusError as exc:
         m["status"], m["error"] = "error", str(exc)
+    except LMEvalError as exc:
+        m["status"], m["error"] = "error", f"lm-eval: {exc}"
     except Exception as exc:  # an error inside the candidate's code during training
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
@@ -303,10 +331,33 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
     fraction = 1.0 if m["status"] == "ok" else (work["done"] + work["stage"]) / total_w
     m["work_fraction"] = round(min(1.0, fraction), 4)
     m["throughput_vs_seed"] = guards.relative_throughput(fraction, m["cpu_seconds"])
-    m["partial"] = is_partial(m)
+    m["partial"] = is_partial(m, lm_eval_pending=lm_eval == "deferred")
     if m["partial"] and m["status"] == "ok":  # cannot happen by construction; never claim complete
         m["status"], m["stop_reason"] = "stopped", "incomplete evaluation"
     return m
+
+
+def add_lm_eval(m: dict, model: Callable[[torch.Tensor], torch.Tensor], scale: Scale, seed: int,
+                allow_hub: bool = False, log: Callable[[str], None] | None = None) -> None:
+    """Score ``model`` (the trained LM, or the harness's channel to it) on the scale's lm-eval
+    tasks and write ``m["lm_eval"]`` and ``m["benchmark"]`` (the mean task score). Raises
+    :class:`training.lm_eval_bridge.LMEvalError`."""
+    from training.lm_eval_bridge import score_tasks
+
+    device = None
+    if isinstance(model, torch.nn.Module):
+        params = list(model.parameters())
+        device = params[0].device if params else None
+    t0 = time.perf_counter()
+    res = score_tasks(model, scale.lm_eval_tasks, metrics=dict(scale.lm_eval_metrics), limit=scale.lm_eval_limit,
+                      max_length=scale.lm_eval_max_length or scale.seq_len, batch_size=scale.batch_size,
+                      allow_hub=allow_hub, seed=seed, device=device)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    m["lm_eval"] = res
+    m["benchmark"] = res["mean"]
+    if log is not None:
+        scores = ", ".join(f"{t} {v['metric']} {v['score']:.3f}" for t, v in res["tasks"].items())
+        log(f"[lm-eval] {scores}; mean {res['mean']:.4f} ({res['harness']}, {res['seconds']:.1f} s)")
 
 
 def _finish_probes(m: dict, accs: dict[str, float | None], scale: Scale) -> None:

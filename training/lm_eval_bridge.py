@@ -451,3 +451,83 @@ def run_lm_eval(
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
     return _flatten_metrics(results["results"])
+
+
+# ---------------------------------------------------------------------- scoring a scale's tasks
+class LMEvalError(RuntimeError):
+    """The lm-eval tasks of a scale cannot be run (unknown task, hub task without a network,
+    a failure inside lm-eval); one-paragraph message."""
+
+
+def harness_version() -> str:
+    """``"lm-eval <version>"`` of the installed lm-evaluation-harness."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"lm-eval {version('lm_eval')}"
+    except PackageNotFoundError:  # pragma: no cover - lm_eval is a dependency
+        return "lm-eval (unknown version)"
+
+
+def hub_tasks(tasks: Iterable[str]) -> list[str]:
+    """The names among ``tasks`` that are not shipped (lm-eval's own tasks: hub data)."""
+    local = set(task_manager(None, include_defaults=False).all_tasks)
+    return [t for t in tasks if t not in local]
+
+
+def score_tasks(
+    model: Any,
+    tasks: Sequence[str],
+    *,
+    metrics: dict[str, str] | None = None,
+    limit: int | None = None,
+    max_length: int = 1024,
+    batch_size: int = 16,
+    allow_hub: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Run ``tasks`` on ``model`` (a byte-level callable ``[B, L] -> [B, L, V]``, e.g. the harness's
+    channel to a sandboxed trained model) and return the record stored in metrics.json::
+
+        {"harness": "lm-eval 0.4.13", "tasks": {task: {"metric", "score", "stderr", "n"}},
+         "mean": mean task score, "limit": limit, "max_length": max_length, "hub": [...]}
+
+    A task's score is its ``metrics[task]`` metric (default ``acc``), its stderr lm-eval's
+    standard error of that metric. Shipped tasks run offline (no network is tried). A task that is
+    not shipped is one of lm-eval's hub tasks: refused with :class:`LMEvalError` unless
+    ``allow_hub`` (then its data is downloaded; a failure says that a network is needed)."""
+    tasks = list(tasks)
+    if not tasks:
+        raise LMEvalError("no lm-eval tasks given")
+    hub = hub_tasks(tasks)
+    if hub and not allow_hub:
+        raise LMEvalError(
+            f"lm-eval task(s) {', '.join(hub)} are not shipped with asiarch: they are lm-eval's own tasks, whose "
+            f"data comes from the Hugging Face hub and needs a network. Shipped tasks: {', '.join(DEFAULT_TASKS)}. "
+            "Hub tasks run only when asked for by name (--lm-eval-tasks) outside the network-less sandbox "
+            "(--unsafe-no-sandbox) on a machine with a network.")
+    metrics = dict(metrics or {})
+    try:
+        raw = run_lm_eval(ByteLM(model, max_length=max_length, batch_size=batch_size, device=device), tasks,
+                          limit=limit, include_defaults=bool(hub), offline=not hub, bootstrap_iters=100, seed=seed)
+    except ValueError as exc:
+        raise LMEvalError(str(exc)) from exc
+    except (OSError, ConnectionError) as exc:
+        if hub:
+            raise LMEvalError(f"the hub task(s) {', '.join(hub)} could not be loaded (a network is needed): "
+                              f"{type(exc).__name__}: {exc}") from exc
+        raise
+    out: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        values = raw.get(task)
+        metric = metrics.get(task, "acc")
+        if not values or metric not in values:
+            raise LMEvalError(f"lm-eval returned no {metric!r} for task {task!r} (got {sorted(values or {})})")
+        stderr = values.get(f"{metric}_stderr")
+        out[task] = {"metric": metric, "score": float(values[metric]),
+                     "stderr": float(stderr) if isinstance(stderr, float) and stderr == stderr else None,
+                     "n": int(values.get("sample_len", 0))}
+    mean = sum(v["score"] for v in out.values()) / len(out)
+    return {"harness": harness_version(), "tasks": out, "mean": mean, "limit": limit, "max_length": max_length,
+            "hub": hub}

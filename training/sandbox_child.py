@@ -582,6 +582,69 @@ def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any
     return None, info
 
 
+def _harness_lm_eval(client: Any, payload: dict[str, Any], metrics: dict[str, Any], kept: list[str],
+                     verified: dict[str, Any]) -> str | None:
+    """At a scale with lm-eval tasks: run them here, in the harness, on log-likelihoods computed
+    from the logits the worker returns for each request batch of the trained language model
+    (the worker never reports a score), and write ``metrics["lm_eval"]`` and
+    ``metrics["benchmark"]``. The first batch is also spot-checked for causality. Returns a
+    problem or None."""
+    import torch
+
+    from training.harness import WorkerFailed
+    from training.lm_eval_bridge import LMEvalError
+
+    scale = payload_scale(payload)
+    metrics["benchmark_kind"] = scale.benchmark  # the scale decides, not the worker's report
+    metrics["lm_eval_tasks"] = list(scale.lm_eval_tasks) if scale.benchmark == "lm_eval" else []
+    if scale.benchmark != "lm_eval":
+        return None
+    if "lm" not in kept:
+        return "the worker kept no trained language model for the lm-eval tasks"
+    import os
+    import random
+
+    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    state = {"checked": False, "calls": 0}
+
+    def logits(x: Any) -> Any:
+        _, (y,) = client.call("logits", {"label": "lm"}, [x.cpu()], n_out=1)
+        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape) or y.shape[-1] < 256:
+            raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
+        return y
+
+    def model(ids: Any) -> Any:
+        y = logits(ids)
+        state["calls"] += 1
+        if not state["checked"] and ids.shape[1] > 1:
+            state["checked"] = True
+            t = rng.randrange(1, ids.shape[1])
+            x2 = ids.clone()
+            x2[:, t:] = torch.randint(0, 256, tuple(x2[:, t:].shape),
+                                      generator=torch.Generator().manual_seed(rng.randrange(2 ** 31)))
+            leak = float(torch.nan_to_num((y[:, :t] - logits(x2)[:, :t]).abs(), nan=float("inf")).max())
+            verified["max_logit_leak"] = max(float(verified.get("max_logit_leak") or 0.0), leak)
+            if leak > LOGIT_LEAK_TOL:
+                raise LMEvalError(f"the trained lm model is not causal on an lm-eval batch: changing tokens {t}.. "
+                                  f"moved earlier logits by {leak:.3g}")
+        return y
+
+    from training.evaluate import add_lm_eval
+
+    try:
+        add_lm_eval(metrics, model, scale, int(payload.get("seed", 0)),
+                    allow_hub=bool(payload.get("lm_eval_allow_hub", False)),
+                    log=lambda line: print(line, flush=True))
+    except WorkerFailed as exc:
+        return f"the harness could not score the lm-eval tasks: {exc.reason}"
+    except LMEvalError as exc:
+        return f"lm-eval: {exc}"
+    metrics["lm_eval"]["computed_by"] = "harness"
+    metrics["lm_eval"]["logit_calls"] = state["calls"]
+    verified["lm_eval"] = {t: v["score"] for t, v in metrics["lm_eval"]["tasks"].items()}
+    return None
+
+
 def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
     and reports the metrics over the socketpair; the harness bounds them, recomputes the probe
@@ -621,14 +684,28 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
                 problem = f"the harness could not verify the metrics: {exc.reason}"
             if problem:
                 ok, reason = False, problem
+            # the task scores are the harness's alone: whatever the worker put there is dropped
+            metrics["lm_eval"], metrics["benchmark"] = None, None
+            cpu_before_lm_eval = client.cpu_seconds()
+            if ok:
+                problem = _harness_lm_eval(client, payload, metrics, kept, verified)
+                if problem:
+                    ok, reason = False, problem
+                    metrics["status"], metrics["error"] = "error", problem
+            from training.evaluate import is_partial
+
+            metrics["partial"] = is_partial(metrics)
         cpu = client.cpu_seconds()
         memory = client.memory_mib()
         said = metrics.get("cpu_seconds") if isinstance(metrics, dict) else None
+        # (the worker's CPU time for the harness's lm-eval requests comes after its report)
+        cpu_reported_part = cpu_before_lm_eval if isinstance(metrics, dict) else cpu
         # the efficiency guard's basis is the worker's CPU time, which the harness reads from
         # /proc: a report far below it (start-up and verification aside) is a lie
-        if isinstance(said, (int, float)) and cpu > float(said) + CPU_SLACK_S + 0.1 * cpu and ok:
+        if isinstance(said, (int, float)) and cpu_reported_part > float(said) + CPU_SLACK_S + 0.1 * cpu_reported_part \
+                and ok:
             ok, reason = False, (f"the worker reported {float(said):.1f} CPU seconds; the harness measured "
-                                 f"{cpu:.1f} s of the worker's CPU time")
+                                 f"{cpu_reported_part:.1f} s of the worker's CPU time")
     out: dict[str, Any] = {"ok": ok, "reason": reason, "worker_cpu_s": round(cpu, 3), "worker_memory_mib": memory,
                            "verified": verified}
     if isinstance(metrics, dict):
@@ -656,7 +733,7 @@ def scale_from_spec(spec: Any) -> Any:
         fields["probes"] = tuple(
             ProbeSpec(**{**p, "params": pairs(p.get("params"))}) if isinstance(p, dict) else p
             for p in fields["probes"] or ())
-    for key in ("extra",):
+    for key in ("extra", "lm_eval_metrics"):
         if key in fields:
             fields[key] = pairs(fields[key])
     if "lm_eval_tasks" in fields:
@@ -703,8 +780,12 @@ def _evaluate(payload: dict[str, Any], guard: Guard, watch: MutationWatch,
         emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
 
     kwargs = dict(payload.get("kwargs") or {})
+    kwargs.pop("lm_eval", None)
+    kwargs.pop("lm_eval_allow_hub", None)
     if keep_model is not None:
         kwargs["keep_model"] = keep_model
+        # the harness scores the lm-eval tasks itself from the trained model's logits
+        kwargs["lm_eval"] = "deferred"
     if payload.get("guards") is not None:
         kwargs["guards"] = payload["guards"]
     if hasattr(ev, "evaluate_class"):

@@ -4,6 +4,8 @@
 - ``probe``: CPU, tens of seconds: the synthetic probes only, at tiny width.
 - ``explore``: CPU, at most ~3 minutes: the probes plus byte-level LM training on the shipped
   English corpus, scored in validation bits per byte.
+- ``verify-mini``: CPU, about a minute: the verify code path (LM training, then lm-eval tasks on
+  the trained model scored by the harness) at toy size, for tests and for a look without a GPU.
 - ``verify``: GPU: a larger model, many more tokens, and lm-eval tasks.
 
 The probe settings were chosen by measurement on the shared 2-core CPU (torch 2.13, one thread,
@@ -57,7 +59,16 @@ class Scale:
     warmup_steps: int = 30
     val_batches: int = 4
     log_every: int = 10
+    #: lm-eval tasks run on the trained language model (their mean score is the scale's benchmark
+    #: term of fitness; the probes are then diagnostics). Shipped offline tasks by default; a hub
+    #: task name needs a network (see training.lm_eval_bridge).
     lm_eval_tasks: tuple[str, ...] = ()
+    #: documents per lm-eval task (None: all of them)
+    lm_eval_limit: int | None = None
+    #: ``(task, metric)`` pairs naming the metric that is a task's score (default ``acc``)
+    lm_eval_metrics: tuple[tuple[str, str], ...] = ()
+    #: longest input of the lm-eval requests (None: ``seq_len``)
+    lm_eval_max_length: int | None = None
     device: str = "cpu"
     description: str = ""
     extra: tuple[tuple[str, object], ...] = field(default_factory=tuple)
@@ -76,6 +87,17 @@ class Scale:
     def has_lm(self) -> bool:
         """Whether this scale trains a language model."""
         return self.lm_steps > 0
+
+    @property
+    def benchmark(self) -> str:
+        """What the benchmark term of fitness is at this scale: ``"lm_eval"`` (the mean of the
+        lm-eval task scores) when the scale trains an LM and names lm-eval tasks, else
+        ``"probes"`` (the probe mean)."""
+        return "lm_eval" if self.lm_eval_tasks and self.has_lm else "probes"
+
+    def lm_eval_metric(self, task: str) -> str:
+        """The metric that is ``task``'s score (``acc`` unless ``lm_eval_metrics`` says)."""
+        return dict(self.lm_eval_metrics).get(task, "acc")
 
 
 # Probe suites. Recall probes are sized so that state capacity matters (measured: T=64 with 4
@@ -107,6 +129,19 @@ _VERIFY_PROBES = (
 
 # The demo suite: the two probes that separate the delta rule from plain linear attention most
 # (noisy and fuzzy recall), at 120 steps each.
+#: The shipped (offline) lm-eval tasks scored at verify: accuracies in [0, 1] (the bits-per-byte
+#: task is a loss, already measured by the validation loss, and left out of the mean).
+VERIFY_LM_EVAL_TASKS = ("shakespeare_cloze", "shakespeare_lastword", "probe_mqar", "probe_noisy_recall",
+                        "probe_fuzzy_recall", "probe_selective_copy", "probe_compression")
+#: lm-eval's own tasks usually reported for small LMs; they download their data from the Hugging
+#: Face hub, so they run only when asked (``--lm-eval-tasks``) on a machine with a network.
+HUB_LM_EVAL_TASKS = ("lambada_openai", "piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande")
+
+_VERIFY_MINI_PROBES = (
+    probe("noisy_recall", vocab_size=64, seq_len=64, num_keys=8, noise_vocab=16, frac_noise=0.2,
+          steps=40, batch_size=16, lr=1e-2, eval_examples=128),
+)
+
 _DEMO_SUITE = (
     probe("noisy_recall", vocab_size=64, seq_len=64, num_keys=8, noise_vocab=16, frac_noise=0.2,
           steps=120, batch_size=32, lr=1e-2),
@@ -140,6 +175,16 @@ SCALES: dict[str, Scale] = {
         warmup_steps=25, val_batches=8,
         description="probes + byte-level LM on the English corpus (CPU, ~3 minutes)",
     ),
+    "verify-mini": Scale(
+        name="verify-mini",
+        d_model=64, n_heads=2, n_layers=2, vocab_size=256, seq_len=128, batch_size=8,
+        lm_steps=300, lr=3e-3, expected_seconds=120.0,
+        mixer_param_budget=8 * 64 * 64,
+        probes=_VERIFY_MINI_PROBES,
+        warmup_steps=10, val_batches=2, log_every=20,
+        lm_eval_tasks=("shakespeare_cloze", "probe_noisy_recall"), lm_eval_limit=100,
+        description="the verify code path on CPU in about a minute: tiny byte LM, 2 offline lm-eval tasks",
+    ),
     "verify": Scale(
         name="verify",
         d_model=512, n_heads=8, n_layers=8, vocab_size=256, seq_len=1024, batch_size=32,
@@ -148,7 +193,7 @@ SCALES: dict[str, Scale] = {
         probes=_VERIFY_PROBES,
         probe_d_model=128, probe_n_heads=4, probe_n_layers=2,
         warmup_steps=300, val_batches=64, log_every=50,
-        lm_eval_tasks=("lambada_openai", "piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande"),
+        lm_eval_tasks=VERIFY_LM_EVAL_TASKS, lm_eval_max_length=1024,
         device="cuda",
         description="GPU: ~25M-parameter byte LM, ~200M tokens, lm-eval tasks",
     ),
@@ -167,7 +212,7 @@ def scale_from_dict(d: dict) -> Scale:
     d["probes"] = tuple(
         p if isinstance(p, ProbeSpec) else ProbeSpec(**{**p, "params": tuple(tuple(kv) for kv in p["params"])})
         for p in d.get("probes", ()))
-    for key in ("lm_eval_tasks", "extra"):
+    for key in ("lm_eval_tasks", "extra", "lm_eval_metrics"):
         if key in d:
             d[key] = tuple(tuple(x) if isinstance(x, list) else x for x in d[key])
     return Scale(**d)
