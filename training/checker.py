@@ -30,7 +30,8 @@ and a one-line reason:
    memory autograd keeps for backward at each length (bytes of the tensors saved through
    ``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded), which is
    exact and immune to timer noise; and an operator trace (:class:`training.op_trace.OpTrace`)
-   from the smallest scored length up to 2048 (:func:`trace_lengths`): lengths that run the same
+   from the smallest scored length up to 1024 (:func:`trace_lengths`, ``TRACE_LONGEST``; the timing
+   covers 2048): lengths that run the same
    set of aten ops form a code path, and each path's FLOP and memory exponents are fitted on its
    own (:func:`code_paths`; ``details["paths"]``), so that softmax attention at the scored lengths
    behind a linear mixer at the long ones fails, naming the path change. All exponents must be
@@ -66,6 +67,8 @@ CHECK_NAMES = ("contract", "imports", "build", "forward_backward", "causality", 
 CAUSALITY_TOL = 1e-5
 EXPONENT_MAX = 1.35
 DEFAULT_LENGTHS = (512, 1024, 2048)
+#: the op trace runs from the smallest scored length up to this one (the timing goes on to 2048)
+TRACE_LONGEST = 1024
 
 
 @dataclass
@@ -769,7 +772,7 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
             mem_vals = [mem[L] for L in lengths]
             m_exp = _slope(lengths, mem_vals) if all(v > 0 for v in mem_vals) else 0.0
             # op traces from the smallest scored length up: a change of algorithm across lengths
-            t_lengths = [int(v) for v in options.get("trace_lengths", trace_lengths(scale, max(2048, max(lengths))))]
+            t_lengths = [int(v) for v in options.get("trace_lengths", trace_lengths(scale, TRACE_LONGEST))]
             t_in: list[Any] = []
             for L in t_lengths:
                 t_in += [xs.get(L, torch.randn(1, L, d, generator=gen)), gs.get(L, torch.randn(1, L, d, generator=gen))]
@@ -799,6 +802,9 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
                     f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
             desc += f"; {len(paths)} code path(s) over L={t_lengths[0]}-{t_lengths[-1]}, FLOP exponent(s) " + \
                 ", ".join(str(p.get("flops_exponent", "-")) for p in paths)
+            if path_why and len(paths) > 1:  # a change of algorithm: name it before any mixed fit
+                return CheckResult("subquadratic", False, max([p.get("flops_exponent", 0.0) for p in paths] + [t_exp]),
+                                   f"super-linear cost on a code path: {path_why}", details=details)
             if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
                 which = "time" if t_exp > EXPONENT_MAX else "memory"
                 return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),

@@ -32,6 +32,21 @@ _NEUTRAL = {"alias", "view", "_unsafe_view", "detach", "clone", "copy_", "empty_
             "split_with_sizes", "unbind", "contiguous", "new_empty_strided", "empty_strided"}
 
 
+_MATMULS = {"mm", "bmm", "addmm", "baddbmm"}
+#: ops torch's counter knows but that are linear in L here (their formula is slow to evaluate)
+_CHEAP: set[str] = set()
+
+
+def _matmul_flops(args: tuple, out: Any) -> int:
+    """2·M·K·N (times the batch) from the first matrix operand and the output."""
+    mats = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2]
+    if not mats or not isinstance(out, torch.Tensor):
+        return 0
+    a = mats[0] if len(mats) == 2 or mats[0].dim() == out.dim() and len(mats) < 3 else mats[1]
+    k = int(a.shape[-1])
+    return 2 * int(out.numel()) * k
+
+
 def _shape(a: Any) -> Any:
     return tuple(a.shape) if isinstance(a, torch.Tensor) else a
 
@@ -69,7 +84,9 @@ class OpTrace(TorchDispatchMode):
         try:
             if "scaled_dot_product" in name or "attention" in name:
                 self.flops += _attention_flops(name, args)
-            elif packet in _FLOPS:
+            elif name in _MATMULS:
+                self.flops += _matmul_flops(args, out)
+            elif packet in _FLOPS and name not in _CHEAP:
                 self.flops += int(_FLOPS[packet](*args, **kwargs, out_val=out))
         except Exception:  # noqa: BLE001 - an op whose formula does not apply counts 0
             pass
