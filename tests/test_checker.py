@@ -159,6 +159,42 @@ def test_non_causal_designs_fail_causality(name, needle, tmp_path):
     assert _by_name(report)["subquadratic"].reason.startswith("not run: causality failed")
 
 
+@pytest.mark.parametrize("name, needle, every", [
+    # a zero-initialised gate: inert as initialised, a leak once the parameters move
+    ("leak_zero_gate", "params re-drawn", r"params re-drawn"),
+    # a leak only at the probes' lengths (<= 64)
+    ("leak_short_lengths", "changing tokens", r"L=(32|48|64),"),
+    # a leak only when input rows repeat (token embeddings): Gaussian inputs never show it
+    ("leak_repeated_rows", "changing tokens", r"^changing tokens"),
+    # a leak only with autograd on in eval mode (a validation pass with grad)
+    ("leak_grad_only", "eval mode, grad on", r"eval mode, grad on"),
+    # a leak only at the held-out evaluation batch size of the probes
+    ("leak_eval_batch", "batch 64", r"batch 64,"),
+])
+def test_scored_configuration_leaks_fail_causality(name, needle, every, tmp_path):
+    import re
+
+    report = _check(name, tmp_path, options=STOP)
+    c = _by_name(report)["causality"]
+    assert not report.passed and not c.passed and c.value > 1e-5
+    assert c.reason.startswith("not causal") and needle in c.reason, c.reason
+    assert "position" in c.reason and "L=" in c.reason and "mode" in c.reason, c.reason
+    failing = c.details["failing"]
+    assert failing and all(re.search(every, f) for f in failing), failing
+
+
+def test_quadratic_below_the_long_lengths_fails_on_its_code_path(tmp_path):
+    report = _check("quadratic_below_threshold", tmp_path)
+    checks = _by_name(report)
+    assert checks["causality"].passed
+    c = checks["subquadratic"]
+    assert not c.passed and "the algorithm changes with the length" in c.reason, c.reason
+    assert "scaled_dot_product" in c.reason and "FLOP exponent" in c.reason
+    paths = c.details["paths"]
+    assert len(paths) == 2 and paths[0]["lengths"][0] == 32 and paths[0]["lengths"][-1] == 256
+    assert paths[0]["flops_exponent"] > 1.35 and paths[1]["flops_exponent"] <= 1.35
+
+
 def test_quadratic_design_fails_subquadratic(tmp_path):
     report = _check("quadratic_attention", tmp_path)
     checks = _by_name(report)

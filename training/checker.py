@@ -13,21 +13,34 @@ and a one-line reason:
    (counted by walking the module tree ourselves, not by calling the candidate's methods);
 4. ``forward_backward``: forward and backward on a tiny batch: output is a plain tensor of the
    input's shape, outputs and gradients finite, the output depends on the input;
-5. ``causality``: for several positions t and random inputs, replacing token t and everything
-   after it (and, separately, token t alone) changes no output before t beyond 1e-5, in train
-   mode with the RNG reseeded (so dropout is identical) at two lengths (one not a multiple of 64),
-   plus a gradient test (d out[:t] / d x[t:] = 0); and batch independence (changing one sample
-   changes no other sample's output);
+5. ``causality``: in the configurations that produce the metrics (:func:`scored_configs`: each
+   probe's training batch and held-out evaluation batch, the LM's batch, read from the scale,
+   plus L=77 batch 2 and a longer unscored length), on token inputs through an embedding and the
+   pre-norm (real probe sequences, or random tokens with repeats), with the parameters as
+   initialised and re-drawn (every parameter perturbed, zero-initialised ones included), in
+   train and eval mode, with autograd on and off: replacing every token from a random position t
+   on changes no output before t beyond 1e-5 (one ``forward_many`` round trip per parameter
+   state). Also on Gaussian inputs at the scale's length and L=77 (suffix and single-token
+   changes), a gradient test (d out[:t] / d x[t:] = 0) and batch independence. A failure names
+   the length, batch, mode, grad, parameter state, setting and position (``details["failing"]``
+   lists up to 8 failing configurations);
 6. ``subquadratic``: time of forward+backward at L, 2L, 4L (512, 1024, 2048; batch 1),
    interleaved rounds, medians, slope of log time on log L (the larger of the least-squares fit
-   and the slope between the two longest lengths, see ``_time_exponent``); and the activation
+   and the slope between the two longest lengths, see ``_time_exponent``); the activation
    memory autograd keeps for backward at each length (bytes of the tensors saved through
    ``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded), which is
-   exact and immune to timer noise. Both exponents must be <= 1.35. A slope near the threshold
-   triggers more rounds. (Why saved tensors: tracemalloc does not see torch's allocator, ru_maxrss
+   exact and immune to timer noise; and an operator trace (:class:`training.op_trace.OpTrace`)
+   from the smallest scored length up to 1024 (:func:`trace_lengths`, ``TRACE_LONGEST``; the timing
+   covers 2048): lengths that run the same
+   set of aten ops form a code path, and each path's FLOP and memory exponents are fitted on its
+   own (:func:`code_paths`; ``details["paths"]``), so that softmax attention at the scored lengths
+   behind a linear mixer at the long ones fails, naming the path change. All exponents must be
+   <= 1.35. A time slope near the threshold triggers more rounds. (Why saved tensors: tracemalloc
+   does not see torch's allocator, ru_maxrss
    is monotonic within a process, and the CPU profiler's memory events proved unreliable here;
    activation memory is what grows with L in training, and a pure-PyTorch quadratic design keeps
-   its L x L scores for backward. A fused kernel that keeps no L x L tensor still fails on time.)
+   its L x L scores for backward. A fused kernel that keeps no L x L tensor still fails on time
+   and on its counted FLOPs.)
 7. ``determinism``: building and running twice under the same seed gives identical outputs and
    gradients.
 
@@ -54,6 +67,8 @@ CHECK_NAMES = ("contract", "imports", "build", "forward_backward", "causality", 
 CAUSALITY_TOL = 1e-5
 EXPONENT_MAX = 1.35
 DEFAULT_LENGTHS = (512, 1024, 2048)
+#: the op trace runs from the smallest scored length up to this one (the timing goes on to 2048)
+TRACE_LONGEST = 1024
 
 
 @dataclass
@@ -104,9 +119,49 @@ def _scale_config(scale: Any) -> dict:
         return dict(scale)
     from training.scales import get_scale
 
+    import dataclasses
+
+    from training.probes import EVAL_BATCH_SIZE
+
     s = get_scale(scale)
     return {"name": s.name, "d_model": s.d_model, "n_heads": s.n_heads,
-            "mixer_param_budget": s.mixer_param_budget, "seq_len": s.seq_len}
+            "mixer_param_budget": s.mixer_param_budget, "seq_len": s.seq_len,
+            "batch_size": s.batch_size, "has_lm": s.has_lm, "vocab_size": s.vocab_size,
+            "probes": [{**dataclasses.asdict(p), "seq_len": p.seq_len, "vocab_size": p.vocab_size} for p in s.probes],
+            "probe_eval_batch": EVAL_BATCH_SIZE}
+
+
+def scored_configs(scale: dict) -> list[dict]:
+    """The (length, batch, source) settings under which ``scale`` produces metrics - each probe's
+    training batch (real probe tokens), its held-out evaluation batch, the LM's training and
+    validation batch - plus two unscored ones (L=77, batch 2: a length no multiple of 64, and a
+    longer one), read from the scale's probe specs and LM fields. Settings of the same shape are
+    merged (their labels joined; real probe tokens are used when any of them is a probe's)."""
+    out: list[dict] = []
+    seen: set = set()
+
+    def add(label: str, L: int, B: int, probe: dict | None = None) -> None:
+        key = (L, B)  # one setting per shape; the labels of the others that share it are kept
+        if L < 2 or B < 1:
+            return
+        if key in seen:
+            prev = next(c for c in out if (c["L"], c["B"]) == key)
+            prev["label"] += f", {label}"
+            prev["probe"] = prev["probe"] or probe
+            return
+        seen.add(key)
+        out.append({"label": label, "L": int(L), "B": int(B), "probe": probe})
+
+    eval_bs = int(scale.get("probe_eval_batch", 64))
+    for p in scale.get("probes") or []:
+        add(f"probe {p.get('task')} (train batch)", int(p["seq_len"]), int(p.get("batch_size", 32)), p)
+        add(f"probe {p.get('task')} (eval batch)", int(p["seq_len"]),
+            min(eval_bs, int(p.get("eval_examples", eval_bs))), None)
+    L, B = int(scale.get("seq_len", 128) or 128), int(scale.get("batch_size", 2) or 2)
+    add("LM batch" if scale.get("has_lm", True) else "scale seq_len", L, B)
+    add("unscored", 77, 2)
+    add("unscored", max(L, 64) * 2 + 3, 1)
+    return out
 
 
 def static_results(source: str | bytes) -> tuple[list[CheckResult], bool]:
@@ -320,6 +375,266 @@ def _max_abs(t: Any) -> float:
     return v if math.isfinite(v) else float("inf")
 
 
+#: noise of the re-drawn parameters: each gets N(0, (REDRAW_SCALE * (rms + 0.2))^2) added
+REDRAW_SCALE = 0.5
+#: random-token vocabulary when no real batch is at hand (small: tokens repeat, as in text)
+TOKEN_VOCAB = 24
+
+
+def _embedder(vocab: int, d: int, gen: Any) -> Callable[[Any], Any]:
+    """Tokens -> what the first mixer sees: a random embedding table (the backbone's
+    ``nn.Embedding``), then the pre-norm (RMS-normalised rows). Repeated tokens give repeated rows."""
+    import torch
+
+    table = torch.randn(vocab, d, generator=gen)
+
+    def embed(tok: Any) -> Any:
+        x = table[tok]
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    return embed
+
+
+def _tokens_for(cfg: dict, gen: Any) -> tuple[Any, int]:
+    """A (B, L) token batch for one scored setting: the probe's own generator when the setting
+    is a probe's training batch (real probe sequences), else random tokens with repeats."""
+    import torch
+
+    B, L, p = cfg["B"], cfg["L"], cfg.get("probe")
+    if p:
+        try:
+            from training.probes import ProbeSpec, generate
+
+            spec = ProbeSpec(task=p["task"], steps=int(p.get("steps", 1)), batch_size=int(p.get("batch_size", B)),
+                             lr=float(p.get("lr", 1e-3)), eval_examples=int(p.get("eval_examples", 16)),
+                             params=tuple(tuple(kv) for kv in p["params"]))
+            tok, _ = generate(spec, B, int(torch.randint(0, 2 ** 30, (1,), generator=gen)))
+            if tuple(tok.shape) == (B, L):
+                return tok.long(), int(spec.vocab_size)
+        except Exception:  # noqa: BLE001 - an unknown probe: random tokens below
+            pass
+    return torch.randint(0, TOKEN_VOCAB, (B, L), generator=gen), TOKEN_VOCAB
+
+
+def _prefix_change(a: Any, b: Any, t: int) -> tuple[float, int]:
+    """Largest change of outputs before position ``t`` (NaN == NaN), and the position of it."""
+    import torch
+
+    if t <= 0:
+        return 0.0, -1
+    x, y = a[:, :t].double(), b[:, :t].double()
+    both_nan = torch.isnan(x) & torch.isnan(y)
+    diff = torch.where(both_nan, torch.zeros_like(x), torch.nan_to_num((x - y).abs(), nan=float("inf")))
+    per_pos = diff.amax(dim=(0, 2)) if diff.dim() == 3 else diff.reshape(diff.shape[0], t, -1).amax(dim=(0, 2))
+    pos = int(per_pos.argmax())
+    v = float(per_pos[pos])
+    return (v if math.isfinite(v) else float("inf")), pos
+
+
+def _causality(client: Any, scale: dict, options: dict, d: int, gen: Any, order: Any,
+               rebuild: Callable[[], Any], fwd: Callable, fwd_bwd: Callable) -> CheckResult:
+    """Check 5 in the configurations that produce the metrics (see :func:`scored_configs`).
+
+    For every scored setting (length, batch; real probe tokens or random tokens with repeats,
+    through an embedding and the pre-norm), with the parameters as initialised and re-drawn
+    (every parameter perturbed, zero-initialised ones included), in train and eval mode, with
+    autograd on and off: a base forward and one with every token from a random position t on
+    replaced; no output before t may move. Plus Gaussian inputs at the scale's length and L=77
+    (suffix and single-token changes), the gradient form, and batch independence. The configs of
+    one parameter state go to the worker in one ``forward_many`` round trip, shuffled."""
+    import torch
+
+    from training.harness import WorkerFailed
+
+    configs = scored_configs(scale)
+    configs = configs[: int(options.get("max_causal_configs", len(configs)))]
+    embeds: dict[int, Callable] = {}
+    leaks: list[tuple[float, str]] = []
+    n_forwards = 0
+    non_finite: list[str] = []
+    for state in ("as-initialised", "re-drawn"):
+        if state == "re-drawn":
+            client.call("redraw", {"seed": int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)),
+                                   "scale": REDRAW_SCALE}, n_out=0)
+        items: list[dict] = []
+        xs: list[Any] = []
+        meta: list[tuple] = []  # (base index or None, t, description)
+        for cfg in configs:
+            tok, vocab = _tokens_for(cfg, gen)
+            vocab = max(vocab, int(tok.max()) + 1)
+            embed = embeds.get(vocab) or embeds.setdefault(vocab, _embedder(vocab, d, gen))
+            L, B = cfg["L"], cfg["B"]
+            for mode in ("train", "eval"):
+                for grad in (False, True):
+                    seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
+                    t = int(torch.randint(1, L, (1,), generator=gen))
+                    tok2 = tok.clone()
+                    tok2[:, t:] = torch.randint(0, vocab, (B, L - t), generator=gen)
+                    tok2[:, t] = (tok[:, t] + 1 + torch.randint(0, vocab - 1, (B,), generator=gen)) % vocab
+                    where = (f"L={L}, batch {B}, {mode} mode, grad {'on' if grad else 'off'}, "
+                             f"params {state}, {cfg['label']}")
+                    base = len(xs)
+                    for k, tk in enumerate((tok, tok2)):
+                        items.append({"mode": mode, "grad": grad, "seed": seed})
+                        xs.append(embed(tk))
+                        meta.append((None if k == 0 else base, t, where))
+        if state == "as-initialised":  # Gaussian inputs too (deeper layers do not see token rows)
+            for L in (int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77):
+                for mode in ("train", "eval"):
+                    seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
+                    x = torch.randn(2, L, d, generator=gen)
+                    base = len(xs)
+                    items.append({"mode": mode, "grad": False, "seed": seed})
+                    xs.append(x)
+                    meta.append((None, 0, ""))
+                    picks = {1, 2, L // 4, L // 2, L - 1, 63 if L > 64 else L // 3}
+                    picks |= {int(v) for v in torch.randint(1, L, (2,), generator=gen)}
+                    for t in sorted(picks):
+                        for kind in ("suffix", "token"):
+                            x2 = x.clone()
+                            if kind == "suffix":
+                                x2[:, t:] = torch.randn(2, L - t, d, generator=gen) * 3
+                            else:
+                                x2[:, t] = torch.randn(2, d, generator=gen) * 3
+                            items.append({"mode": mode, "grad": False, "seed": seed})
+                            xs.append(x2)
+                            what = f"tokens {t}.." if kind == "suffix" else f"token {t}"
+                            meta.append((base, t, f"Gaussian inputs, {what}, L={L}, batch 2, {mode} mode, "
+                                                  f"grad off, params as-initialised"))
+        perm = list(range(len(xs)))
+        order.shuffle(perm)  # the worker cannot tell a reference run from a perturbed one
+        by_shape: dict[tuple, list[int]] = {}
+        for i in perm:
+            by_shape.setdefault(tuple(xs[i].shape), []).append(i)
+        groups = list(by_shape.values())
+        _, ys = client.call("forward_many", {"groups": [[items[i] for i in g] for g in groups]},
+                            [torch.stack([xs[i] for i in g]) for g in groups], n_out=len(groups))
+        out: list[Any] = [None] * len(xs)
+        for g, y in zip(groups, ys):
+            if tuple(y.shape) != (len(g),) + tuple(xs[g[0]].shape):
+                raise WorkerFailed("error", f"forward returned {tuple(y.shape[1:])} for input {tuple(xs[g[0]].shape)}")
+            for j, i in enumerate(g):
+                out[i] = y[j]
+        n_forwards += len(xs)
+        for i, (base, t, where) in enumerate(meta):
+            if base is None:
+                if not bool(torch.isfinite(out[i]).all()) and len(non_finite) < 3:
+                    non_finite.append(where or "Gaussian inputs")
+                continue
+            v, pos = _prefix_change(out[base], out[i], t)
+            if v > CAUSALITY_TOL:
+                head = where if where.startswith("Gaussian") else f"changing tokens {t}.. ({where})"
+                leaks.append((v, f"{head} changed the output at position {pos} by {v:.3g}"))
+    rebuild()  # the later checks see the parameters as initialised
+    worst = max((v for v, _ in leaks), default=0.0)
+    # gradient form: d out[:, :t] / d x[:, t:] must vanish
+    L = int(options.get("causal_len", scale.get("seq_len", 128) or 128))
+    x = torch.randn(2, L, d, generator=gen)
+    seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
+    for t in (1, L // 2, L - 1):
+        g = torch.zeros(2, L, d)
+        g[:, :t] = 1.0
+        _, (y, gx) = fwd_bwd(x, g, seed=seed)
+        if tuple(gx.shape) == tuple(x.shape):
+            leak = _max_abs(gx[:, t:])
+            if leak > CAUSALITY_TOL:
+                leaks.append((leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs "
+                                    f"(Gaussian inputs, L={L}, batch 2, train mode, grad on, params as-initialised)"))
+    worst = max((v for v, _ in leaks), default=0.0)
+    # batch independence (train and eval mode)
+    cross = 0.0
+    for training in (True, False):
+        mode = "train" if training else "eval"
+        x = torch.randn(3, 64, d, generator=gen)
+        x2 = x.clone()
+        x2[1] = torch.randn(64, d, generator=gen) * 3
+        pair = [x, x2]
+        order.shuffle(pair)
+        ys2 = {id(v): fwd(v, mode, seed) for v in pair}
+        y0, y2 = ys2[id(x)], ys2[id(x2)]
+        cross = max(cross, _max_abs(y2[0] - y0[0]), _max_abs(y2[2] - y0[2]))
+    leaks.sort(key=lambda e: -e[0])
+    settings = [f"L={c['L']} batch {c['B']} ({c['label']})" for c in configs]
+    details = {"max_leak": worst, "batch_leak": cross, "forwards": n_forwards + 5, "settings": settings,
+               "failing": [w for _, w in leaks[:8]], "n_failing": len(leaks), "non_finite": non_finite}
+    if worst > CAUSALITY_TOL:
+        more = f" (and {len(leaks) - 1} more failing configurations)" if len(leaks) > 1 else ""
+        return CheckResult("causality", False, worst, f"not causal: {leaks[0][1]}{more}", details=details)
+    if cross > CAUSALITY_TOL:
+        return CheckResult("causality", False, cross,
+                           f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
+                           details=details)
+    Ls = sorted({c["L"] for c in configs})
+    return CheckResult("causality", True, max(worst, cross),
+                       f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) in {len(configs)} settings "
+                       f"(L={'/'.join(map(str, Ls))}) x params as-initialised/re-drawn x train/eval x grad on/off "
+                       f"on token inputs, and on Gaussian inputs; samples independent", details=details)
+
+
+def trace_lengths(scale: dict, longest: int = 2048) -> list[int]:
+    """Lengths of the op-trace and FLOP/memory fit: the smallest scored length, doubling, up to
+    at least ``longest`` (2048), with every scored length in between."""
+    scored = sorted({c["L"] for c in scored_configs(scale) if not c["label"].startswith("unscored")})
+    L = scored[0] if scored else 64
+    out = set(scored)
+    while L < longest:
+        out.add(L)
+        L *= 2
+    out.add(max(L, longest))
+    return sorted(out)
+
+
+def code_paths(lengths: list[int], traces: list[dict], saved: dict[int, int]) -> tuple[list[dict], str | None]:
+    """Group the traced lengths by code path (the set of aten ops run) and fit, per path, the FLOP
+    exponent (:func:`_time_exponent`: the larger of the fit and the long-end slope) and the
+    activation-memory exponent. Returns (paths, failure reason or None): a path of two or more
+    lengths must have both exponents <= ``EXPONENT_MAX``; a path seen at one length only must not
+    cost more than twice the FLOPs per token of the neighbouring path."""
+    paths: list[dict] = []
+    for L, tr in zip(lengths, traces):
+        sig = tuple(tr.get("path") or [])
+        if paths and paths[-1]["sig"] == sig:
+            paths[-1]["lengths"].append(L)
+            paths[-1]["flops"].append(int(tr.get("flops") or 0))
+        else:
+            paths.append({"sig": sig, "lengths": [L], "flops": [int(tr.get("flops") or 0)]})
+    longest = set(paths[-1]["sig"]) if paths else set()
+    why = None
+    bad_i = 0
+    out = []
+    for i, p in enumerate(paths):
+        Ls, fl = p["lengths"], p["flops"]
+        rec = {"lengths": Ls, "flops": fl,
+               "ops_not_at_longest": sorted(set(p["sig"]) - longest)[:8],
+               "ops_only_at_longest": sorted(longest - set(p["sig"]))[:8]}
+        span = f"L={Ls[0]}" + (f"-{Ls[-1]}" if len(Ls) > 1 else "")
+        if len(Ls) >= 2:
+            f_exp = _time_exponent(Ls, [max(v, 1) for v in fl]) if all(v > 0 for v in fl) else 0.0
+            mem = [saved.get(L, 0) for L in Ls]
+            m_exp = _slope(Ls, mem) if all(v > 0 for v in mem) else 0.0
+            rec.update(flops_exponent=round(f_exp, 3), memory_exponent=round(m_exp, 3))
+            if why is None and (f_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX):
+                which = f"FLOP exponent {f_exp:.2f}" if f_exp > EXPONENT_MAX else f"memory exponent {m_exp:.2f}"
+                why, bad_i = f"the code path at {span} has {which} > {EXPONENT_MAX}", i
+        else:
+            nb = paths[i - 1] if i > 0 else (paths[i + 1] if i + 1 < len(paths) else None)
+            if nb is not None and fl[0] > 0:
+                j = -1 if i > 0 else 0
+                ratio = (fl[0] / Ls[0]) / max(nb["flops"][j] / nb["lengths"][j], 1e-9)
+                rec["flops_per_token_vs_neighbour"] = round(ratio, 3)
+                if why is None and ratio > 2.0:
+                    bad_i = i
+                    why = (f"the code path at {span} (seen at one length) costs {ratio:.1f}x the FLOPs per token "
+                           f"of the path at L={nb['lengths'][j]}")
+        out.append(rec)
+    if why and len(paths) > 1:
+        bad = out[bad_i]
+        added = ", ".join(bad["ops_not_at_longest"]) or "-"
+        why = (f"the algorithm changes with the length ({len(paths)} code paths; at L={bad['lengths'][0]} it runs "
+               f"{added}, which L={lengths[-1]} does not): {why}")
+    return out, why
+
+
 def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
     """Checks 3-7 on the candidate, computed by the trusted harness from the tensors a forked
     worker returns (:class:`training.harness.WorkerClient`); the candidate runs only in the
@@ -406,75 +721,9 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
                                f"{len(present)} parameters get gradients)")
 
         def causality() -> CheckResult:
-            seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
-            worst, where = 0.0, ""
-            lengths = [int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77]
-            calls: list[tuple] = []  # (x, mode, t, kind, L, base_key)
-            bases: dict[int, tuple] = {}
-            for i, (L, training) in enumerate([(lengths[0], True), (lengths[1], True), (lengths[0], False)]):
-                x = torch.randn(2, L, d, generator=gen)
-                bases[i] = (x, training)
-                picks = {1, 2, L // 4, L // 2, L - 1, 63 if L > 64 else L // 3, 64 if L > 65 else L // 2 + 1}
-                picks |= {int(v) for v in torch.randint(1, L, (3,), generator=gen)}
-                if not training:
-                    picks = {1, L // 2, L - 1}
-                for t in sorted(picks):
-                    for kind in ("suffix", "token"):
-                        x2 = x.clone()
-                        if kind == "suffix":
-                            x2[:, t:] = torch.randn(2, L - t, d, generator=gen) * 3
-                        else:
-                            x2[:, t] = torch.randn(2, d, generator=gen) * 3
-                        calls.append((x2, training, t, kind, L, i))
-                calls.append((x, training, None, "base", L, i))
-            order.shuffle(calls)  # the worker cannot tell the reference run from a perturbed one
-            outs: dict[int, Any] = {}
-            results = []
-            for x2, training, t, kind, L, i in calls:
-                y = fwd(x2, "train" if training else "eval", seed)
-                if kind == "base":
-                    outs[i] = y
-                else:
-                    results.append((y, training, t, kind, L, i))
-            for y2, training, t, kind, L, i in results:
-                leak = _max_abs(y2[:, :t] - outs[i][:, :t])
-                if leak > worst:
-                    what = f"tokens {t}.." if kind == "suffix" else f"token {t}"
-                    worst, where = leak, (f"changing {what} (L={L}, {'train' if training else 'eval'} mode) "
-                                          f"changed earlier outputs by {leak:.3g}")
-            # gradient form: d out[:, :t] / d x[:, t:] must vanish
-            L = lengths[0]
-            x = torch.randn(2, L, d, generator=gen)
-            for t in (1, L // 2, L - 1):
-                g = torch.zeros(2, L, d)
-                g[:, :t] = 1.0
-                _, (y, gx) = fwd_bwd(x, g, seed=seed)
-                if tuple(gx.shape) == tuple(x.shape):
-                    leak = _max_abs(gx[:, t:])
-                    if leak > worst:
-                        worst, where = leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs (L={L})"
-            # batch independence (train and eval mode)
-            cross = 0.0
-            for training in (True, False):
-                mode = "train" if training else "eval"
-                x = torch.randn(3, 64, d, generator=gen)
-                x2 = x.clone()
-                x2[1] = torch.randn(64, d, generator=gen) * 3
-                pair = [x, x2]
-                order.shuffle(pair)
-                ys = {id(v): fwd(v, mode, seed) for v in pair}
-                y0, y2 = ys[id(x)], ys[id(x2)]
-                cross = max(cross, _max_abs(y2[0] - y0[0]), _max_abs(y2[2] - y0[2]))
-            details = {"max_leak": worst, "batch_leak": cross, "calls": len(calls) + 5}
-            if worst > CAUSALITY_TOL:
-                return CheckResult("causality", False, worst, f"not causal: {where}", details=details)
-            if cross > CAUSALITY_TOL:
-                return CheckResult("causality", False, cross,
-                                   f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
-                                   details=details)
-            return CheckResult("causality", True, max(worst, cross),
-                               f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) at L={lengths}; samples independent",
-                               details=details)
+            return _causality(client, scale, options, d, gen, order, rebuild=lambda: client.call(
+                "build", {"path": path, "d_model": d, "n_heads": h, "seed": 0, "static": static}, n_out=0),
+                fwd=fwd, fwd_bwd=fwd_bwd)
 
         def subquadratic() -> CheckResult:
             lengths = [int(v) for v in options.get("lengths", DEFAULT_LENGTHS)]
@@ -522,16 +771,47 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
                 t_exp = _time_exponent(lengths, med)
             mem_vals = [mem[L] for L in lengths]
             m_exp = _slope(lengths, mem_vals) if all(v > 0 for v in mem_vals) else 0.0
+            # op traces from the smallest scored length up: a change of algorithm across lengths
+            t_lengths = [int(v) for v in options.get("trace_lengths", trace_lengths(scale, TRACE_LONGEST))]
+            t_in: list[Any] = []
+            for L in t_lengths:
+                t_in += [xs.get(L, torch.randn(1, L, d, generator=gen)), gs.get(L, torch.randn(1, L, d, generator=gen))]
+            tt0 = time.perf_counter()
+            tvals, _ = client.call("trace", {}, t_in, n_out=0)
+            trace_s = time.perf_counter() - tt0
+            traces = tvals.get("traces") if isinstance(tvals.get("traces"), list) else []
+            saved = dict(mem)
+            for L in t_lengths:
+                if L not in saved:
+                    sv, _ = client.call("saved_bytes", {}, [torch.randn(1, L, d, generator=gen),
+                                                            torch.randn(1, L, d, generator=gen)], n_out=0)
+                    v = sv.get("saved_bytes")
+                    saved[L] = int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+            if len(traces) != len(t_lengths) or not all(isinstance(t, dict) for t in traces):
+                return CheckResult("subquadratic", False, None, "the worker returned no op trace")
+            paths, path_why = code_paths(t_lengths, traces, saved)
+            for pth in paths:  # the timed exponent belongs to the path that ran the timed lengths
+                if set(lengths) <= set(pth["lengths"]):
+                    pth["time_exponent"] = round(t_exp, 3)
             details = {"lengths": lengths, "median_s": [round(v, 5) for v in med], "time_exponent": round(t_exp, 3),
                        "saved_bytes": mem_vals, "memory_exponent": round(m_exp, 3),
                        "rounds": len(times[lengths[0]]), "inner": inner,
-                       "timed_by": "harness", "worker_cpu_s": round(client.cpu_seconds() - cpu0, 3)}
+                       "timed_by": "harness", "worker_cpu_s": round(client.cpu_seconds() - cpu0, 3),
+                       "trace_lengths": t_lengths, "trace_s": round(trace_s, 3), "paths": paths}
             desc = (f"time exponent {t_exp:.2f}, memory exponent {m_exp:.2f} over L={'/'.join(map(str, lengths))} "
                     f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
+            desc += f"; {len(paths)} code path(s) over L={t_lengths[0]}-{t_lengths[-1]}, FLOP exponent(s) " + \
+                ", ".join(str(p.get("flops_exponent", "-")) for p in paths)
+            if path_why and len(paths) > 1:  # a change of algorithm: name it before any mixed fit
+                return CheckResult("subquadratic", False, max([p.get("flops_exponent", 0.0) for p in paths] + [t_exp]),
+                                   f"super-linear cost on a code path: {path_why}", details=details)
             if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
                 which = "time" if t_exp > EXPONENT_MAX else "memory"
                 return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),
                                    f"super-linear {which} cost: {desc} > {EXPONENT_MAX}", details=details)
+            if path_why:
+                return CheckResult("subquadratic", False, max([p.get("flops_exponent", 0.0) for p in paths] + [t_exp]),
+                                   f"super-linear cost on a code path: {path_why}", details=details)
             return CheckResult("subquadratic", True, round(t_exp, 3), desc + f" <= {EXPONENT_MAX}", details=details)
 
         def determinism() -> CheckResult:

@@ -303,7 +303,12 @@ def train_batches(spec: ProbeSpec, seed: int):
 EVAL_SEED_OFFSET = 1_000_003
 
 
-def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 64) -> float:
+#: Batch size of the scored (held-out) probe forward; the checker tests causality at it.
+EVAL_BATCH_SIZE = 64
+
+
+def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+             batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Token accuracy of ``model`` (tokens -> logits) at the scored positions (targets != -100)."""
     correct = total = 0
     was_training = model.training

@@ -16,6 +16,16 @@ the socketpair (:mod:`training.wire` frames, nothing pickled):
 - ``timed`` {reps} + [x, g] -> nothing: ``reps`` forward+backward passes (the harness times them
   from outside);
 - ``saved_bytes`` + [x, g] -> values {saved_bytes}: the activation memory autograd keeps;
+- ``forward_many`` {groups: [[{mode, grad, seed}...]...]} + [stacked x per group] -> [stacked y
+  per group] (inputs of one shape stacked, the wire carries few tensors): one forward per input, each
+  in its mode (``torch.nn.Module.train``) with autograd on or off (``grad``; with grad on, the
+  input requires grad, as an embedding output does) and the RNG reseeded (one round trip for a
+  whole batch of causality configurations);
+- ``redraw`` {seed, scale} -> values {n_tensors}: adds seeded Gaussian noise of
+  ``scale * (rms + 0.2)`` to every parameter (zero-initialised ones included), so that a
+  parameter that is inert at initialisation (a zero gate) is not inert in the check;
+- ``trace`` {lengths} + [x, g per length] -> values {traces}: per length, the set of aten ops a
+  forward+backward runs and its matmul/attention FLOPs (a ``TorchDispatchMode`` records them);
 - ``status`` -> values {violations, changes}: what the diagnostic guard and the watch saw;
 - ``quit``.
 
@@ -35,6 +45,7 @@ from typing import Any
 import torch
 
 from training import wire
+from training.op_trace import OpTrace
 
 #: Syscalls the worker may never make (EPERM).
 DENIED_SYSCALLS = (
@@ -170,6 +181,61 @@ class Worker:
                     p.grad = None
         return values, out
 
+    def op_forward_many(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        groups = list(args.get("groups") or [])
+        if len(groups) != len(tensors):
+            raise ValueError("forward_many needs one item list per stacked tensor")
+        out = []
+        for items, xs in zip(groups, tensors):
+            if len(items) != xs.shape[0]:
+                raise ValueError("forward_many needs one item per stacked input")
+            ys = []
+            for item, x in zip(items, xs):
+                torch.nn.Module.train(m, item.get("mode", "train") == "train")
+                x = x.clone()
+                grad = bool(item.get("grad", False))
+                if item.get("seed") is not None:
+                    torch.manual_seed(int(item["seed"]))
+                with torch.set_grad_enabled(grad):
+                    if grad:
+                        x.requires_grad_(True)
+                    y = m(x)
+                if type(y) is not torch.Tensor:  # noqa: E721 - a subclass could lie
+                    raise TypeError(f"forward must return a plain torch.Tensor, not {type(y).__name__}")
+                if tuple(y.shape) != tuple(x.shape):
+                    raise ValueError(f"forward returned {tuple(y.shape)} for input {tuple(x.shape)}")
+                ys.append(y.detach())
+            out.append(torch.stack(ys))
+        return {}, out
+
+    def op_redraw(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        gen = torch.Generator().manual_seed(int(args.get("seed", 0)))
+        scale = float(args.get("scale", 0.5))
+        params = _walk_parameters(m)
+        with torch.no_grad():
+            for p in params:
+                if not p.is_floating_point():
+                    continue
+                rms = float(p.detach().double().pow(2).mean().sqrt()) if p.numel() else 0.0
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+                p.add_(noise * (scale * (rms + 0.2)))
+        return {"n_tensors": len(params)}, []
+
+    def op_trace(self, args: dict, tensors: list) -> tuple[dict, list]:
+        m = self._model()
+        torch.nn.Module.train(m, True)
+        traces = []
+        for i in range(len(tensors) // 2):
+            x, g = tensors[2 * i].clone().requires_grad_(True), tensors[2 * i + 1]
+            rec = OpTrace()
+            with rec:
+                y = m(x)
+                torch.Tensor.backward(y, g)
+            traces.append(rec.summary())
+        return {"traces": traces}, []
+
     def op_timed(self, args: dict, tensors: list) -> tuple[dict, list]:
         m = self._model()
         torch.nn.Module.train(m, True)
@@ -238,7 +304,8 @@ class Worker:
         from training.sandbox_child import SandboxViolation, _memory_message
 
         ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
-               "saved_bytes": self.op_saved_bytes, "status": self.op_status, "evaluate": self.op_evaluate,
+               "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
+               "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
                "logits": self.op_logits}
         while True:
             try:
