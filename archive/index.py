@@ -4,7 +4,8 @@ UI and sampling need, derived from the archive and rebuilt from it at will.
 Fields of a document: ``id, name, slug, tag, parent, references, status, fitness,
 fitness_components, yardstick, fitness_interval, fitness_std, n_seeds, promotion (the promotion rule's
 outcome), scale, metrics`` (a summary, see :func:`archive.record.metrics_summary`),
-``summary`` (the commit subject), ``problem, researcher, created, commit``. The document of
+``summary`` (the commit subject), ``problem, researcher, measures`` (the id a re-measurement
+measures: the seed's measurement says ``"0000"``), ``created, commit``. The document of
 experiment ``N`` has tinydb doc_id ``N + 1``.
 
 The file carries the archive state it was built from (``_meta`` table); :meth:`sync` compares it
@@ -107,6 +108,8 @@ def make_doc(record: ExperimentRecord, commit: str) -> dict[str, Any]:
         "summary": record.summary_line(),
         "problem": record.problem,
         "researcher": record.researcher,
+        # the id this record re-measures (the seed's measurement at the lab's scale), else None
+        "measures": record.extra.get("measures"),
         "created": record.created,
         "commit": commit,
     }

@@ -9,14 +9,11 @@ enqueue commands. Nothing in the app blocks on training or an LLM call.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+import click
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
@@ -24,11 +21,12 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import Footer, Label, ProgressBar, RichLog
+from textual.widgets import Footer, Label
 
 from agents import events as ev
+from asiarch_tui.keys import key_rows
+from asiarch_tui.panels import PlotPanel, RunningPanel, StatusBar, baseline_status
 from asiarch_tui.screens import (
-    KEYS,
     ApprovalScreen,
     ConfirmScreen,
     HelpScreen,
@@ -38,7 +36,7 @@ from asiarch_tui.screens import (
     archive_rows,
 )
 from archive.lineage import best_over_time
-from asiarch_tui.widgets import ExperimentTabs, LineageTree, PlotPanel, RunningPanel, StatusBar
+from asiarch_tui.widgets import ExperimentTabs, LineageTree, is_experiment
 
 
 class LoopControl(Protocol):
@@ -57,10 +55,6 @@ class LoopControl(Protocol):
     def shutdown(self, timeout: float = 5.0) -> None: ...
 
 
-#: A training log line with a step count: ``[label] step X/Y ...``.
-STEP_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+)/(?P<total>\d+)")
-
-
 class LoopEvent(Message):
     """An event of the loop, handed over to the UI thread."""
 
@@ -70,27 +64,25 @@ class LoopEvent(Message):
 
 
 class ResearchConsole(App[None]):
-    """asiarch-tui: lineage tree, experiment tabs, running experiment, plots and controls."""
+    """asiarch-tui: lineage tree, experiment tabs, running experiment, plots and controls.
+
+    Keys that act on the loop live here; those that act on the selected node (fork, git show)
+    on :class:`LineageTree`. Every binding's tooltip is its line in the help screen."""
 
     TITLE = "asiarch"
-    CSS = """
-    #top { height: 3fr; }
-    #bottom { height: 2fr; }
-    #warnings { height: auto; max-height: 3; color: $warning; }
-    """
+    CSS_PATH = "console.tcss"
     BINDINGS = [
-        Binding("p", "toggle_pause", "pause/resume"),
-        Binding("a", "approve", "approve"),
-        Binding("r", "reject", "reject"),
-        Binding("e", "edit", "edit"),
-        Binding("f", "fork", "fork"),
-        Binding("m", "switch_mode", "mode"),
-        Binding("s", "stop_after", "stop"),
-        Binding("slash", "search_archive", "search"),
-        Binding("c", "search_cognition", "cognition"),
-        Binding("g", "git_show", "git show"),
-        Binding("question_mark", "help", "help"),
-        Binding("q", "quit_console", "quit"),
+        Binding("p", "toggle_pause", "pause/resume", tooltip="pause / resume the loop (pauses after the current step)"),
+        Binding("a", "approve", "approve", tooltip="approve the proposal waiting for approval (supervised mode)"),
+        Binding("r", "reject", "reject", tooltip="reject it, with a reason sent back to the Researcher"),
+        Binding("e", "edit", "edit", tooltip="edit its code in $EDITOR, then approve"),
+        Binding("m", "switch_mode", "mode", tooltip="switch mode (autonomous / supervised)"),
+        Binding("s", "stop_after", "stop", tooltip="stop after the current experiment"),
+        Binding("slash", "search_archive", "search", tooltip="search the archive (names, motivations)"),
+        Binding("c", "search_cognition", "cognition", tooltip="search the cognition base"),
+        Binding("question_mark", "help", "help", tooltip="this help"),
+        Binding("q", "quit_console", "quit",
+                tooltip="quit (asks when a run is in flight; the run resumes on the next start)"),
     ]
 
     def __init__(self, lab: Any, loop: LoopControl | None = None, *, autostart: bool = True,
@@ -114,13 +106,11 @@ class ResearchConsole(App[None]):
         self.state = "idle"
         self.in_flight: str | None = None
         self.pending_approval: ev.ApprovalRequested | None = None
-        self.loss_points: list[tuple[int, float]] = []
-        self.loss_label = ""
         self.parents: dict[str, str | None] = {}
         self.started = False
         self._cognition: Any = None
         self.done = 0
-        self._unsubscribe = None
+        self._unsubscribe: Any = None
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -136,7 +126,8 @@ class ResearchConsole(App[None]):
 
     def on_mount(self) -> None:
         status = self.query_one(StatusBar)
-        status.set(mode=self.mode, llm=self.llm_label, frozen_elapsed=None if self.clock else 0)
+        status.set(mode=self.mode, llm=self.llm_label, llm_label=self.llm_label,
+                   frozen_elapsed=None if self.clock else 0)
         self.reload_archive()
         if self.clock:
             self.set_interval(1.0, lambda: status.set())
@@ -145,13 +136,6 @@ class ResearchConsole(App[None]):
             if self.autostart:
                 self.start_loop()
         self.query_one(LineageTree).focus()
-
-    def on_resize(self, event: Any) -> None:
-        """Small terminals (e.g. 80x24) keep the discovery curve and drop the loss plot."""
-        try:
-            self.query_one("#loss-plot").display = self.size.height >= 36
-        except Exception:  # not composed yet
-            pass
 
     # -- archive view ------------------------------------------------------------------------
     def summaries(self) -> list[dict[str, Any]]:
@@ -178,12 +162,9 @@ class ResearchConsole(App[None]):
         tree = self.query_one(LineageTree)
         tree.load(docs, best["id"] if best else None)
         docs_sorted = sorted(docs, key=lambda d: d["id"])
-        # only accepted experiments with a fitness are points of the fitness line; the line is the
-        # best design's lower bound over time (best moved by the promotion rule)
-        self.query_one(PlotPanel).draw_discovery([d.get("fitness") if d.get("status") == "accepted" else None
-                                                  for d in docs_sorted],
-                                                 [p["lower"] for p in best_over_time(docs_sorted)])
-        self.done = len(docs)
+        # the line is the best design's lower bound over time (best moved by the promotion rule)
+        self.query_one(PlotPanel).draw_archive(docs_sorted, [p["lower"] for p in best_over_time(docs_sorted)])
+        self.done = sum(1 for d in docs if is_experiment(d))
         self.query_one(StatusBar).set(done=self.done, best=best["fitness"] if best else None)
         target = select or (best["id"] if best else (docs_sorted[-1]["id"] if docs_sorted else None))
         if target:
@@ -230,93 +211,28 @@ class ResearchConsole(App[None]):
 
     # -- events from the loop ----------------------------------------------------------------
     def on_loop_event(self, message: LoopEvent) -> None:
+        """Hand the event to each panel (they update themselves), then keep the console's own
+        state: the experiment in flight, the approval waiting, the archive once one lands."""
         e = message.event
-        running = self.query_one(RunningPanel)
+        for panel in (self.query_one(RunningPanel), self.query_one(PlotPanel), self.query_one(StatusBar)):
+            panel.handle(e)
         if isinstance(e, ev.ExperimentStarted):
             self.in_flight = e.exp_id
             self.parents[str(e.exp_id)] = e.parent
-            self.loss_points, self.loss_label = [], ""
-            self.query_one(PlotPanel).draw_loss([])
-            running.query_one(ProgressBar).update(total=100, progress=0)
-            running.query_one("#phase", Label).update("")
-            running.query_one("#train-log", RichLog).clear()
-            running.query_one("#agent-log", RichLog).clear()
-            running.border_title = f"running: experiment {e.exp_id} (parent {e.parent or '—'})"
-        elif isinstance(e, ev.StageChanged):
-            detail = f" — {e.detail}" if e.detail else ""
-            running.query_one("#stage", Label).update(Text(f"stage: {e.stage} ({e.status}){detail}", style="bold"))
-            if e.stage in ("evaluate", "baseline") and e.status == "started":
-                running.query_one(ProgressBar).update(total=100, progress=0)
-        elif isinstance(e, ev.LogLine):
-            running.query_one("#train-log", RichLog).write(e.line)
-            m = STEP_RE.match(e.line)
-            if m:  # "[label] step X/Y ...": progress of the current training phase
-                running.query_one(ProgressBar).update(total=int(m["total"]), progress=int(m["step"]))
-                running.query_one("#phase", Label).update(f"training: {m['label']} ({m['step']}/{m['total']})")
-        elif isinstance(e, ev.AgentMessage):
-            log = running.query_one("#agent-log", RichLog)
-            if e.message == "request":
-                log.write(Text(f"── {e.role} → {e.model}", style="bold cyan"))
-            elif e.message == "delta":
-                self._stream_delta(log, e.text)
-            elif e.message == "reply":
-                self._flush_stream(log)
-                log.write(Text(f"── {e.role} replied ({(e.duration_s or 0):.1f}s)", style="dim"))
-            elif e.message == "error":
-                log.write(Text(f"── {e.role} error: {e.text}", style="red"))
-        elif isinstance(e, ev.MetricPoint) and e.name.endswith("_loss"):
-            label = e.name[: -len("_loss")]
-            if label != self.loss_label:  # a new phase (a probe, then the LM): a new curve
-                self.loss_label, self.loss_points = label, []
-            self.loss_points.append((e.step, e.value))
-            self.query_one(PlotPanel).draw_loss(self.loss_points, label)
         elif isinstance(e, ev.ApprovalRequested):
             self.pending_approval = e
             self.open_approval()
         elif isinstance(e, ev.ExperimentFinished):
             self.in_flight = None
             self.pending_approval = None
-            running.query_one(ProgressBar).update(total=100, progress=100)
             self.reload_archive(select=e.exp_id)
-        elif isinstance(e, ev.BaselineProgress):
-            self.query_one(StatusBar).set(baselines=baseline_status(e))
         elif isinstance(e, ev.LoopStateChanged):
             self.state = e.state
-            self.query_one(StatusBar).set(state=e.state)
             if e.state in ("stopped", "finished"):
                 self.in_flight = None
-        elif isinstance(e, ev.LLMStatus):
-            states = {r.get("state") for r in e.roles.values()} - {"builtin"}
-            self.query_one(StatusBar).set(llm=e.detail or self.llm_label,
-                                          llm_ok=not (states & {"open", "unreachable"}))
-        elif isinstance(e, ev.AgentStep):
-            bar = self.query_one(StatusBar)
-            steps = dict(bar.values.get("llm_steps") or {})
-            llm, fb = steps.get(e.role, (0, 0))
-            if e.by in ("llm", "fallback"):
-                steps[e.role] = (llm + (e.by == "llm"), fb + (e.by == "fallback"))
-                bar.set(llm_steps=steps)
         elif isinstance(e, ev.Warning):
             self.query_one("#warnings", Label).update(Text(f"⚠ {e.message}", style="yellow"))
-            if e.source == "llm-ok":
-                self.query_one(StatusBar).set(llm_ok=True)
-            elif e.source.startswith("llm"):
-                self.query_one(StatusBar).set(llm_ok=False)
             self.notify(e.message, severity="warning", timeout=6)
-
-    _stream_buf = ""
-
-    def _stream_delta(self, log: RichLog, text: str) -> None:
-        """Token-by-token streaming: write complete lines as they arrive."""
-        self._stream_buf += text
-        while "\n" in self._stream_buf:
-            line, self._stream_buf = self._stream_buf.split("\n", 1)
-            log.write(line)
-
-    def _flush_stream(self, log: RichLog) -> None:
-        if self._stream_buf:
-            log.write(self._stream_buf)
-            self._stream_buf = ""
 
     # -- actions -----------------------------------------------------------------------------
     def start_loop(self) -> None:
@@ -389,32 +305,26 @@ class ResearchConsole(App[None]):
         if self.loop is None or self.pending_approval is None:
             self.notify("nothing waits for approval")
             return
-        code = self.pending_approval.code
-        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-            fh.write(code)
-            path = fh.name
         try:
             with self.suspend():
-                subprocess.run([*shlex.split(editor), path], check=False)
-            edited = Path(path).read_text()
+                edited = click.edit(self.pending_approval.code, extension=".py", require_save=False)
         except Exception as exc:  # suspend is unsupported in some drivers (e.g. headless tests)
             self.notify(f"could not run the editor: {exc}", severity="error")
             return
-        finally:
-            Path(path).unlink(missing_ok=True)
+        if edited is None:
+            return
         self.loop.approve(code=edited)
         self.pending_approval = None
         self.notify("edited and approved")
 
-    def action_fork(self) -> None:
-        """f: the next experiment's parent is the selected node."""
-        exp_id = self.query_one(LineageTree).selected_id
-        if self.loop is None or exp_id is None:
-            self.notify("select an experiment to fork from")
+    @on(LineageTree.ForkRequested)
+    def _fork(self, event: LineageTree.ForkRequested) -> None:
+        """f on the tree: the next experiment's parent is the selected node."""
+        if self.loop is None:
+            self.notify("no loop attached (read-only view)")
             return
-        self.loop.fork(exp_id)
-        self.notify(f"next parent: {exp_id}")
+        self.loop.fork(event.exp_id)
+        self.notify(f"next parent: {event.exp_id}")
 
     def action_switch_mode(self) -> None:
         """m: switch between autonomous and supervised."""
@@ -468,10 +378,10 @@ class ResearchConsole(App[None]):
 
         self.push_screen(SearchScreen("search the cognition base", ["score", "title", "levers"], search))
 
-    def action_git_show(self) -> None:
-        """g: `git show` the selected experiment's commit."""
-        exp_id = self.query_one(LineageTree).selected_id
-        rec = self.record(exp_id)
+    @on(LineageTree.GitShowRequested)
+    def _git_show(self, event: LineageTree.GitShowRequested) -> None:
+        """g on the tree: `git show` the selected experiment's commit."""
+        rec = self.record(event.exp_id)
         if rec is None:
             return
         try:
@@ -484,7 +394,7 @@ class ResearchConsole(App[None]):
 
     def action_help(self) -> None:
         """?: the keys."""
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(console_keys()))
 
     def action_quit_console(self) -> None:
         """q: quit; asks when a run is in flight (it stays resumable)."""
@@ -506,18 +416,12 @@ class ResearchConsole(App[None]):
         self.exit()
 
 
-__all__ = ["ResearchConsole", "LoopControl", "LoopEvent", "KEYS"]
+def console_keys() -> list[tuple[str, str, str]]:
+    """Every key of the main screen: ``(key, what it does, where)``, from the bindings."""
+    return key_rows([("console", ResearchConsole), ("lineage tree", LineageTree)])
 
 
-def baseline_status(e: Any) -> str:
-    """The status-bar text of a :class:`agents.events.BaselineProgress` event: "measuring the
-    seed" while the yardstick is measured (experiments wait), "measuring baselines 2/5" while a
-    comparison is, nothing once it is done."""
-    if e.status != "started":
-        return ""
-    if e.seed:
-        return "measuring the seed (experiments wait)"
-    return f"measuring baselines {e.index}/{e.total}"
+__all__ = ["ResearchConsole", "LoopControl", "LoopEvent", "console_keys", "baseline_status"]
 
 
 def _rescored(lab: Any, rec: dict[str, Any]) -> dict[str, Any]:

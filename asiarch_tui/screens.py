@@ -7,44 +7,30 @@ from typing import Any, Callable, Iterable, Mapping
 
 from rich.syntax import Syntax
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.worker import get_current_worker
 from textual.widgets import Button, DataTable, Input, Label, Markdown, RichLog, Static
 
+from asiarch_tui.keys import key_table_markdown
 from asiarch_tui.widgets import checks_table, fmt_fitness
 
-#: The keys of the main screen, shown by the help screen and the README.
-KEYS: list[tuple[str, str]] = [
-    ("p", "pause / resume the loop (pauses after the current step)"),
-    ("a", "approve the proposal waiting for approval (supervised mode)"),
-    ("r", "reject it, with a reason sent back to the Researcher"),
-    ("e", "edit its code in $EDITOR, then approve"),
-    ("f", "fork: the next experiment's parent is the selected node"),
-    ("m", "switch mode (autonomous / supervised)"),
-    ("s", "stop after the current experiment"),
-    ("/", "search the archive (names, motivations)"),
-    ("c", "search the cognition base"),
-    ("g", "git show the selected experiment's commit"),
-    ("?", "this help"),
-    ("q", "quit (asks when a run is in flight; the run resumes on the next start)"),
-]
-
-
 class HelpScreen(ModalScreen[None]):
-    """The keys and what they do."""
+    """The keys and what they do: the rows of :func:`asiarch_tui.keys.key_rows` (read from the
+    bindings of the console and of the widgets that own keys)."""
 
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 80%; max-width: 90; height: auto; max-height: 90%; border: thick $primary; background: $surface; padding: 1 2; }
-    """
+
+    def __init__(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.rows = list(rows)
 
     def compose(self) -> ComposeResult:
-        lines = ["# asiarch — keys", "", "| key | action |", "|---|---|"]
-        lines += [f"| `{k}` | {v} |" for k, v in KEYS]
-        lines += ["", "All actions are also in the command palette (ctrl+p). Press escape to close."]
+        lines = ["# asiarch — keys", "", key_table_markdown(self.rows),
+                 "", "All actions are also in the command palette (ctrl+p). Press escape to close."]
         with Vertical():
             yield Markdown("\n".join(lines))
 
@@ -53,11 +39,6 @@ class ConfirmScreen(ModalScreen[bool]):
     """A yes/no question."""
 
     BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
-    DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 70; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
-    ConfirmScreen Horizontal { height: auto; align: center middle; }
-    """
 
     def __init__(self, question: str) -> None:
         super().__init__()
@@ -81,10 +62,6 @@ class ReasonScreen(ModalScreen[str | None]):
     """Ask for a one-line reason (rejections)."""
 
     BINDINGS = [Binding("escape", "cancel", "cancel")]
-    DEFAULT_CSS = """
-    ReasonScreen { align: center middle; }
-    ReasonScreen > Vertical { width: 80; height: auto; border: thick $error; background: $surface; padding: 1 2; }
-    """
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -110,12 +87,6 @@ class ApprovalScreen(ModalScreen[str]):
         Binding("e", "choose('edit')", "edit"),
         Binding("escape", "choose('later')", "later"),
     ]
-    DEFAULT_CSS = """
-    ApprovalScreen { align: center middle; }
-    ApprovalScreen > Vertical { width: 95%; height: 95%; border: thick $accent; background: $surface; }
-    ApprovalScreen VerticalScroll { height: 1fr; }
-    ApprovalScreen Horizontal { height: 3; align: center middle; }
-    """
 
     def __init__(self, name: str, motivation: str, code: str, parent_code: str,
                  checks: Iterable[Mapping[str, Any]]) -> None:
@@ -154,10 +125,6 @@ class TextScreen(ModalScreen[None]):
     """Scrollable text, e.g. the output of ``git show``."""
 
     BINDINGS = [Binding("escape,q", "dismiss", "close")]
-    DEFAULT_CSS = """
-    TextScreen { align: center middle; }
-    TextScreen > RichLog { width: 95%; height: 95%; border: thick $primary; background: $surface; }
-    """
 
     def __init__(self, title: str, text: str, lexer: str | None = None) -> None:
         super().__init__()
@@ -180,12 +147,6 @@ class SearchScreen(ModalScreen[str | None]):
     """Type a query, see ranked results; enter on a row dismisses with its key."""
 
     BINDINGS = [Binding("escape", "close", "close")]
-    DEFAULT_CSS = """
-    SearchScreen { align: center middle; }
-    SearchScreen > Vertical { width: 95%; height: 90%; border: thick $primary; background: $surface; }
-    SearchScreen DataTable { height: 1fr; }
-    SearchScreen #detail { height: auto; max-height: 40%; }
-    """
 
     def __init__(self, title: str, columns: list[str],
                  search: Callable[[str], list[tuple[str, list[str], str]]]) -> None:
@@ -208,14 +169,30 @@ class SearchScreen(ModalScreen[str | None]):
         self.query_one(Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#detail", Markdown).update("_searching…_")
+        self.run_search(event.value)
+
+    @work(thread=True, exclusive=True, group="search")
+    def run_search(self, query: str) -> None:
+        """Run the search off the UI thread (git reads, embeddings); a newer query cancels the
+        display of an older one."""
+        try:
+            rows = self.search(query)
+        except Exception as exc:  # a failing search is shown, never crashes the console
+            self.app.call_from_thread(self.show_detail, f"**search failed:** {exc}")
+            return
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_results, rows)
+
+    def show_detail(self, text: str) -> None:
+        """Show ``text`` (Markdown) under the results."""
+        self.query_one("#detail", Markdown).update(text)
+
+    def show_results(self, rows: list[tuple[str, list[str], str]]) -> None:
+        """Fill the table with a search's rows (on the UI thread)."""
         table = self.query_one(DataTable)
         table.clear()
         self.details.clear()
-        try:
-            rows = self.search(event.value)
-        except Exception as exc:  # a failing search is shown, never crashes the console
-            self.query_one("#detail", Markdown).update(f"**search failed:** {exc}")
-            return
         for key, cells, detail in rows:
             self.details[key] = detail
             table.add_row(*cells, key=key)

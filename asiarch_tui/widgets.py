@@ -1,27 +1,28 @@
-"""Widgets of the research console: lineage tree, experiment tabs, running panel, plots, status bar."""
+"""Widgets of the research console: the lineage tree and the experiment tabs (the running panel,
+the plots and the status bar are in :mod:`asiarch_tui.panels`)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterable, Mapping
 
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import (
     DataTable,
-    Label,
     Markdown,
-    ProgressBar,
     RichLog,
     Static,
     TabbedContent,
     TabPane,
     Tree,
 )
-from textual_plotext import PlotextPlot
+from textual.message import Message
+
+from archive.record import SEED_ID
 
 STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta", "running": "cyan"}
 
@@ -60,8 +61,13 @@ def node_label(rec: Mapping[str, Any], best_id: str | None, reached: Iterable[st
         text.append("★ ", style="bold yellow")
     text.append(f"{rec.get('id', '?')} ", style="dim")
     text.append(str(rec.get("name", "?")), style=STATUS_STYLE.get(status, "white"))
+    role = seed_role(rec)
+    if role:  # the seed and its measurement carry the same name: say which is which
+        text.append(f" ({role})", style="italic")
     text.append(" · ", style="dim")
-    text.append(fmt_fitness_spread(rec), style="bold" if status == "accepted" else "dim")
+    # only an accepted experiment has a fitness (an older archive stored one for failures)
+    text.append(fmt_fitness_spread(rec) if status == "accepted" else "—",
+                style="bold" if status == "accepted" else "dim")
     if rec.get("promotion") == "tied" and rec.get("id") != best_id:
         text.append(" ≈best", style="dim yellow")
     if rec.get("promotion") == "scale":
@@ -73,12 +79,46 @@ def node_label(rec: Mapping[str, Any], best_id: str | None, reached: Iterable[st
     return text
 
 
-class LineageTree(Tree):
-    """The lineage of every experiment in the lab; each node's ``data`` is the experiment id."""
+def seed_role(rec: Mapping[str, Any]) -> str:
+    """``"seed"`` for the lab's seed design, ``"seed, measured at SCALE"`` for its measurement
+    (a record that re-measures the seed), else ``""``."""
+    if str(rec.get("id")) == SEED_ID:
+        return "seed"
+    if rec.get("measures") == SEED_ID:
+        return f"seed, measured at {rec['scale']}" if rec.get("scale") else "seed, measured"
+    return ""
 
-    DEFAULT_CSS = """
-    LineageTree { width: 40%; max-width: 64; min-width: 28; border: round $primary; }
-    """
+
+def is_experiment(rec: Mapping[str, Any]) -> bool:
+    """Whether an index document is an experiment the loop ran (not the seed, not its measurement)."""
+    return not seed_role(rec)
+
+
+class LineageTree(Tree):
+    """The lineage of every experiment in the lab; each node's ``data`` is the experiment id.
+
+    Its keys act on the selected node: ``f`` posts :class:`ForkRequested`, ``g``
+    :class:`GitShowRequested` (the console forks the loop / shows the commit)."""
+
+    BINDINGS = [
+        Binding("f", "fork", "fork", tooltip="fork: the next experiment's parent is the selected node"),
+        Binding("g", "git_show", "git show", tooltip="git show the selected experiment's commit"),
+    ]
+
+    class ForkRequested(Message):
+        """The user asked that the next experiment's parent be ``exp_id``."""
+
+        def __init__(self, exp_id: str) -> None:
+            super().__init__()
+            self.exp_id = exp_id
+
+    class GitShowRequested(Message):
+        """The user asked for the commit of ``exp_id``."""
+
+        def __init__(self, exp_id: str) -> None:
+            super().__init__()
+            self.exp_id = exp_id
+
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("lab", **kwargs)
@@ -146,17 +186,36 @@ class LineageTree(Tree):
         node = self.cursor_node
         return node.data if node is not None else None
 
+    @property
+    def experiment_ids(self) -> set[str]:
+        """The ids of every experiment node."""
+        return set(self._exp_nodes)
+
+    def parent_of(self, exp_id: str) -> str | None:
+        """The experiment id of ``exp_id``'s parent node (None under the root)."""
+        node = self._exp_nodes[exp_id].parent
+        return node.data if node is not None else None
+
+    def label_of(self, exp_id: str) -> str:
+        """The plain text of ``exp_id``'s node label."""
+        return self._exp_nodes[exp_id].label.plain
+
+    def action_fork(self) -> None:
+        """f: fork from the selected node."""
+        if self.selected_id is not None:
+            self.post_message(self.ForkRequested(self.selected_id))
+        else:
+            self.notify("select an experiment to fork from")
+
+    def action_git_show(self) -> None:
+        """g: show the selected node's commit."""
+        if self.selected_id is not None:
+            self.post_message(self.GitShowRequested(self.selected_id))
+
 
 class ExperimentTabs(Vertical):
     """The selected experiment: motivation, code, analysis, metrics, transcript."""
 
-    DEFAULT_CSS = """
-    ExperimentTabs { width: 1fr; }
-    ExperimentTabs TabbedContent { height: 1fr; }
-    ExperimentTabs TabPane { padding: 0; }
-    ExperimentTabs #code-scroll { height: 1fr; }
-    ExperimentTabs Markdown { margin: 0; }
-    """
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabbed"):
@@ -179,7 +238,8 @@ class ExperimentTabs(Vertical):
         """Fill every tab from an experiment record (dict), its parent and the baselines."""
         if rec is None:
             return
-        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {fmt_fitness_spread(rec)}"
+        shown = fmt_fitness_spread(rec) if rec.get("status") == "accepted" else "—"
+        title = f"# {rec.get('name', '?')}  \n`{rec.get('id')}` · {rec.get('status')} · fitness {shown}"
         unscored = (rec.get("fitness_components") or {}).get("unscored")
         if rec.get("fitness") is None and unscored:
             title += f" (not scored: {unscored})"
@@ -247,123 +307,6 @@ def metric_value(metrics: Mapping[str, Any] | None, key: str) -> str:
     return str(cur)
 
 
-class RunningPanel(Vertical):
-    """The experiment in flight: stage, training progress, log tail and the streaming transcript."""
-
-    DEFAULT_CSS = """
-    RunningPanel { height: 1fr; border: round $secondary; }
-    RunningPanel #stage { height: 1; }
-    RunningPanel #progress-row { height: 1; }
-    RunningPanel #phase { width: 1fr; height: 1; color: $text-muted; }
-    RunningPanel ProgressBar { width: auto; height: 1; }
-    RunningPanel #logs { height: 1fr; }
-    RunningPanel #train-log { width: 3fr; }
-    RunningPanel #agent-log { width: 2fr; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Label("idle", id="stage")
-        with Horizontal(id="progress-row"):
-            yield ProgressBar(total=100, show_eta=True, id="train-progress")
-            yield Label("", id="phase")
-        with Horizontal(id="logs"):
-            yield RichLog(id="train-log", max_lines=500, wrap=True, markup=False, auto_scroll=True)
-            yield RichLog(id="agent-log", max_lines=2000, wrap=True, markup=False, auto_scroll=True)
-
-    def on_mount(self) -> None:
-        self.border_title = "running"
-
-
-class PlotPanel(Vertical):
-    """Discovery curve (best and each fitness vs experiment) and the running loss curve."""
-
-    DEFAULT_CSS = """
-    PlotPanel { width: 1fr; height: 1fr; }
-    PlotPanel PlotextPlot { height: 1fr; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield PlotextPlot(id="discovery-plot")
-        yield PlotextPlot(id="loss-plot")
-
-    def draw_discovery(self, fitnesses: list[float | None], best_lower: list[float | None] | None = None) -> None:
-        """Plot each experiment's fitness and the best design over time: the lower bound of its
-        fitness interval when ``best_lower`` is given (one value per experiment), else the
-        running maximum."""
-        plot = self.query_one("#discovery-plot", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.title("discovery: fitness per experiment")
-        xs = [i for i, f in enumerate(fitnesses) if f is not None]
-        ys = [f for f in fitnesses if f is not None]
-        if ys:
-            plt.scatter(xs, ys, marker="dot", label="fitness")
-            if best_lower is not None:
-                bx = [i for i, v in enumerate(best_lower) if v is not None]
-                plt.plot(bx, [best_lower[i] for i in bx], label="best (lower bound)")
-            else:
-                best, run = [], float("-inf")
-                for y in ys:
-                    run = max(run, y)
-                    best.append(run)
-                plt.plot(xs, best, label="best")
-        plot.refresh()
-
-    def draw_loss(self, points: list[tuple[int, float]], label: str = "") -> None:
-        """Plot the running experiment's training loss (of the current phase: a probe or the LM)."""
-        plot = self.query_one("#loss-plot", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        plt.title(f"training loss: {label}" if label else "training loss (running)")
-        if points:
-            plt.plot([p[0] for p in points], [p[1] for p in points])
-        plot.refresh()
-
-
-class StatusBar(Static):
-    """Mode, loop state, experiments done, best fitness, elapsed, LLM backend and health, and per
-    role the steps its model answered out of those it was asked (``R 2/3``: researcher)."""
-
-    DEFAULT_CSS = """
-    StatusBar { height: 1; background: $boost; padding: 0 1; }
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("", **kwargs)
-        self.values: dict[str, Any] = {"mode": "autonomous", "state": "idle", "done": 0, "best": None,
-                                       "llm": "builtin", "llm_ok": True, "started": time.monotonic(),
-                                       "frozen_elapsed": None, "baselines": ""}
-
-    def set(self, **values: Any) -> None:
-        """Update some fields and re-render."""
-        self.values.update(values)
-        self.update(self.render_status())
-
-    def render_status(self) -> Text:
-        """The status line as rich Text."""
-        v = self.values
-        elapsed = v["frozen_elapsed"] if v["frozen_elapsed"] is not None else time.monotonic() - v["started"]
-        h, rem = divmod(int(elapsed), 3600)
-        m, s = divmod(rem, 60)
-        state_style = {"running": "green", "paused": "yellow", "waiting_approval": "magenta"}.get(v["state"], "white")
-        t = Text()
-        t.append(f" {v['mode']} ", style="bold reverse")
-        t.append(f"  {v['state']}", style=f"bold {state_style}")
-        if v.get("baselines"):  # "measuring the seed" / "measuring baselines 2/5"
-            t.append(f"  {v['baselines']}", style="bold cyan")
-        t.append(f"  · {v['done']} done · best {fmt_fitness(v['best'])} · {h:d}:{m:02d}:{s:02d}")
-        t.append(f" · llm {v['llm']} ")
-        t.append("●" if v["llm_ok"] else "○ unreachable", style="green" if v["llm_ok"] else "red")
-        steps = v.get("llm_steps") or {}
-        if steps:
-            # steps each role's model answered / steps it was asked (the rest: built-in fallback)
-            t.append("  " + " ".join(f"{r[0].upper()} {a}/{a + b}" for r, (a, b) in steps.items()),
-                     style="yellow" if any(b for a, b in steps.values()) else "")
-        return t
-
-
 def checks_table(checks: Iterable[Mapping[str, Any]]) -> Table:
     """A rich table of check results (name, pass, value, reason)."""
     table = Table(box=None, expand=True)
@@ -374,3 +317,4 @@ def checks_table(checks: Iterable[Mapping[str, Any]]) -> Table:
         table.add_row(str(c.get("name")), Text("✔" if ok else "✘", style="green" if ok else "red"),
                       str(c.get("value", "")), str(c.get("reason", "")))
     return table
+

@@ -296,7 +296,7 @@ def test_agents_table_status_bar_and_report_section():
 
     from asiarch_tui.cli_run import agents_table
     from asiarch_tui.report import agents_html
-    from asiarch_tui.widgets import StatusBar
+    from asiarch_tui.panels import StatusBar
 
     recs = [{"extra": {"agent_steps": [{"role": "researcher", "by": "llm", "spec": "openai:smollm2@u"},
                                        {"role": "researcher", "by": "fallback", "spec": "openai:smollm2@u"}]},

@@ -12,7 +12,8 @@ import pytest
 from agents.loop import Loop
 from asiarch_tui.app import ResearchConsole
 from asiarch_tui.screens import ApprovalScreen, ConfirmScreen, HelpScreen, ReasonScreen
-from asiarch_tui.widgets import LineageTree, StatusBar
+from asiarch_tui.panels import PlotPanel, StatusBar
+from asiarch_tui.widgets import LineageTree
 from tests.loop_helpers import FakeExecutor, make_lab
 
 
@@ -30,7 +31,7 @@ async def wait_for(pilot, cond, timeout: float = 30.0) -> None:
 
 
 def tree_ids(app) -> set[str]:
-    return set(app.query_one(LineageTree)._exp_nodes)
+    return app.query_one(LineageTree).experiment_ids
 
 
 def make_loop(lab, **kw) -> Loop:
@@ -49,7 +50,8 @@ def test_startup_on_a_fresh_lab_shows_the_seed(tmp_path):
             assert tree_ids(app) == {"0000"}
             assert app.query_one(LineageTree).selected_id == "0000"
             status = app.query_one(StatusBar).render_status().plain
-            assert "autonomous" in status and "1 done" in status
+            # the seed is no experiment the loop ran: nothing is done yet
+            assert "autonomous" in status and "0 done" in status
 
     run(go())
 
@@ -80,10 +82,11 @@ def test_node_appears_when_an_experiment_lands_and_populated_start(tmp_path):
             await pilot.pause()
             assert tree_ids(app) == ids
             # the lineage follows the archive: each node sits under its parent
-            for exp_id, node in app.query_one(LineageTree)._exp_nodes.items():
+            tree = app.query_one(LineageTree)
+            for exp_id in tree.experiment_ids:
                 rec = lab2.store.get(exp_id)
                 if rec.parent:
-                    assert node.parent.data == rec.parent
+                    assert tree.parent_of(exp_id) == rec.parent
 
     run(again())
 
@@ -222,11 +225,12 @@ def test_training_lines_drive_the_progress_bar_and_the_loss_plot(tmp_path):
             await pilot.pause()
             bar = app.query_one(ProgressBar)
             assert (bar.progress, bar.total) == (120, 300)
-            assert app.loss_label == "lm" and app.loss_points == [(60, 3.1), (120, 2.4)]
+            plots = app.query_one(PlotPanel)
+            assert plots.loss_label == "lm" and plots.loss_points == [(60, 3.1), (120, 2.4)]
             # a new phase starts a new curve
             app.post_message(LoopEvent(ev.MetricPoint(exp_id="0001", name="mqar_loss", step=10, value=4.0)))
             await pilot.pause()
-            assert app.loss_label == "mqar" and app.loss_points == [(10, 4.0)]
+            assert plots.loss_label == "mqar" and plots.loss_points == [(10, 4.0)]
 
     run(go())
 
@@ -249,6 +253,7 @@ def test_archive_search_finds_experiments_by_motivation(tmp_path):
             await pilot.pause()
             assert isinstance(app.screen, SearchScreen)
             await pilot.press(*"delta rule", "enter")
+            await app.workers.wait_for_complete()  # the search runs in a worker thread
             await pilot.pause()
             table = app.screen.query_one(DataTable)
             assert {str(k.value) for k in table.rows} == wanted

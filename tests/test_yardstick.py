@@ -274,7 +274,7 @@ def test_a_too_slow_design_is_committed_as_such_without_fitness(tmp_path: Path):
 
 def test_status_bar_says_measuring_baselines():
     from asiarch_tui.app import baseline_status
-    from asiarch_tui.widgets import StatusBar
+    from asiarch_tui.panels import StatusBar
 
     assert baseline_status(BaselineProgress(name="deltanet", seed=True)) == "measuring the seed (experiments wait)"
     assert baseline_status(BaselineProgress(name="gla", index=2, total=5)) == "measuring baselines 2/5"
