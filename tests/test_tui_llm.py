@@ -9,7 +9,7 @@ import asyncio
 from agents import events as ev
 from agents.loop import Loop
 from asiarch_tui.app import LoopEvent, ResearchConsole
-from asiarch_tui.widgets import StatusBar
+from asiarch_tui.panels import StatusBar
 from tests.fake_llm_server import FakeLLMServer, Reply, ScriptedResponder
 from tests.loop_helpers import FakeExecutor, make_lab
 from tests.test_tui import wait_for as _wait
