@@ -256,7 +256,7 @@ class Loop:
         return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
                                unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
 
-    def _make_researcher(self, spec: LLMSpec) -> Researcher | None:
+    def _make_researcher(self, spec: LLMSpec) -> Researcher:
         rs = self.llm.session("researcher")
         if rs is None:
             return builtin_researcher(seed=self.seed)
@@ -1277,9 +1277,7 @@ class Loop:
         except LLMError as exc:
             # unreachable, unusable after its correction round, or its circuit open: the
             # built-in researcher answers this step (the model's attempt stays in the transcript)
-            fb = builtin_researcher(seed=self.seed) or self.fallback_researcher
-            if fb is None:
-                raise
+            fb = builtin_researcher(seed=self.seed)
             fallback(ctx.recorder, "researcher", self.researcher.spec, exc,
                      f"{getattr(fb, 'spec', 'builtin')} researcher")
             return fb.propose(ctx), getattr(fb, "spec", "builtin")

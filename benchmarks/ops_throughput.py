@@ -129,11 +129,6 @@ DELTA_OPS = ("delta_rule", "gated_delta_rule")
 # ------------------------------------------------------------------------------------------------
 
 
-def recurrent(q, k, v, decay=None, beta=None):
-    """Step-by-step recurrence (the literal definition, ``training.ops.recurrence``)."""
-    return ops.recurrence(q, k, v, decay=decay, beta=beta)
-
-
 def load_fla_naive(sub: str):
     """fla/ops/<sub>/naive.py loaded by path (no triton), or None."""
     spec = importlib.util.find_spec("fla")
@@ -175,13 +170,13 @@ def build(op: str, L: int, chunk: int | None = None):
     impls: dict[str, tuple[Callable[[], torch.Tensor], int]] = {}
     if op == "linear_attention":
         impls["ours"] = (lambda: ops.linear_attention(q, k, v, chunk_size=C)), C
-        impls["recurrent"] = (lambda: recurrent(q, k, v)), 1
+        impls["recurrent"] = (lambda: ops.recurrence(q, k, v)), 1
         m = load_fla_naive("linear_attn")
         if m is not None and L % FLA_CHUNK == 0:
             impls["fla naive chunk"] = (lambda: bthd(m.naive_chunk_linear_attn(bthd(q), bthd(k), bthd(v)))), FLA_CHUNK
     elif op == "retention":
         impls["ours"] = (lambda: ops.retention(q, k, v, gamma, chunk_size=C)), C
-        impls["recurrent"] = (lambda: recurrent(q, k, v, decay=lambda t: gamma.view(1, H, 1, 1))), 1
+        impls["recurrent"] = (lambda: ops.recurrence(q, k, v, decay=lambda t: gamma.view(1, H, 1, 1))), 1
         m = load_fla_naive("simple_gla")
         if m is not None:
             lg = gamma.log().view(1, 1, H).expand(B, L, H)
@@ -190,18 +185,18 @@ def build(op: str, L: int, chunk: int | None = None):
             ), FLA_CHUNK
     elif op == "gated_linear_attention":
         impls["ours"] = (lambda: ops.gated_linear_attention(q, k, v, g_chan, chunk_size=C)), C
-        impls["recurrent"] = (lambda: recurrent(q, k, v, decay=lambda t: g_chan[:, :, t].exp()[..., None])), 1
+        impls["recurrent"] = (lambda: ops.recurrence(q, k, v, decay=lambda t: g_chan[:, :, t].exp()[..., None])), 1
         # fla ships only a recurrent naive GLA (no chunked one)
     elif op == "delta_rule":
         impls["ours"] = (lambda: ops.delta_rule(q, k, v, beta, chunk_size=C)), C
-        impls["recurrent"] = (lambda: recurrent(q, k, v, beta=beta)), 1
+        impls["recurrent"] = (lambda: ops.recurrence(q, k, v, beta=beta)), 1
         m = load_fla_naive("delta_rule")
         if m is not None and L % FLA_CHUNK == 0:
             impls["fla naive chunk"] = (lambda: m.delta_rule_chunkwise(q, k, v, beta, chunk_size=FLA_CHUNK)[0]), FLA_CHUNK
     elif op == "gated_delta_rule":
         impls["ours"] = (lambda: ops.gated_delta_rule(q, k, v, beta, g_head, chunk_size=C)), C
         impls["recurrent"] = (
-            lambda: recurrent(q, k, v, beta=beta, decay=lambda t: g_head[:, :, t].exp()[..., None, None])
+            lambda: ops.recurrence(q, k, v, beta=beta, decay=lambda t: g_head[:, :, t].exp()[..., None, None])
         ), 1
         m = load_fla_naive("gated_delta_rule")
         if m is not None:

@@ -37,11 +37,6 @@ SHAPES = [
 # ------------------------------------------------------------------------------------------------
 
 
-def ref_recurrent(q, k, v, scale=None, decay_fn=None, beta=None, normalize=False):
-    """The package's literal recurrence (``training.ops.recurrence``), under the tests' old name."""
-    return ops.recurrence(q, k, v, scale=scale, decay=decay_fn, beta=beta, normalize=normalize)
-
-
 def rand_inputs(B, H, L, Dk, Dv, seed=0, dtype=torch.float64, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, L, Dk, generator=g, dtype=dtype)
@@ -75,35 +70,35 @@ def _cases(t):
     return {
         "linear_attention": (
             lambda C: ops.linear_attention(f(q), f(k), f(v), chunk_size=C),
-            lambda: ref_recurrent(q, k, v),
+            lambda: ops.recurrence(q, k, v),
         ),
         "linear_attention_normalized": (
             lambda C: ops.linear_attention(f(q.exp()), f(k.exp()), f(v), normalize=True, chunk_size=C),
-            lambda: ref_recurrent(q.exp(), k.exp(), v, normalize=True),
+            lambda: ops.recurrence(q.exp(), k.exp(), v, normalize=True),
         ),
         "linear_attention_scale": (
             lambda C: ops.linear_attention(f(q), f(k), f(v), scale=0.3, chunk_size=C),
-            lambda: ref_recurrent(q, k, v, scale=0.3),
+            lambda: ops.recurrence(q, k, v, scale=0.3),
         ),
         "retention": (
             lambda C: ops.retention(f(q), f(k), f(v), f(gamma), chunk_size=C),
-            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gamma.view(1, H, 1, 1)),
+            lambda: ops.recurrence(q, k, v, decay=lambda s: gamma.view(1, H, 1, 1)),
         ),
         "simple_gla": (
             lambda C: ops.simple_gla(f(q), f(k), f(v), f(gh), chunk_size=C),
-            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gh[:, :, s].exp()[..., None, None]),
+            lambda: ops.recurrence(q, k, v, decay=lambda s: gh[:, :, s].exp()[..., None, None]),
         ),
         "gated_linear_attention": (
             lambda C: ops.gated_linear_attention(f(q), f(k), f(v), f(gc), chunk_size=C),
-            lambda: ref_recurrent(q, k, v, decay_fn=lambda s: gc[:, :, s].exp()[..., None]),
+            lambda: ops.recurrence(q, k, v, decay=lambda s: gc[:, :, s].exp()[..., None]),
         ),
         "delta_rule": (
             lambda C: ops.delta_rule(f(q), f(kn()), f(v), f(beta), chunk_size=C),
-            lambda: ref_recurrent(q, kn(), v, beta=beta),
+            lambda: ops.recurrence(q, kn(), v, beta=beta),
         ),
         "gated_delta_rule": (
             lambda C: ops.gated_delta_rule(f(q), f(kn()), f(v), f(beta), f(gh), chunk_size=C),
-            lambda: ref_recurrent(q, kn(), v, beta=beta, decay_fn=lambda s: gh[:, :, s].exp()[..., None, None]),
+            lambda: ops.recurrence(q, kn(), v, beta=beta, decay=lambda s: gh[:, :, s].exp()[..., None, None]),
         ),
     }
 
@@ -135,7 +130,7 @@ def test_gla_strong_decay_is_stable():
     g[..., :2] = 0.0  # some channels keep everything
     out = ops.gated_linear_attention(t["q"].float(), t["k"].float(), t["v"].float(), g.float(), chunk_size=64)
     assert torch.isfinite(out).all()
-    ref = ref_recurrent(t["q"], t["k"], t["v"], decay_fn=lambda s: g[:, :, s].exp()[..., None])
+    ref = ops.recurrence(t["q"], t["k"], t["v"], decay=lambda s: g[:, :, s].exp()[..., None])
     close(out, ref)
     q, k, v, gg = (x.float().requires_grad_() for x in (t["q"], t["k"], t["v"], g))
     ops.gated_linear_attention(q, k, v, gg).sum().backward()
@@ -147,7 +142,7 @@ def test_gated_delta_strong_decay_is_stable():
     g = -torch.rand(1, 2, 80, dtype=torch.float64) * 30.0
     kn = ops.l2_norm(t["k"])
     out = ops.gated_delta_rule(t["q"].float(), kn.float(), t["v"].float(), t["beta"].float(), g.float())
-    ref = ref_recurrent(t["q"], kn, t["v"], beta=t["beta"], decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
+    ref = ops.recurrence(t["q"], kn, t["v"], beta=t["beta"], decay=lambda s: g[:, :, s].exp()[..., None, None])
     assert torch.isfinite(out).all()
     close(out, ref)
 
@@ -186,10 +181,10 @@ def test_strong_decay_long_sequence_values_and_gradients(op, per_step):
 
     def ref():
         if op == "gated_linear_attention":
-            return ref_recurrent(q, k, v, decay_fn=lambda s: g[:, :, s].exp()[..., None])
+            return ops.recurrence(q, k, v, decay=lambda s: g[:, :, s].exp()[..., None])
         if op == "simple_gla":
-            return ref_recurrent(q, k, v, decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
-        return ref_recurrent(q, ops.l2_norm(k), v, beta=beta, decay_fn=lambda s: g[:, :, s].exp()[..., None, None])
+            return ops.recurrence(q, k, v, decay=lambda s: g[:, :, s].exp()[..., None, None])
+        return ops.recurrence(q, ops.l2_norm(k), v, beta=beta, decay=lambda s: g[:, :, s].exp()[..., None, None])
 
     weight = torch.randn(B, H, L, Dv, generator=gen, dtype=torch.float64)
     inputs = [q, k, v, g] + ([beta] if op == "gated_delta_rule" else [])
