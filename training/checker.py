@@ -32,10 +32,12 @@ and a one-line reason:
    exact and immune to timer noise; and an operator trace (:class:`training.op_trace.OpTrace`)
    from the smallest scored length up to 1024 (:func:`trace_lengths`, ``TRACE_LONGEST``; the timing
    covers 2048): lengths that run the same
-   set of aten ops form a code path, and each path's FLOP and memory exponents are fitted on its
-   own (:func:`code_paths`; ``details["paths"]``), so that softmax attention at the scored lengths
-   behind a linear mixer at the long ones fails, naming the path change. All exponents must be
-   <= 1.35. A time slope near the threshold triggers more rounds. (Why saved tensors: tracemalloc
+   set of aten ops form a code path, and each path's FLOP, memory and memory-traffic exponents
+   (traffic: bytes written by the ops that allocate their output, which catches a backward that
+   materialises a full-length tensor per step, e.g. ``a[:, t]`` in a Python loop) are fitted on
+   its own (:func:`code_paths`; ``details["paths"]``), so that softmax attention at the scored
+   lengths behind a linear mixer at the long ones fails, naming the path change. All exponents
+   must be <= 1.35. A time slope near the threshold triggers more rounds. (Why saved tensors: tracemalloc
    does not see torch's allocator, ru_maxrss
    is monotonic within a process, and the CPU profiler's memory events proved unreliable here;
    activation memory is what grows with L in training, and a pure-PyTorch quadratic design keeps
@@ -596,8 +598,10 @@ def code_paths(lengths: list[int], traces: list[dict], saved: dict[int, int]) ->
         if paths and paths[-1]["sig"] == sig:
             paths[-1]["lengths"].append(L)
             paths[-1]["flops"].append(int(tr.get("flops") or 0))
+            paths[-1]["bytes"].append(int(tr.get("bytes") or 0))
         else:
-            paths.append({"sig": sig, "lengths": [L], "flops": [int(tr.get("flops") or 0)]})
+            paths.append({"sig": sig, "lengths": [L], "flops": [int(tr.get("flops") or 0)],
+                          "bytes": [int(tr.get("bytes") or 0)]})
     longest = set(paths[-1]["sig"]) if paths else set()
     why = None
     bad_i = 0
@@ -612,9 +616,14 @@ def code_paths(lengths: list[int], traces: list[dict], saved: dict[int, int]) ->
             f_exp = _time_exponent(Ls, [max(v, 1) for v in fl]) if all(v > 0 for v in fl) else 0.0
             mem = [saved.get(L, 0) for L in Ls]
             m_exp = _slope(Ls, mem) if all(v > 0 for v in mem) else 0.0
-            rec.update(flops_exponent=round(f_exp, 3), memory_exponent=round(m_exp, 3))
-            if why is None and (f_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX):
-                which = f"FLOP exponent {f_exp:.2f}" if f_exp > EXPONENT_MAX else f"memory exponent {m_exp:.2f}"
+            by = p["bytes"]
+            b_exp = _time_exponent(Ls, by) if all(v > 0 for v in by) else 0.0
+            rec.update(flops_exponent=round(f_exp, 3), memory_exponent=round(m_exp, 3),
+                       traffic_exponent=round(b_exp, 3))
+            if why is None and max(f_exp, m_exp, b_exp) > EXPONENT_MAX:
+                which = (f"FLOP exponent {f_exp:.2f}" if f_exp > EXPONENT_MAX else
+                         f"memory exponent {m_exp:.2f}" if m_exp > EXPONENT_MAX else
+                         f"memory-traffic exponent {b_exp:.2f} (bytes written by the ops of forward+backward)")
                 why, bad_i = f"the code path at {span} has {which} > {EXPONENT_MAX}", i
         else:
             nb = paths[i - 1] if i > 0 else (paths[i + 1] if i + 1 < len(paths) else None)

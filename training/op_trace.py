@@ -32,6 +32,11 @@ _NEUTRAL = {"alias", "view", "_unsafe_view", "detach", "clone", "copy_", "empty_
             "split_with_sizes", "unbind", "contiguous", "new_empty_strided", "empty_strided"}
 
 
+#: ops whose output is a view of (or writes into) an existing tensor: no new memory is written
+_VIEWS = {"alias", "view", "_unsafe_view", "detach", "expand", "as_strided", "t", "transpose", "permute",
+          "squeeze", "unsqueeze", "slice", "select", "lift_fresh", "split", "split_with_sizes", "unbind",
+          "_local_scalar_dense"}
+
 _MATMULS = {"mm", "bmm", "addmm", "baddbmm"}
 #: ops torch's counter knows but that are linear in L here (their formula is slow to evaluate)
 _CHEAP: set[str] = set()
@@ -45,6 +50,15 @@ def _matmul_flops(args: tuple, out: Any) -> int:
     a = mats[0] if len(mats) == 2 or mats[0].dim() == out.dim() and len(mats) < 3 else mats[1]
     k = int(a.shape[-1])
     return 2 * int(out.numel()) * k
+
+
+def _out_bytes(out: Any) -> int:
+    """Bytes of the tensors an op returns (a tuple/list of outputs summed)."""
+    if isinstance(out, torch.Tensor):
+        return int(out.numel()) * int(out.element_size())
+    if isinstance(out, (tuple, list)):
+        return sum(_out_bytes(o) for o in out)
+    return 0
 
 
 def _shape(a: Any) -> Any:
@@ -74,6 +88,7 @@ class OpTrace(TorchDispatchMode):
         super().__init__()
         self.ops: dict[str, int] = {}
         self.flops = 0
+        self.bytes = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -81,6 +96,8 @@ class OpTrace(TorchDispatchMode):
         packet = func.overloadpacket
         name = str(packet).removeprefix("aten.")
         self.ops[name] = self.ops.get(name, 0) + 1
+        if name not in _VIEWS and not name.endswith("_"):
+            self.bytes += _out_bytes(out)
         try:
             if "scaled_dot_product" in name or "attention" in name:
                 self.flops += _attention_flops(name, args)
@@ -93,6 +110,8 @@ class OpTrace(TorchDispatchMode):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able: the path signature (sorted op names that define the algorithm), op count, FLOPs."""
+        """JSON-able: the path signature (sorted op names that define the algorithm), op count, FLOPs,
+        and the bytes written by ops that allocate their output (memory traffic)."""
         path = sorted(n for n in self.ops if n not in _NEUTRAL and not n.endswith("_"))
-        return {"path": path, "n_ops": int(sum(self.ops.values())), "flops": int(self.flops)}
+        return {"path": path, "n_ops": int(sum(self.ops.values())), "flops": int(self.flops),
+                "bytes": int(self.bytes)}
