@@ -73,3 +73,19 @@ def test_short_verify_run_of_the_seed_on_the_gpu():
     assert math.isfinite(m["val_bpb"]) and m["val_bpb"] < 8.0
     assert math.isclose(m["benchmark"], sum(v["score"] for v in m["lm_eval"]["tasks"].values())
                         / len(scale.lm_eval_tasks))
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_the_gpu_is_reachable_inside_the_sandbox(tmp_path):
+    """An evaluation at a CUDA scale, run the way the loop runs it (the OS sandbox with the
+    GPU device nodes bound in, resident memory bounded), trains on the GPU."""
+    from training.mixers import REFERENCE_MIXERS, SEED_MIXER
+    from training.sandbox import Limits, run_sandboxed
+
+    limits = Limits.for_evaluation("verify")
+    assert limits.gpu, "a host with CUDA and GPU device nodes gets the GPU sandbox"
+    res = run_sandboxed("evaluate", {"path": str(REFERENCE_MIXERS[SEED_MIXER]), "scale": "verify",
+                                     "scale_factor": 0.02, "seed": 0}, tmp_path / "run", limits=limits)
+    assert res.ok, res.reason
+    assert res.result["metrics"]["device"] == "cuda"

@@ -293,3 +293,48 @@ def test_a_checkout_under_tmp_stays_visible_above_the_scratch(monkeypatch):
     assert flags[scratch] == "/tmp"
     i = flags.index("/tmp/clone-of-asiarch")
     assert i > scratch and flags[i - 1] == "--ro-bind" and flags[i + 1] == "/tmp/clone-of-asiarch"
+
+
+# ------------------------------------------------------------------ the GPU sandbox (no GPU needed)
+
+def test_gpu_sandbox_binds_device_nodes_before_dev_goes_read_only(monkeypatch):
+    monkeypatch.setattr(sandbox_mod, "gpu_device_nodes", lambda: ["/dev/nvidia0", "/dev/nvidiactl"])
+    flags = sandbox_mod._bwrap_flags(1 << 20, gpu=True)
+    i = flags.index("/dev/nvidia0")
+    assert flags[i - 1] == "--dev-bind" and flags[i + 1] == "/dev/nvidia0"
+    assert i < flags.index("--remount-ro") and "/dev/nvidiactl" in flags
+    assert "--dev-bind" not in sandbox_mod._bwrap_flags(1 << 20, gpu=False)
+    # a scale that asks for CUDA gets the GPU sandbox only where device nodes exist
+    assert Limits.for_evaluation({"device": "cuda", "expected_seconds": 10}).gpu is True
+    monkeypatch.setattr(sandbox_mod, "gpu_device_nodes", lambda: [])
+    assert Limits.for_evaluation({"device": "cuda", "expected_seconds": 10}).gpu is False
+    assert Limits.for_evaluation("probe").gpu is False
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
+def test_gpu_sandbox_device_nodes_are_usable_inside_bwrap(monkeypatch):
+    """The real bwrap with the GPU flags: a host character device not in bwrap's minimal /dev
+    (standing in for /dev/nvidia0) is present inside, and the rest of /dev stays hidden."""
+    import os
+    import subprocess
+
+    node = next((p for p in ("/dev/kmsg", "/dev/loop-control", "/dev/mem", "/dev/fuse") if os.path.exists(p)), None)
+    if node is None:
+        pytest.skip("no spare host device node to stand in for a GPU")
+    monkeypatch.setattr(sandbox_mod, "gpu_device_nodes", lambda: [node])
+    probe = f"test -c {node} && test ! -e /dev/sda && echo present"
+    out = subprocess.run([bwrap_path(), *sandbox_mod._bwrap_flags(1 << 20, gpu=True), "--", "/bin/sh", "-c", probe],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "present", out.stderr
+    out = subprocess.run([bwrap_path(), *sandbox_mod._bwrap_flags(1 << 20, gpu=False), "--", "/bin/sh", "-c",
+                          f"test -e {node} || echo absent"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "absent", out.stderr
+
+
+def test_gpu_sandbox_bounds_resident_memory_instead_of_address_space(tmp_path):
+    """CUDA cannot run under RLIMIT_AS, so a GPU sandbox lifts it and the parent kills the run
+    when the sandbox's resident memory passes the limit."""
+    res = run_sandboxed("check", {"path": str(HOSTILE / "memory_bomb.py"), "scale": SCALE},
+                        tmp_path / "run", limits=Limits(address_space_gib=1, wall_s=90, gpu=True))
+    assert not res.ok
+    assert res.reason.startswith("exceeded 1 GiB resident memory"), res.reason

@@ -199,6 +199,7 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
     device = _device(scale)
     m = _empty_metrics(scale, seed)
     m["guards"] = guards.to_dict()
+    m["device"] = device.type  # where the evaluation ran (cuda needs the GPU sandbox, Limits.gpu)
     m["load_avg_start"] = G.load_average()
     start = G.wall_clock()
     cpu_start = G.cpu_clock()

@@ -73,6 +73,11 @@ INNER_CANDIDATE = "/tmp/candidate/mixer.py"
 HIDDEN_DIRS = ("/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv")
 #: Files replaced by an empty file inside the sandbox (root keeps reading root-owned files).
 HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+#: GPU device nodes passed into a GPU sandbox (``Limits.gpu``) when the host has them: NVIDIA's
+#: control, UVM and per-device nodes, and AMD's KFD and DRI render nodes. Nothing else of the
+#: host's /dev is visible (bwrap's own minimal /dev: null, zero, random, urandom, tty, shm).
+GPU_DEVICE_GLOBS = ("/dev/nvidia[0-9]*", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+                    "/dev/nvidia-modeset", "/dev/nvidia-caps/*", "/dev/kfd", "/dev/dri/renderD*")
 #: The bootstrap run by ``python -I -c``: only the project root goes on sys.path.
 BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); del sys.argv[1]; "
              "from training.sandbox_child import main; main()")
@@ -89,7 +94,11 @@ class Limits:
     folder (a tmpfs) inside the sandbox. ``max_events`` / ``max_message_kib``: bounds on the
     result channel (more is a flood: the run fails). ``unsafe_no_sandbox``: run untrusted code
     without bubblewrap when it is unavailable (rlimits and the in-process guard only - no OS
-    boundary; never the default)."""
+    boundary; never the default). ``gpu``: pass the host's GPU device nodes
+    (:data:`GPU_DEVICE_GLOBS`) into the sandbox; the address-space rlimit is then lifted (CUDA
+    reserves far more virtual memory than it touches, and fails under an 8 GiB RLIMIT_AS) and the
+    parent enforces ``address_space_gib`` on the resident memory of the sandbox's processes
+    instead (polled every 0.1 s, the run killed above it)."""
 
     cpu_s: float = 240.0
     wall_s: float = 150.0
@@ -101,6 +110,7 @@ class Limits:
     max_events: int = 20000
     max_message_kib: float = 1024.0
     unsafe_no_sandbox: bool = False
+    gpu: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (sent to the child)."""
@@ -146,9 +156,31 @@ class Limits:
         wall = hang + 60.0
         cpu = 1.25 * g.cpu_limit_s + 60.0 if g.cpu_limit_s is not None else wall * max(1, threads) + 30.0
         fields: dict[str, Any] = dict(wall_s=wall, cpu_s=cpu, address_space_gib=8.0,
-                                      threads=threads, file_size_mib=256.0, scratch_mib=512.0)
+                                      threads=threads, file_size_mib=256.0, scratch_mib=512.0,
+                                      gpu=_wants_gpu(scale))
         fields.update(overrides)
         return cls(**fields)
+
+
+def gpu_device_nodes() -> list[str]:
+    """The host's GPU device nodes (:data:`GPU_DEVICE_GLOBS`) that exist, sorted."""
+    import glob
+
+    return sorted({p for g in GPU_DEVICE_GLOBS for p in glob.glob(g) if os.path.exists(p)})
+
+
+def _wants_gpu(scale: Any) -> bool:
+    """True when ``scale`` (a name, Scale or dict) asks for CUDA and this host has GPU device nodes."""
+    if isinstance(scale, dict):
+        device = scale.get("device")
+    else:
+        try:
+            from training.scales import get_scale
+
+            device = get_scale(scale).device if isinstance(scale, str) else getattr(scale, "device", None)
+        except Exception:  # noqa: BLE001 - an unknown scale is reported by its caller
+            device = None
+    return device == "cuda" and bool(gpu_device_nodes())
 
 
 @dataclass
@@ -202,10 +234,14 @@ def bwrap_path() -> str | None:
     return _bwrap_status()[0]
 
 
-def _bwrap_flags(scratch_bytes: int) -> list[str]:
-    """The bubblewrap flags shared by every run (without the candidate and the command)."""
+def _bwrap_flags(scratch_bytes: int, gpu: bool = False) -> list[str]:
+    """The bubblewrap flags shared by every run (without the candidate and the command); with
+    ``gpu``, the host's GPU device nodes are bound into the sandbox's otherwise minimal /dev."""
+    devices: list[str] = []
+    for node in gpu_device_nodes() if gpu else []:
+        devices += ["--dev-bind", node, node]
     flags = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", *devices,
              "--remount-ro", "/dev", "--size", str(int(scratch_bytes)), "--tmpfs", SCRATCH]
     keep = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                  os.path.dirname(os.path.realpath(sys.executable)),
@@ -285,11 +321,11 @@ def _scrubbed_env(run_dir: Path, limits: Limits) -> dict[str, str]:
     }
 
 
-def _vm_peak_kib(pid: int) -> int:
+def _vm_peak_kib(pid: int, field: str = "VmPeak") -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmPeak:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
@@ -312,7 +348,7 @@ def _child_command(mode: str, limits: Limits, host_candidate: Path | None, w_fd:
         return py
     exe = bwrap_path()
     assert exe is not None
-    cmd = [exe, *_bwrap_flags(int(limits.scratch_mib * 1024 * 1024))]
+    cmd = [exe, *_bwrap_flags(int(limits.scratch_mib * 1024 * 1024), gpu=limits.gpu)]
     if host_candidate is not None:
         cmd += ["--ro-bind", str(host_candidate), INNER_CANDIDATE]
     cmd += ["--dir", INNER_RUN_DIR, "--chdir", INNER_RUN_DIR, "--", *py, "--pidns"]
@@ -512,6 +548,7 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
     killed_wall = False
     cancelled = False
     vm_peak = 0
+    rss_over = False  # GPU mode: resident memory above the limit (the address space is not limited)
     status = 0
     rusage = None
     last_sample = 0.0
@@ -527,10 +564,12 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
             now = time.monotonic()
             if now - last_sample > 0.1:
                 vm_peak = max(vm_peak, _tree_vm_peak_kib(proc.pid))
+                if limits.gpu and _tree_kib(proc.pid, "VmRSS", sum) * 1024 > limits.address_space_gib * GIB:
+                    rss_over = True
                 last_sample = now
             over = now - t0 > limits.wall_s
-            if over or flooded.is_set() or (cancel is not None and cancel.is_set()):
-                killed_wall, cancelled = over, not over and not flooded.is_set()
+            if over or rss_over or flooded.is_set() or (cancel is not None and cancel.is_set()):
+                killed_wall, cancelled = over, not over and not rss_over and not flooded.is_set()
                 kill()
                 pid, status, rusage = os.wait4(proc.pid, 0)
                 break
@@ -561,6 +600,9 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
     reason: str | None
     if channel.flood is not None:
         ok, reason, result = False, channel.flood, None
+    elif rss_over:
+        ok, reason = False, (f"exceeded {_fmt_s(limits.address_space_gib)} GiB resident memory "
+                             "(GPU sandbox: the limit applies to resident memory)")
     elif killed_wall:
         ok, reason = False, f"killed after {_fmt_s(limits.wall_s)} s wall time"
     elif cancelled:
@@ -606,7 +648,12 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
 def _tree_vm_peak_kib(pid: int) -> int:
     """The largest VmPeak among ``pid`` and its descendants (under bwrap the harness and its
     worker are grandchildren of the process the parent started)."""
-    best = _vm_peak_kib(pid)
+    return _tree_kib(pid, "VmPeak", max)
+
+
+def _tree_kib(pid: int, field: str, combine: Callable[[list[int]], int]) -> int:
+    """``combine`` (max or sum) of a /proc status field (kiB) over ``pid`` and its descendants."""
+    vals = [_vm_peak_kib(pid, field)]
     todo, seen = [pid], {pid}
     while todo and len(seen) < 64:
         p = todo.pop()
@@ -619,8 +666,8 @@ def _tree_vm_peak_kib(pid: int) -> int:
             if k not in seen:
                 seen.add(k)
                 todo.append(k)
-                best = max(best, _vm_peak_kib(k))
-    return best
+                vals.append(_vm_peak_kib(k, field))
+    return int(combine(vals))
 
 
 def _log_tail(path: Path) -> str:

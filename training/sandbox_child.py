@@ -70,7 +70,8 @@ def apply_limits(limits: dict[str, Any]) -> None:
     cpu = max(1, int(float(limits["cpu_s"])))
     fsize = int(float(limits["file_size_mib"]) * 1024 * 1024)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
+    if not limits.get("gpu"):  # a GPU sandbox: the parent bounds resident memory instead
+        resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
     # soft limit -> SIGXCPU (clear reason in the parent); hard limit a little later -> SIGKILL
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
