@@ -580,11 +580,13 @@ class Loop:
         runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
                 if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
         error = ""
-        # the same seeds as every design in the top, so the yardstick has a spread. With nothing
-        # measured yet, the first seed runs alone (a reference that fails here costs one run, not
-        # three); the others then run side by side: on 2 cores 3 seeds take two rounds either way.
+        # the same seeds as every design in the top, so the yardstick has a spread. All of them
+        # at once (see _seed_width: 3 fixed-work runs time-sliced on 2 cores end after 1.5 run
+        # times, where the first alone and then two side by side take 2): the seed blocks the
+        # first result, and a reference is our own code, which does not fail for its design.
+        # Where they cannot all run at once, the first runs alone (a failure costs one run).
         todo = [sd for sd in seeds if sd not in runs]
-        waves = [todo[:1], todo[1:]] if not runs else [todo]
+        waves = [todo] if self._seed_width(len(todo)) >= len(todo) or runs else [todo[:1], todo[1:]]
         for wave in (w for w in waves if w):
             results = self._evaluate_seeds(Path(REFERENCE_MIXERS[name]), wave, lambda sd: rd / f"seed-{sd}", None,
                                            lambda l: self.emit(LogLine(source="train", line=l)),
@@ -1132,6 +1134,13 @@ class Loop:
 
         return max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
 
+    def _seed_width(self, n: int) -> int:
+        """How many of ``n`` seed evaluations run at once: :meth:`seed_parallelism`, or all ``n``
+        when that is at most twice as many (a fixed-work run time-sliced with others takes longer
+        but does the same work, so 3 runs on 2 cores end after 1.5 run times instead of 2)."""
+        par = self.seed_parallelism()
+        return n if 2 <= par and n <= 2 * par else min(n, par)
+
     def _evaluate_seeds(self, code_path: Path, seeds: list[int], run_dir: Callable[[int], Path],
                         baseline: dict[str, Any] | None, on_line: Callable[[str], None],
                         trusted: bool) -> dict[int, Any]:
@@ -1144,7 +1153,7 @@ class Loop:
             return with_trust(self.executor.evaluate, code_path, run_dir(sd), sd, baseline,
                               on_line=on_line, trusted=trusted)
 
-        width = min(len(seeds), self.seed_parallelism())
+        width = self._seed_width(len(seeds))
         if width <= 1:
             return {sd: one(sd) for sd in seeds}
         from concurrent.futures import ThreadPoolExecutor
@@ -1171,7 +1180,7 @@ class Loop:
         if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
             self.emit(LogLine(exp_id=record.id, source="loop",
                               line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seeds "
-                                   f"{', '.join(map(str, seeds))} ({min(len(seeds), self.seed_parallelism())} at once)"))
+                                   f"{', '.join(map(str, seeds))} ({self._seed_width(len(seeds))} at once)"))
             results = self._evaluate_seeds(run_dir / "mixer.py", seeds, lambda sd: run_dir / f"eval_seed{sd}",
                                            baseline, lambda l: on_line("train", l), trusted)
             for sd in seeds:

@@ -82,7 +82,10 @@ def test_lab_without_a_seed_measurement_scores_nothing_and_says_why(tmp_path: Pa
     summary = loop.run()
     assert summary.state == "stopped" and summary.experiments == []
     assert lab.store.ids() == ["0000"]  # nothing committed, nothing scored
-    assert len(ex.evaluated) == 2 and all("deltanet" in d for d in ex.evaluated)  # two tries of the seed only
+    # two tries of the seed only: its seeds side by side where they fit the cores, else one by one
+    # stopping at the first failure
+    per_try = len(loop._seed_list()) if loop._seed_width(len(loop._seed_list())) >= len(loop._seed_list()) else 1
+    assert len(ex.evaluated) == 2 * per_try and all("deltanet" in d for d in ex.evaluated)
     warns = [e.message for e in events if isinstance(e, Warning)]
     assert any("no yardstick" in w and "too_slow" in w for w in warns), warns
     assert not any(isinstance(e, ExperimentFinished) for e in events)
@@ -286,12 +289,13 @@ def test_status_bar_says_measuring_baselines():
 
 class Overlapping(FakeExecutor):
     """Records how many evaluations are in flight at once (a barrier-free count: each call waits
-    until a second one has started, or a short while)."""
+    until ``want`` are in flight, or a short while)."""
 
-    def __init__(self) -> None:
+    def __init__(self, want: int = 2) -> None:
         super().__init__()
         import threading
 
+        self.want = want
         self._lock = threading.Lock()
         self._second = threading.Event()
         self.in_flight = 0
@@ -303,7 +307,7 @@ class Overlapping(FakeExecutor):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.calls.append((Path(run_dir).name, seed))
-            if self.in_flight >= 2:
+            if self.in_flight >= self.want:
                 self._second.set()
         try:
             self._second.wait(5.0)  # not a timed assert: it only gives a parallel caller the chance to start
@@ -313,22 +317,24 @@ class Overlapping(FakeExecutor):
                 self.in_flight -= 1
 
 
-def test_the_seed_runs_its_first_seed_alone_then_the_others_side_by_side(tmp_path: Path, monkeypatch):
+def test_the_seeds_of_the_seed_run_side_by_side(tmp_path: Path, monkeypatch):
     import os
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     lab = make_lab(tmp_path / "lab")
-    ex = Overlapping()
+    ex = Overlapping(want=3)
     loop = Loop(lab, llm="builtin", executor=ex, experiments=0, baselines=("deltanet",))
     assert loop.seed_parallelism() == 2
     metrics = loop.measure_baseline("deltanet")
     seeds = [sd for _, sd in ex.calls]
-    assert sorted(seeds) == loop._seed_list() and seeds[0] == loop._seed_list()[0]  # the first alone, first
-    assert ex.max_in_flight == 2  # the other two side by side
+    assert sorted(seeds) == loop._seed_list() == [0, 1, 2]
+    # 3 seeds on 2 cores: all three at once (1.5 run times, where 1 + 2 would take 2)
+    assert ex.max_in_flight == 3
     assert metrics["n_seeds"] == len(loop._seed_list())
+    assert loop._seed_width(2) == 2 and loop._seed_width(3) == 3 and loop._seed_width(5) == 2
     # one core (or as many workers as cores): one at a time
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert loop.seed_parallelism() == 1
+    assert loop.seed_parallelism() == 1 and loop._seed_width(3) == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     loop.concurrency = 2
     assert loop.seed_parallelism() == 2
