@@ -289,7 +289,9 @@ class DevelopOutcome:
     """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | too_slow |
     rejected``; ``too_slow``: the evaluation tripped the efficiency guard),
     the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
-    ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``."""
+    ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``.
+    ``side_seeds``: {seed: StepResult} of the ``side_seeds`` evaluated beside the final code's
+    evaluation (empty unless asked for and that evaluation succeeded)."""
 
     status: str
     code: str
@@ -300,6 +302,7 @@ class DevelopOutcome:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     edited: bool = False
+    side_seeds: dict[int, Any] = field(default_factory=dict)
 
 
 class Engineer:
@@ -309,6 +312,25 @@ class Engineer:
         self.executor = executor
         self.debugger = debugger
         self.debug_rounds = debug_rounds
+
+    def _evaluate(self, path: Path, run_dir: Path, attempt: int, seed: int, side_seeds: tuple[int, ...],
+                  baseline: dict[str, Any] | None, on_line: LineFn, trusted: bool) -> tuple[StepResult, dict[int, Any]]:
+        """Evaluate ``path`` on ``seed`` and, at the same time, on ``side_seeds`` (one thread each:
+        fixed-work runs, so side by side changes their wall time only). Returns the ``seed``
+        result and {side seed: result}; all runs have ended when it returns (the file may be
+        rewritten by a repair afterwards)."""
+        def one(sd: int, folder: Path) -> StepResult:
+            return with_trust(self.executor.evaluate, path, folder, sd, baseline, on_line=on_line, trusted=trusted)
+
+        main_dir = run_dir / f"eval_r{attempt}"
+        if not side_seeds:
+            return one(seed, main_dir), {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1 + len(side_seeds), thread_name_prefix="asiarch-seed") as pool:
+            side = {sd: pool.submit(one, sd, run_dir / f"eval_r{attempt}_seed{sd}") for sd in side_seeds}
+            ev = one(seed, main_dir)
+            return ev, {sd: fut.result() for sd, fut in side.items()}
 
     def develop(
         self,
@@ -322,8 +344,13 @@ class Engineer:
         on_stage: Callable[[str, str, str], None] | None = None,
         on_line: Callable[[str, str], None] | None = None,
         trusted: bool = False,
+        side_seeds: tuple[int, ...] = (),
     ) -> DevelopOutcome:
         """Check, get approval (if ``approval`` is given), evaluate; repair failures.
+
+        ``side_seeds``: further seeds to evaluate at the same time as ``seed`` (the caller knows
+        the design will need them whatever its first result, e.g. while the lab's top is not
+        full); their results land in ``DevelopOutcome.side_seeds`` when the ``seed`` run is ok.
 
         ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
         and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
@@ -370,14 +397,15 @@ class Engineer:
                         continue
                     approved = True
                 stage_cb("evaluate", "started", "")
-                ev = with_trust(self.executor.evaluate, path, run_dir / f"eval_r{attempt}", seed, baseline,
-                                on_line=lambda l: line_cb("train", l), trusted=own)
+                ev, side = self._evaluate(path, run_dir, attempt, seed, side_seeds, baseline,
+                                          lambda l: line_cb("train", l), own)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail
                 stage_cb("evaluate", "finished" if ev.ok else "failed", ev.error)
                 if ev.ok:
                     out.status, out.error = "ok", ""
+                    out.side_seeds = side
                     if out.rounds:
                         out.rounds[-1]["passed"] = True
                     return out

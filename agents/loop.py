@@ -1056,9 +1056,11 @@ class Loop:
                     pass
 
         t0 = time.perf_counter()
+        side = self._side_seeds()
         out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
                                     baseline=baseline, recorder=recorder, approval=approval,
-                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted)
+                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted,
+                                    side_seeds=side)
         eng_time = time.perf_counter() - t0
         for k, v in out.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
@@ -1079,7 +1081,7 @@ class Loop:
         if record.metrics:
             with stage("seeds") as st:
                 self._more_seeds(record, run_dir, baseline, on_line, st,
-                                 trusted=proposal.trusted and out.code == proposal.code)
+                                 trusted=proposal.trusted and out.code == proposal.code, ready=out.side_seeds)
             self.poll()
 
         # -- 7. analyse
@@ -1162,11 +1164,24 @@ class Loop:
             futures = {sd: pool.submit(one, sd) for sd in seeds}
             return {sd: fut.result() for sd, fut in futures.items()}
 
+    def _side_seeds(self) -> tuple[int, ...]:
+        """The seeds to evaluate beside rung 0: all the others while the lab's top holds fewer
+        than ``top_k_seeds`` designs measured on several seeds (then any finite rung-0 result
+        earns them, see ``agents.stats.needs_more_seeds``) and they all fit the cores at once
+        (:meth:`_seed_width`); else none (successive halving decides after rung 0)."""
+        others = tuple(sd for sd in self._seed_list() if sd != self.seed)
+        if not others or self._seed_width(1 + len(others)) < 1 + len(others):
+            return ()
+        top = [d for d in self.lab.index.all() if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
+        return others if len(top) < self.top_k_seeds else ()
+
     def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
-                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False) -> None:
+                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False,
+                    ready: dict[int, Any] | None = None) -> None:
         """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
         multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
-        measured on several seeds, else the one-seed form (``seeds`` with one entry)."""
+        measured on several seeds, else the one-seed form (``seeds`` with one entry).
+        ``ready``: {seed: result} already evaluated beside rung 0 (:meth:`_side_seeds`)."""
         from agents.seeds import screen, screen_of
         from agents.stats import needs_more_seeds
 
@@ -1178,11 +1193,16 @@ class Loop:
         top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
                if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
         if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
+            ready = {sd: r for sd, r in (ready or {}).items() if sd in seeds}
+            todo = [sd for sd in seeds if sd not in ready]
+            how = (f"evaluating seeds {', '.join(map(str, todo))} ({self._seed_width(len(todo))} at once)" if todo
+                   else f"seeds {', '.join(map(str, seeds))} were evaluated beside it")
             self.emit(LogLine(exp_id=record.id, source="loop",
-                              line=f"rung 0 would enter the top {self.top_k_seeds}: evaluating seeds "
-                                   f"{', '.join(map(str, seeds))} ({self._seed_width(len(seeds))} at once)"))
-            results = self._evaluate_seeds(run_dir / "mixer.py", seeds, lambda sd: run_dir / f"eval_seed{sd}",
-                                           baseline, lambda l: on_line("train", l), trusted)
+                              line=f"rung 0 would enter the top {self.top_k_seeds}: {how}"))
+            results = dict(ready)
+            if todo:
+                results.update(self._evaluate_seeds(run_dir / "mixer.py", todo, lambda sd: run_dir / f"eval_seed{sd}",
+                                                    baseline, lambda l: on_line("train", l), trusted))
             for sd in seeds:
                 res = results[sd]
                 m = res.metrics or {"status": "error", "error": res.error, "seed": sd}

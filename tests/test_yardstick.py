@@ -338,3 +338,24 @@ def test_the_seeds_of_the_seed_run_side_by_side(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     loop.concurrency = 2
     assert loop.seed_parallelism() == 2
+
+
+def test_while_the_top_is_not_full_a_candidates_seeds_run_beside_its_rung_0(tmp_path: Path, monkeypatch):
+    """Any finite rung-0 result earns the other seeds while fewer than top_k_seeds designs have
+    several: the loop runs all three at once instead of rung 0 and then two; once the top is
+    full, rung 0 runs alone again (successive halving decides)."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    lab = make_lab(tmp_path / "lab")
+    ex = Overlapping(want=3)
+    loop = Loop(lab, llm="builtin", executor=ex, experiments=1, baselines=("deltanet",))
+    loop.run()
+    first = [c for c in ex.calls if not c[0].startswith("seed-")]  # the candidate's runs
+    assert sorted(sd for _, sd in first) == [0, 1, 2] and ex.max_in_flight == 3
+    assert {name for name, _ in first} == {"eval_r1", "eval_r1_seed1", "eval_r1_seed2"}
+    rec = next(r for r in lab.store.all() if r.id == "0002")
+    assert rec.metrics["n_seeds"] == 3 and rec.status == "accepted"
+    assert loop._side_seeds() == (1, 2)  # 2 multi-seed designs < top_k_seeds
+    loop.top_k_seeds = 2
+    assert loop._side_seeds() == ()
