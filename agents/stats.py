@@ -10,7 +10,9 @@ and a two-sided t interval over seeds, or a percentile bootstrap interval), and 
 * it is promoted when the lower end of its fitness interval lies above the incumbent's mean, or
   when its per-seed differences against the incumbent on the seeds both were measured on
   (paired) have an interval whose lower end is above 0;
-* otherwise it is "tied with best (within noise)" when the two overlap, or "below best".
+* otherwise it is "below best" when its interval lies below the incumbent's, or when the paired
+  differences have an interval whose upper end is below 0 (the mirror of the paired win), and
+  "tied with best (within noise)" else.
 
 The same rule answers "does this design beat the seed?" (:func:`beats`).
 
@@ -229,6 +231,9 @@ def promote(candidate: Mapping[int, float] | Sequence[float],
                            diffs)
     if cs.hi < ins.lo or (cs.hi < ins.mean and cs.mean < ins.lo):
         return Verdict(False, "below", text=f"below {what} ({cs.mean:.4f} vs {ins.mean:.4f})", paired=diffs)
+    if len(diffs) >= min_seeds and t_interval(diffs, confidence)[1] < 0:  # behind on every shared seed
+        return Verdict(False, "below", text=(f"below {what} on each of {len(diffs)} shared seeds "
+                                             f"({cs.mean:.4f} vs {ins.mean:.4f})"), paired=diffs)
     return Verdict(False, "tied", text=f"tied with {what} (within noise): {cs.mean:.4f} vs {ins.mean:.4f}",
                    paired=diffs)
 

@@ -143,3 +143,16 @@ def test_rule_promotes_the_truly_better_design_more_often_than_single_seed_hill_
     assert false(multi) < 0.7 * false(single), (false(multi), false(single))
     # successive halving: far fewer evaluations than 3 seeds for each of the 21 designs
     assert sum(e for _, _, e in multi) / runs < 0.8 * S.SEEDS * 21
+
+
+
+def test_behind_on_every_shared_seed_is_below_not_tied():
+    """A wide incumbent interval (a noisy yardstick) overlaps the candidate's, but the paired
+    differences say the candidate is behind on each seed: 'below', the mirror of a paired win."""
+    inc = {0: 0.80, 1: 0.60, 2: 0.40}
+    v = S.promote({0: 0.70, 1: 0.51, 2: 0.29}, inc)
+    assert not v.promoted and v.outcome == "below" and "shared seeds" in v.text
+    # the same values without seeds to pair: the intervals overlap, so tied
+    assert S.promote([0.70, 0.51, 0.29], [0.80, 0.60, 0.40]).outcome == "tied"
+    # mixed signs stay tied
+    assert S.promote({0: 0.70, 1: 0.62, 2: 0.30}, inc).outcome == "tied"
