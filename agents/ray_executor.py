@@ -79,40 +79,21 @@ def _import_ray() -> Any:
 
 _WATCHDOG = r"""
 import os, signal, sys, time
-worker = int(sys.argv[1])
+import psutil
 me = os.getpid()
 seen = {}
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-def children_of(pid):
-    out = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return out
-    for n in names:
-        if not n.isdigit():
-            continue
-        try:
-            with open(f"/proc/{n}/stat") as fh:
-                st = fh.read()
-            fields = st[st.rindex(")") + 2:].split()
-            if int(fields[1]) == pid:
-                out.append((int(n), int(fields[2])))
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-while alive(worker):
-    for pid, pgid in children_of(worker):
-        if pid != me:
-            seen[pid] = pgid
-    time.sleep(0.25)
+try:
+    worker = psutil.Process(int(sys.argv[1]))
+    while worker.status() != psutil.STATUS_ZOMBIE:
+        for child in worker.children():
+            if child.pid != me:
+                try:
+                    seen[child.pid] = os.getpgid(child.pid)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.25)
+except psutil.NoSuchProcess:
+    pass
 for pid, pgid in seen.items():
     try:
         if pgid == pid:  # a group leader (the sandbox child's own session): the whole group
@@ -126,9 +107,7 @@ for pid, pgid in seen.items():
 
 def _start_watchdog() -> subprocess.Popen | None:
     """A process that kills this worker's sandbox children (their process groups) if the worker
-    dies; None where /proc is unavailable."""
-    if not Path("/proc/self/stat").exists():
-        return None
+    dies (psutil lists the children); None where it cannot be started."""
     try:
         return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

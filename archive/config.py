@@ -1,42 +1,59 @@
 """The lab's configuration: ``asiarch.toml``.
 
-:class:`LabConfig` holds every setting; :func:`load_config` reads and validates the file (an error
-names the key), :func:`render_config` / :func:`write_config` write it from a commented template so
+:class:`LabConfig` holds every setting, a pydantic model per section whose fields carry their
+types, ranges and defaults; :func:`load_config` reads and validates the file (an error names each
+bad key by its path), :func:`render_config` / :func:`write_config` write it from a commented template so
 that each setting is documented in the file itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 CONFIG_NAME = "asiarch.toml"
 
+Backend = Literal["builtin", "ollama", "openai"]
+Mode = Literal["autonomous", "supervised"]
+ScaleName = Literal["demo", "probe", "explore", "verify"]
+ExecutorKind = Literal["local", "ray"]
+EmbeddingBackend = Literal["fastembed", "ollama"]
+
 ROLES = ("researcher", "analyst", "judge", "debugger")
-BACKENDS = ("builtin", "ollama", "openai")
-MODES = ("autonomous", "supervised")
-SCALES = ("demo", "probe", "explore", "verify")
-EXECUTORS = ("local", "ray")
-EMBEDDING_BACKENDS = ("fastembed", "ollama")
+BACKENDS: tuple[str, ...] = get_args(Backend)
+MODES: tuple[str, ...] = get_args(Mode)
+SCALES: tuple[str, ...] = get_args(ScaleName)
+EXECUTORS: tuple[str, ...] = get_args(ExecutorKind)
+EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
 
 
 class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names the file and the key."""
+    """A configuration file that cannot be used; the message names the file and each bad key
+    by its path (``asiarch.toml: loop.seeds: Input should be greater than or equal to 1 (got 0)``)."""
 
 
-@dataclass
-class LLMConfig:
+class _Section(BaseModel):
+    """A section of ``asiarch.toml``: unknown keys are errors (a typo is caught), a value must
+    have the key's type as TOML parsed it (a quoted number is no number; an integer is a valid
+    float), and an assignment is checked like a value read from the file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class LLMConfig(_Section):
     """[llm]: which backend and model each agent role uses."""
 
-    researcher: str = "builtin"
-    analyst: str = "builtin"
-    judge: str = "builtin"
-    debugger: str = "builtin"
+    researcher: Backend = "builtin"
+    analyst: Backend = "builtin"
+    judge: Backend = "builtin"
+    debugger: Backend = "builtin"
     researcher_model: str = "qwen3:8b"
     analyst_model: str = "qwen3:8b"
     judge_model: str = "qwen3:8b"
@@ -44,218 +61,150 @@ class LLMConfig:
     ollama_host: str = "http://127.0.0.1:11434"
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     #: the server's context in tokens (0: ask the server; llama.cpp's default 2048 if it does not say)
-    context_length: int = 0
+    context_length: int = Field(0, ge=0)
     #: reply limits per role in tokens (0: from the role's reply schema: 1536 with code, less without)
-    researcher_max_tokens: int = 0
-    analyst_max_tokens: int = 0
-    judge_max_tokens: int = 0
-    debugger_max_tokens: int = 0
+    researcher_max_tokens: int = Field(0, ge=0)
+    analyst_max_tokens: int = Field(0, ge=0)
+    judge_max_tokens: int = Field(0, ge=0)
+    debugger_max_tokens: int = Field(0, ge=0)
     #: sampling temperature of a first answer and of its correction round (kept different)
-    temperature: float = 0.7
-    correction_temperature: float = 0.2
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    correction_temperature: float = Field(0.2, ge=0.0, le=2.0)
     #: wall-clock limit of one call in seconds, streaming included (0: the request timeout)
-    call_timeout_s: float = 0.0
+    call_timeout_s: float = Field(0.0, ge=0.0)
     #: consecutive failures of a role before its built-in agent takes over, and for how long
-    breaker_failures: int = 3
-    breaker_minutes: float = 10.0
+    breaker_failures: int = Field(3, ge=1)
+    breaker_minutes: float = Field(10.0, ge=0.0)
+
+    @field_validator("context_length")
+    @classmethod
+    def _context_length(cls, v: int) -> int:
+        if 0 < v < 256:
+            raise PydanticCustomError("context_length", "must be 0 (ask the server) or at least 256 tokens")
+        return v
 
 
-@dataclass
-class LoopConfig:
+class LoopConfig(_Section):
     """[loop]: how the research loop runs."""
 
-    mode: str = "autonomous"
-    scale: str = "explore"
-    experiments: int = 0
-    hours: float = 0.0
-    novelty_threshold: float = 0.80
-    novelty_rounds: int = 3
-    debug_rounds: int = 3
+    mode: Mode = "autonomous"
+    scale: ScaleName = "explore"
+    experiments: int = Field(0, ge=0)
+    hours: float = Field(0.0, ge=0.0)
+    #: a cosine similarity in (0, 1]
+    novelty_threshold: float = Field(0.80, gt=0.0, le=1.0)
+    novelty_rounds: int = Field(3, ge=0)
+    debug_rounds: int = Field(3, ge=0)
     seed: int = 0
-    seeds: int = 3
-    top_k_seeds: int = 5
+    #: at least 1 (3 gives every design in the top an interval)
+    seeds: int = Field(3, ge=1)
+    top_k_seeds: int = Field(5, ge=1)
 
 
-@dataclass
-class SamplingConfig:
+class SamplingConfig(_Section):
     """[sampling]: the candidate set (docs/ARCHITECTURE.md step 1)."""
 
-    top_k: int = 10
-    reference_ranks: list[int] = field(default_factory=lambda: [11, 50])
-    n_references: int = 4
+    top_k: int = Field(10, ge=1)
+    reference_ranks: list[int] = Field(default_factory=lambda: [11, 50])
+    n_references: int = Field(4, ge=0)
+
+    @field_validator("reference_ranks")
+    @classmethod
+    def _ranks(cls, v: list[int]) -> list[int]:
+        if len(v) != 2 or v[0] < 1 or v[1] < v[0]:
+            raise PydanticCustomError("reference_ranks", "must be [first, last] with 1 <= first <= last")
+        return v
 
 
-@dataclass
-class ExecutorConfig:
+class ExecutorConfig(_Section):
     """[executor]: where evaluations run."""
 
-    kind: str = "local"
+    kind: ExecutorKind = "local"
     ray_address: str = "auto"
-    cpus_per_task: float = 1.0
-    gpus_per_task: float = 0.0
-    concurrency: int = 1
+    cpus_per_task: float = Field(1.0, gt=0.0)
+    gpus_per_task: float = Field(0.0, ge=0.0)
+    concurrency: int = Field(1, ge=1)
     #: run untrusted candidates without the OS sandbox (bubblewrap) where it is unavailable
     unsafe_no_sandbox: bool = False
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """[data]: training corpus files."""
 
-    corpus: list[str] = field(default_factory=list)
+    corpus: list[str] = Field(default_factory=list)
 
 
-@dataclass
-class EmbeddingConfig:
+class EmbeddingConfig(_Section):
     """[embedding]: the text embedder used by the novelty index and the cognition base."""
 
-    backend: str = "fastembed"
+    backend: EmbeddingBackend = "fastembed"
     model: str = "all-MiniLM-L6-v2"
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise PydanticCustomError("empty", "is empty")
+        return v
 
-@dataclass
-class GuardsConfig:
+
+class GuardsConfig(_Section):
     """[guards]: when an evaluation is ended early (training.guards; wall time is no budget)."""
 
-    cpu_factor: float = 8.0
-    wall_factor: float = 20.0
-    min_wall_s: float = 600.0
-    min_cpu_s: float = 10.0
+    cpu_factor: float = Field(8.0, ge=0.0)
+    wall_factor: float = Field(20.0, ge=0.0)
+    min_wall_s: float = Field(600.0, ge=0.0)
+    min_cpu_s: float = Field(10.0, ge=0.0)
 
 
-@dataclass
-class LabConfig:
+class LabConfig(_Section):
     """Every setting of a lab (the parsed ``asiarch.toml``)."""
 
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    guards: GuardsConfig = field(default_factory=GuardsConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, section by section."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
-    def validate(self, source: str = CONFIG_NAME) -> None:
-        """Raise :class:`ConfigError` naming the first bad key."""
-
-        def bad(key: str, msg: str) -> ConfigError:
-            return ConfigError(f"{source}: [{key.split('.')[0]}] {key.split('.', 1)[1]} {msg}")
-
-        for role in ROLES:
-            v = getattr(self.llm, role)
-            if v not in BACKENDS:
-                raise bad(f"llm.{role}", f"is {v!r}; it must be one of {', '.join(BACKENDS)}")
-        for key in ("context_length", "researcher_max_tokens", "analyst_max_tokens", "judge_max_tokens",
-                    "debugger_max_tokens"):
-            if getattr(self.llm, key) < 0:
-                raise bad(f"llm.{key}", "must be 0 (automatic) or a positive number of tokens")
-        if self.llm.context_length and self.llm.context_length < 256:
-            raise bad("llm.context_length", "must be 0 (ask the server) or at least 256 tokens")
-        for key in ("temperature", "correction_temperature"):
-            if not 0.0 <= getattr(self.llm, key) <= 2.0:
-                raise bad(f"llm.{key}", "must be between 0 and 2")
-        if self.llm.call_timeout_s < 0 or self.llm.breaker_minutes < 0:
-            raise bad("llm.call_timeout_s" if self.llm.call_timeout_s < 0 else "llm.breaker_minutes",
-                      "must be 0 or more")
-        if self.llm.breaker_failures < 1:
-            raise bad("llm.breaker_failures", "must be at least 1")
-        if self.loop.mode not in MODES:
-            raise bad("loop.mode", f"is {self.loop.mode!r}; it must be one of {', '.join(MODES)}")
-        if self.loop.scale not in SCALES:
-            raise bad("loop.scale", f"is {self.loop.scale!r}; it must be one of {', '.join(SCALES)}")
-        if self.loop.experiments < 0:
-            raise bad("loop.experiments", "must be 0 (no limit) or a positive number")
-        if self.loop.hours < 0:
-            raise bad("loop.hours", "must be 0 (no limit) or a positive number of hours")
-        if not 0.0 < self.loop.novelty_threshold <= 1.0:
-            raise bad("loop.novelty_threshold", "must be a cosine similarity in (0, 1]")
-        for key in ("novelty_rounds", "debug_rounds"):
-            if getattr(self.loop, key) < 0:
-                raise bad(f"loop.{key}", "must be 0 or more")
-        if self.loop.seeds < 1:
-            raise bad("loop.seeds", "must be at least 1 (3 gives every design in the top an interval)")
-        if self.loop.top_k_seeds < 1:
-            raise bad("loop.top_k_seeds", "must be at least 1")
-        if self.sampling.top_k < 1:
-            raise bad("sampling.top_k", "must be at least 1")
-        rr = self.sampling.reference_ranks
-        if len(rr) != 2 or rr[0] < 1 or rr[1] < rr[0]:
-            raise bad("sampling.reference_ranks", f"is {rr!r}; it must be [first, last] with 1 <= first <= last")
-        if self.sampling.n_references < 0:
-            raise bad("sampling.n_references", "must be 0 or more")
-        if self.executor.kind not in EXECUTORS:
-            raise bad("executor.kind", f"is {self.executor.kind!r}; it must be one of {', '.join(EXECUTORS)}")
-        if self.executor.cpus_per_task <= 0:
-            raise bad("executor.cpus_per_task", "must be positive")
-        if self.executor.gpus_per_task < 0:
-            raise bad("executor.gpus_per_task", "must be 0 or more")
-        if self.executor.concurrency < 1:
-            raise bad("executor.concurrency", "must be at least 1")
-        if self.embedding.backend not in EMBEDDING_BACKENDS:
-            raise bad("embedding.backend", f"is {self.embedding.backend!r}; it must be one of {', '.join(EMBEDDING_BACKENDS)}")
-        if not self.embedding.model.strip():
-            raise bad("embedding.model", "is empty")
-        for key in ("cpu_factor", "wall_factor", "min_wall_s", "min_cpu_s"):
-            if getattr(self.guards, key) < 0:
-                raise bad(f"guards.{key}", "must be 0 or more")
+    def validate(self, source: str = CONFIG_NAME) -> None:  # type: ignore[override]
+        """Check the settings as they are now (a section may have been replaced whole);
+        :class:`ConfigError` naming every bad key."""
+        config_from_dict(self.model_dump(), source)
 
 
-_SECTIONS = {
-    "llm": LLMConfig,
-    "loop": LoopConfig,
-    "sampling": SamplingConfig,
-    "executor": ExecutorConfig,
-    "data": DataConfig,
-    "embedding": EmbeddingConfig,
-    "guards": GuardsConfig,
+_SECTIONS: dict[str, type[_Section]] = {
+    name: info.annotation for name, info in LabConfig.model_fields.items()  # type: ignore[misc]
 }
+
+
+def _message(err: dict[str, Any]) -> str:
+    """One pydantic error as ``section.key: what is wrong (got value)``."""
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section [{path}] (known: {', '.join(_SECTIONS)})"
+        known = _SECTIONS[str(loc[0])].model_fields if str(loc[0]) in _SECTIONS else {}
+        return f"{path}: unknown key (known: {', '.join(known)})"
+    if err["type"] == "model_type" and len(loc) == 1:
+        return f"{path} must be a [{path}] table"
+    return f"{path}: {err['msg']} (got {err['input']!r})"
 
 
 def config_from_dict(data: dict[str, Any], source: str = CONFIG_NAME) -> LabConfig:
     """Build and validate a :class:`LabConfig` from parsed TOML; unknown sections or keys and
-    values of the wrong type raise :class:`ConfigError` naming them. Missing keys take defaults."""
-    cfg = LabConfig()
-    for section, value in data.items():
-        if section not in _SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(_SECTIONS)})")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {section} must be a [{section}] table")
-        target = getattr(cfg, section)
-        types = {f.name: f for f in dataclasses.fields(target)}
-        for key, v in value.items():
-            if key not in types:
-                raise ConfigError(
-                    f"{source}: [{section}] has an unknown key {key!r} (known: {', '.join(types)})"
-                )
-            default = getattr(target, key)
-            setattr(target, key, _coerce(v, default, f"[{section}] {key}", source))
-    cfg.validate(source)
-    return cfg
-
-
-def _coerce(v: Any, default: Any, key: str, source: str) -> Any:
-    if isinstance(default, bool):
-        if isinstance(v, bool):
-            return v
-    elif isinstance(default, int):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    elif isinstance(default, float):
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    elif isinstance(default, str):
-        if isinstance(v, str):
-            return v
-    elif isinstance(default, list):
-        if isinstance(v, list):
-            return list(v)
-    else:
-        return v
-    raise ConfigError(f"{source}: {key} is {v!r}; expected a {type(default).__name__}")
+    values of the wrong type or out of range raise :class:`ConfigError` naming each by its path.
+    Missing keys take defaults."""
+    try:
+        return LabConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_message(e) for e in exc.errors())) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> LabConfig:
@@ -274,15 +223,10 @@ def load_config(path: str | os.PathLike[str]) -> LabConfig:
 
 
 def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``v`` as a TOML value (tomli-w's escaping; a list stays on one line in the template)."""
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
-    raise TypeError(v)
+    return tomli_w.dumps({"v": v}).split(" = ", 1)[1].rstrip("\n")
 
 
 _TEMPLATE = """\

@@ -2,7 +2,8 @@
 
 Each subsystem keeps its commands in its own module (``cli_*.py``) that exposes
 ``register(app: typer.Typer) -> None``; this module assembles them.
-``asiarch-tui [LAB]`` with no subcommand opens the console on LAB (default ``./lab``).
+``asiarch-tui [LAB]`` with no subcommand opens the console on LAB (default ``$ASIARCH_LAB``,
+else ``./lab``; every command names its lab the same way, see ``asiarch_tui.cli_common``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Modules that contribute commands; a module that is not present yet is skipped.
+#: Modules that contribute commands.
 COMMAND_MODULES = (
     "asiarch_tui.cli_engine",
     "asiarch_tui.cli_check",
@@ -34,13 +35,7 @@ COMMAND_MODULES = (
 )
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # a subsystem not built yet
-        if exc.name != _name:
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(_name).register(app)
 
 
 def _command_names() -> set[str]:

@@ -1,9 +1,10 @@
-"""Archive commands: ``init``, ``status``, ``show ID``, ``reindex``, ``log``."""
+"""Archive commands: ``init [LAB]``, ``status [LAB]``, ``show ID [LAB]``, ``reindex [LAB]``,
+``log [LAB]`` (the lab as in ``asiarch_tui.cli_common``: ``LAB`` or ``--lab``, default
+``$ASIARCH_LAB``, else ``./lab``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from archive.config import ConfigError
 from archive.embed import EmbedderUnavailable
-from asiarch_tui.cli_common import err_console, user_errors
+from asiarch_tui.cli_common import LabArg, LabOpt, ScaleName, err_console, lab_path, user_errors
 from archive.lab import Lab, LabError
 from archive.lineage import lineage_tree, sparkline
 from archive.lock import LabBusyError
@@ -29,10 +30,6 @@ from archive.store import ArchiveError
 console = Console()
 
 _ERRORS = (LabError, ConfigError, ArchiveError, LabBusyError, EmbedderUnavailable, RecordError)
-LAB_OPTION = typer.Option(Path(os.environ.get("ASIARCH_LAB", "lab")), "--lab", "-l",
-                          help="The lab folder (default ./lab, or $ASIARCH_LAB).")
-
-
 
 
 def _open(lab: Path) -> Lab:
@@ -58,12 +55,12 @@ def _resolve_id(lab: Lab, ref: str) -> str:
     raise ArchiveError(f"no experiment {ref!r} in {lab.path} (give an id like 3 or 0003, or a tag)")
 
 
-def init(lab: Path = typer.Argument(Path("lab"), help="Folder to create the lab in."),
+def init(lab: LabArg = None, lab_opt: LabOpt = None,
          full: bool = typer.Option(False, "--full", help="Use the config defaults (explore scale) instead of the quick demo settings.")) -> None:
     """Create a lab: a commented asiarch.toml, the git archive with the seed DeltaNet, the indexes."""
     with user_errors(*_ERRORS):
         t = time.perf_counter()
-        new = Lab.init(lab, demo=not full)
+        new = Lab.init(lab_path(lab, lab_opt), demo=not full)
         seed = new.store.get("0000")
         p = escape(str(new.path))
         console.print(f"[green]created lab[/] {p} in {time.perf_counter() - t:.1f} s")
@@ -75,11 +72,11 @@ def init(lab: Path = typer.Argument(Path("lab"), help="Folder to create the lab 
         new.close()
 
 
-def status(lab: Path = LAB_OPTION,
+def status(lab: LabArg = None, lab_opt: LabOpt = None,
            last: int = typer.Option(10, "--last", "-n", help="How many recent experiments to list.")) -> None:
     """Counts, the best experiment, the last experiments and a fitness sparkline."""
     with user_errors(*_ERRORS):
-        opened = _open(lab)
+        opened = _open(lab_path(lab, lab_opt))
         docs = opened.index.all()
         counts = opened.index.counts()
         best_id = opened.store.best_id()  # moved by the promotion rule, not the highest number
@@ -127,12 +124,13 @@ def _agents_status(opened: Any) -> None:
                           f"time per call {f['time']}, tokens {f['tokens']}", highlight=False)
 
 
-def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."), lab: Path = LAB_OPTION,
+def show(exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."),
+         lab: LabArg = None, lab_opt: LabOpt = None,
          code: bool = typer.Option(True, "--code/--no-code", help="Show the mixer code."),
          as_json: bool = typer.Option(False, "--json", help="Print the whole record as JSON.")) -> None:
     """One experiment: its record, code (highlighted) and metrics."""
     with user_errors(*_ERRORS):
-        opened = _open(lab)
+        opened = _open(lab_path(lab, lab_opt))
         rec = opened.store.get(_resolve_id(opened, exp))
         if as_json:
             print(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False))
@@ -182,28 +180,24 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def reindex(lab: Path = LAB_OPTION,
+def reindex(lab: LabArg = None, lab_opt: LabOpt = None,
             novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="Also rebuild the novelty index (embeds every motivation)."),
-            scale: Optional[str] = typer.Option(None, "--scale", help="Re-score against the seed measured at this scale "
-                                                "(default: the lab's configured scale).")) -> None:
+            scale: Optional[ScaleName] = typer.Option(None, "--scale", help="Re-score against the seed measured at "
+                                                      "this scale (default: the lab's configured scale).")) -> None:
     """Rebuild index.json (and novelty.hnsw) from the archive, and re-score every experiment
     from its stored metrics against the current yardstick (the seed's measurement at the lab's
     scale), moving the best tag accordingly. Without a yardstick every fitness becomes null."""
     from agents.yardstick import rescore_lab
-    from training.scales import SCALES
 
     with user_errors(*_ERRORS):
-        if scale is not None and scale not in SCALES:
-            err_console.print(f"[bold red]error:[/] unknown scale {escape(scale)!s}; choose one of: {', '.join(SCALES)}")
-            raise typer.Exit(2)
-        opened = _open(lab)
+        opened = _open(lab_path(lab, lab_opt))
         try:
             out = opened.reindex(novelty=novelty)
             msg = f"index: {out['experiments']} experiments in {out['index_seconds']:.2f} s"
             if novelty:
                 msg += f"; novelty: {out['motivations']} motivations in {out['novelty_seconds']:.2f} s"
             console.print(Text.assemble(("rebuilt ", "green"), msg))
-            rep = rescore_lab(opened, scale)
+            rep = rescore_lab(opened, scale.value if scale else None)
             if rep["yardstick"] is None:
                 console.print(Text(f"no yardstick: {rep['reason']}; {rep['rescored']} experiments have no fitness "
                                    "until the seed is measured (asiarch-tui baselines LAB)", style="yellow"))
@@ -217,12 +211,12 @@ def reindex(lab: Path = LAB_OPTION,
             opened.close()
 
 
-def log(lab: Path = LAB_OPTION,
+def log(lab: LabArg = None, lab_opt: LabOpt = None,
         root: Optional[str] = typer.Option(None, "--from", help="Show only this experiment's descendants."),
         max_depth: int = typer.Option(24, "--depth", help="Deepest branching shown before summarising.")) -> None:
     """The lineage tree (parent → children), from git."""
     with user_errors(*_ERRORS):
-        opened = _open(lab)
+        opened = _open(lab_path(lab, lab_opt))
         start = _resolve_id(opened, root) if root else None
         best = opened.store.best()
         tree = lineage_tree(opened.index.all(), opened.store.children_map(), root=start,

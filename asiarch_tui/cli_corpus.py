@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from typing import Optional
 
 import typer
@@ -15,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from archive.embed import EmbedderUnavailable
-from asiarch_tui.cli_common import err_console, user_errors
+from asiarch_tui.cli_common import err_console, user_errors, value
 from archive.vectors import VectorIndexError
 from corpus.schema import LEVERS, Entry, EntryError, load_entries
 
@@ -34,9 +35,8 @@ _ERRORS = (EntryError, EmbedderUnavailable, VectorIndexError, ValueError, OSErro
 
 
 
-def _check_lever(lever: Optional[str]) -> None:
-    if lever is not None and lever not in LEVERS:
-        raise ValueError(f"unknown lever {lever!r}; use one of: {', '.join(LEVERS)}")
+#: ``--lever``: one of the cognition base's levers (click lists them on a bad value).
+Lever = Enum("Lever", {name: name for name in LEVERS}, type=str)
 
 
 def _flat(text: str) -> str:
@@ -54,16 +54,16 @@ def _first_sentence(text: str, limit: int = 140) -> str:
 def search(
     query: str = typer.Argument(..., help="The problem statement, e.g. \"recall probes fail while loss is fine\"."),
     k: int = typer.Option(5, "-k", "--top", min=1, max=100, help="How many entries to show."),
-    lever: Optional[str] = typer.Option(None, "--lever", help="Only entries tagged with this lever."),
+    lever_opt: Optional[Lever] = typer.Option(None, "--lever", help="Only entries tagged with this lever."),
     embedder: Optional[str] = typer.Option(None, "--embedder",
                                            help="Embedder spec: fastembed (default), hash, or ollama:MODEL."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Rank cognition entries by relevance to QUERY (scores, levers)."""
+    lever = value(lever_opt)
     from corpus.retrieval import CognitionBase
 
     with user_errors(*_ERRORS):
-        _check_lever(lever)
         if not query.strip():
             raise ValueError("the query is empty; describe the problem, e.g. \"unstable at long lengths\"")
         with err_console.status("Loading the cognition base (the first run embeds every entry; later runs use the cache)…"):
@@ -127,11 +127,11 @@ def show(
 
 @corpus_app.command("list")
 def list_entries(
-    lever: Optional[str] = typer.Option(None, "--lever", help="Only entries tagged with this lever."),
+    lever_opt: Optional[Lever] = typer.Option(None, "--lever", help="Only entries tagged with this lever."),
 ) -> None:
     """List the entries (id, year, title, levers)."""
+    lever = value(lever_opt)
     with user_errors(*_ERRORS):
-        _check_lever(lever)
         entries = [e for e in load_entries() if lever is None or lever in e.levers]
     table = Table(title=f"{len(entries)} cognition entries" + (f" with lever {lever}" if lever else ""),
                   title_justify="left")

@@ -1,7 +1,7 @@
 """``asiarch-tui eval FILE`` and ``asiarch-tui baselines``: the evaluation engine from the shell.
 
-- ``eval FILE [--scale demo|probe|explore|verify] [--seed N] [--json] [--lab LAB] [--cpu-limit S]
-  [--wall-limit S]`` evaluates one mixer file (trusted code, in this process) and prints a table of
+- ``eval FILE [LAB] [--scale S] [--seed N] [--json] [--cpu-limit S] [--wall-limit S]`` evaluates
+  one mixer file in the sandbox (with LAB: guarded as LAB's loop would) and prints a table of
   its metrics, or the metrics as JSON, also when a guard ended the run early (partial metrics).
   Exit codes: 0 the evaluation finished; 1 the mixer is broken (error, or a run stopped by the
   monitor: NaN, divergence, leak; the reason as one paragraph); 2 a usage error (missing file,
@@ -18,21 +18,16 @@ import json
 import math
 import sys
 from pathlib import Path
-
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from asiarch_tui.cli_common import LabOpt, ScaleName, check_mixer_names, fail, lab_path
 
 LITERATURE_ORDER = (
     "Literature order on recall at equal state size (Zoology, Gated DeltaNet papers): softmax attention > "
     "Gated DeltaNet >= DeltaNet > GLA > RetNet >= linear attention."
 )
-
-
-def _fail(message: str, code: int) -> None:
-    """Print one paragraph on stderr and exit with ``code``."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -47,51 +42,28 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _check_scale(scale: str, force: bool = False) -> None:
+def check_gpu_scale(scale: str, force: bool = False) -> None:
+    """A usage error for a GPU scale on a machine without CUDA, unless ``force``."""
     from training.scales import SCALES
 
-    if scale not in SCALES:
-        _fail(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}.", 2)
     if SCALES[scale].device == "cuda" and not force:
         import torch
 
         if not torch.cuda.is_available():
-            _fail(f"the {scale} scale is meant for a GPU and no CUDA device is available here; on this CPU it "
-                  "would take many hours. Use --scale explore (or probe), or pass --force to run it anyway.", 2)
+            fail(f"the {scale} scale is meant for a GPU and no CUDA device is available here; on this CPU it "
+                 "would take many hours. Use --scale explore (or probe), or pass --force to run it anyway.", 2)
 
 
-class _NoProgress:
-    """Stand-in for a rich Progress when stderr is not a terminal (pipes, tests): prints nothing
-    but the per-run lines."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-
-    def __enter__(self) -> "_NoProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def add_task(self, description: str, total: float = 1.0) -> int:
-        return 0
-
-    def update(self, task: int, **kwargs) -> None:
-        return None
-
-
-def _progress():
-    """A rich progress bar on stderr when it is a terminal, else a silent stand-in."""
+def _progress() -> Any:
+    """A rich progress bar on stderr, drawn only when stderr is a terminal (else it prints
+    nothing but what is printed through its console)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not Console(stderr=True).is_terminal:
-        return _NoProgress()
+    err = Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
     )
 
 
@@ -207,19 +179,19 @@ def _lm_eval_task_list(text: str, spec: dict) -> list[str]:
 
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     if not tasks:
-        _fail("--lm-eval-tasks names no task.", 2)
+        fail("--lm-eval-tasks names no task.", 2)
     if not spec.get("lm_steps"):
-        _fail(f"the {spec.get('name')} scale trains no language model: lm-eval tasks need verify-mini or verify.", 2)
+        fail(f"the {spec.get('name')} scale trains no language model: lm-eval tasks need verify-mini or verify.", 2)
     hub = hub_tasks(tasks)
     if hub:
-        _fail(f"{', '.join(hub)}: not shipped with asiarch. lm-eval's own tasks download their data from the Hugging "
+        fail(f"{', '.join(hub)}: not shipped with asiarch. lm-eval's own tasks download their data from the Hugging "
               "Face hub and the sandbox never has a network. Shipped tasks: " + ", ".join(DEFAULT_TASKS)
               + ". For trusted code on a machine with a network: training.evaluate.evaluate_class(..., "
               "lm_eval_allow_hub=True).", 2)
     return tasks
 
 
-def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wall_limit: Optional[float]):
+def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wall_limit: Optional[float]) -> Any:
     """The guards of ``eval``: from LAB's measured seed and [guards] when given, explicit limits
     on top; without either, no CPU cap and the scale's hang guard."""
     from training.guards import Guards
@@ -234,14 +206,11 @@ def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wa
         try:
             cfg = load_config(Path(lab) / "asiarch.toml")
         except ConfigError as exc:
-            _fail(f"--lab: {exc}", 2)
+            fail(str(exc), 2)
         seed = load_baselines(lab, scale).get(SEED_MIXER)
         g = Guards.relative_to(seed, cfg.guards, expected_s=s.expected_seconds, scale_name=s.name)
     else:
         g = Guards.relative_to(None, expected_s=s.expected_seconds)
-    for name, v in (("--cpu-limit", cpu_limit), ("--wall-limit", wall_limit)):
-        if v is not None and not v > 0:
-            _fail(f"{name} must be a positive number of seconds, got {v}.", 2)
     if cpu_limit is not None or wall_limit is not None:
         from dataclasses import replace
 
@@ -250,34 +219,29 @@ def _eval_guards(scale: str, lab: Optional[Path], cpu_limit: Optional[float], wa
     return g
 
 
-def _lab_baselines(lab_path: Path, scale: Optional[str], only: Optional[str], as_json: bool, force: bool) -> None:
+def _lab_baselines(lab_path: Path, scale: Optional[str], names: tuple[str, ...], as_json: bool, force: bool) -> None:
     """``baselines LAB``: measure the lab's seed and pending reference baselines (sandboxed, one
     seed: the lab's), print progress ("measuring baselines 2/5") and the lab's ranking."""
     from rich.console import Console
 
     from agents.events import BaselineProgress, LogLine, Warning
     from agents.loop import Loop
+    from archive.config import ConfigError
     from archive.lab import Lab, LabError
     from archive.lock import LabBusyError
     from training.evaluate import aggregate_runs, rank_key
-    from training.mixers import REFERENCE_MIXERS, SEED_MIXER
+    from training.mixers import SEED_MIXER
 
     try:
         opened = Lab.open(lab_path)
-    except LabError as exc:
-        _fail(str(exc), 2)
+    except (LabError, ConfigError) as exc:
+        fail(str(exc), 2)
     scale = scale or opened.config.loop.scale
-    _check_scale(scale, force)
-    names = tuple(REFERENCE_MIXERS)
-    if only:
-        names = tuple(n.strip() for n in only.split(",") if n.strip())
-        unknown = [n for n in names if n not in REFERENCE_MIXERS]
-        if unknown:
-            _fail(f"unknown reference mixer(s) {', '.join(unknown)}; choose from: {', '.join(REFERENCE_MIXERS)}.", 2)
+    check_gpu_scale(scale, force)
     err = Console(stderr=True)
     loop = Loop(opened, llm="builtin", scale=scale, baselines=names, experiments=0)
 
-    def on_event(e) -> None:
+    def on_event(e: Any) -> None:
         if isinstance(e, BaselineProgress):
             what = f"measuring the seed ({e.name})" if e.seed else f"measuring baselines {e.index}/{e.total}: {e.name}"
             err.print(what if e.status == "started" else f"  {e.detail}", highlight=False, markup=False)
@@ -295,8 +259,8 @@ def _lab_baselines(lab_path: Path, scale: Optional[str], only: Optional[str], as
                 loop.ensure_seed_measured()
             loop._measure_remaining_baselines()
     except LabBusyError:
-        _fail(f"{lab_path} is busy: a loop is running on it (it measures the baselines between experiments; "
-              "stop it first or let it do so).", 1)
+        fail(f"{lab_path} is busy: a loop is running on it (it measures the baselines between experiments; "
+             "stop it first or let it do so).", 1)
     finally:
         opened.close()
     cached = loop._cached_baselines()
@@ -307,163 +271,196 @@ def _lab_baselines(lab_path: Path, scale: Optional[str], only: Optional[str], as
         console = Console()
         console.print(ranking_table(results, scale, 1, wide=console.width >= 110))
     if ys is None:
-        _fail(f"no yardstick in {lab_path}: {loop.yardstick_missing()}.", 1)
+        fail(f"no yardstick in {lab_path}: {loop.yardstick_missing()}.", 1)
     bad = [f"{r['name']} ({r['status']}: {r['problem']})" for r in results if r["status"] != "ok"]
     if bad:
-        _fail(f"some reference mixers did not finish: {'; '.join(bad)}.", 1)
+        fail(f"some reference mixers did not finish: {'; '.join(bad)}.", 1)
+
+
+def _evaluate_file(file: Path, scale: str, seed: int, guards: Any, verbose: bool, unsafe_no_sandbox: bool,
+                   lm_eval_tasks: Optional[str]) -> Any:
+    """Run ``file``'s evaluation in the sandbox under a progress bar; the sandbox's result."""
+    import tempfile
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from agents.engineer import scale_spec
+    from asiarch_tui.cli_check import _is_reference
+    from training.sandbox import Limits, SandboxError, run_sandboxed
+
+    err = Console(stderr=True)
+    on_log = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
+    with _progress() as bar, tempfile.TemporaryDirectory(prefix="asiarch-eval-") as tmp:
+        task = bar.add_task(f"{file.name} @ {scale}", total=1.0)
+
+        def on_event(msg: dict) -> None:
+            if msg.get("event") == "progress":
+                bar.update(task, completed=float(msg.get("fraction") or 0.0),
+                           description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
+
+        try:
+            spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
+            if lm_eval_tasks is not None:
+                spec["lm_eval_tasks"] = _lm_eval_task_list(lm_eval_tasks, spec)
+            return run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
+                                              "guards": guards.to_dict()}, tmp,
+                                 limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
+                                 on_line=on_log, on_event=on_event, trusted=_is_reference(file))
+        except SandboxError as exc:
+            fail(str(exc), 2)
+
+
+def _eval_metrics(file: Path, res: Any, scale: str, seed: int, guards: Any) -> dict:
+    """The metrics of a sandboxed evaluation; a run the kernel-level backstop above the guards
+    ended still gets a guard's verdict; no metrics at all is a failure (exit 1)."""
+    metrics = (res.result or {}).get("metrics")
+    if (not isinstance(metrics, dict) or "status" not in metrics) and res.reason and (
+            res.reason.startswith("killed after") or ("exceeded" in res.reason and "CPU time" in res.reason)):
+        from agents.engineer import killed_metrics
+
+        metrics = killed_metrics(scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
+                                 res.reason, guards.to_dict(), res.duration_s)
+    if not isinstance(metrics, dict) or "status" not in metrics:
+        fail(f"{file} could not be evaluated: {res.reason or 'the sandbox returned no metrics'}", 1)
+    return metrics
+
+
+def _eval_exit(file: Path, metrics: dict) -> None:
+    """Exit 1 for a broken mixer, ``EXIT_GUARD`` for a run a guard ended; return when it finished."""
+    if metrics["status"] == "error":
+        fail(f"{file} could not be evaluated. {metrics['error']}", 1)
+    if metrics["status"] == "stopped":
+        fail(f"the evaluation of {file} was stopped: {metrics['stop_reason']}.", 1)
+    if metrics["status"] in ("too_slow", "hung"):
+        fail(f"the evaluation of {file} ended {metrics['status']} after {metrics.get('steps_done', 0)}/"
+             f"{metrics.get('steps_planned', 0)} steps: {metrics['stop_reason']}. The metrics above are "
+             "partial.", EXIT_GUARD)
+
+
+def _positive_seconds(v: Optional[float]) -> Optional[float]:
+    """``--cpu-limit`` / ``--wall-limit`` callback: a positive number of seconds."""
+    if v is not None and not v > 0:
+        raise typer.BadParameter(f"must be a positive number of seconds, not {v}.")
+    return v
+
+
+def eval_cmd(
+    file: Path = typer.Argument(..., help="A Python file defining class Mixer(nn.Module)."),
+    lab: Optional[Path] = typer.Argument(
+        None, metavar="LAB", show_default=False,
+        help="Guard the run as LAB's loop would: CPU cap and hang guard relative to the lab's measured seed at "
+             "this scale, with the factors of its guards section (default: no lab)."),
+    lab_opt: LabOpt = None,
+    scale: ScaleName = typer.Option(ScaleName.explore, "--scale", help="The evaluation scale."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the evaluation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (also for a run a guard ended)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the training log lines."),
+    force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
+    cpu_limit: Optional[float] = typer.Option(None, "--cpu-limit", callback=_positive_seconds,
+                                              help="End the run as too_slow after this many CPU seconds."),
+    wall_limit: Optional[float] = typer.Option(None, "--wall-limit", callback=_positive_seconds,
+                                               help="End the run as hung after this many wall seconds "
+                                                    "(default: 20x the scale's expected time, at least 600 s)."),
+    unsafe_no_sandbox: bool = typer.Option(
+        False, "--unsafe-no-sandbox",
+        help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
+             "(no OS boundary: only for code you trust)."),
+    lm_eval_tasks: Optional[str] = typer.Option(
+        None, "--lm-eval-tasks", help="Comma-separated shipped lm-eval tasks replacing the scale's "
+                                      "(verify-mini/verify), e.g. shakespeare_cloze,shakespeare_lastword."),
+) -> None:
+    """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
+    The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
+    reference mixers (training/mixers) also run where bubblewrap is missing.
+
+    Every run does its fixed steps; wall time is no budget. Exit codes: 0 finished; 1 the mixer
+    is broken (error, NaN, divergence, suspected leak); 2 usage error; 3 a guard ended the run
+    early (too_slow: over the CPU-time cap; hung: over the hang guard) - the metrics reached so
+    far are still printed, marked partial."""
+    from rich.console import Console
+
+    from asiarch_tui.cli_check import check_mixer_file
+
+    check_mixer_file(file)
+    check_gpu_scale(scale.value, force)
+    guards = _eval_guards(scale.value, lab_path(lab, lab_opt, default=False), cpu_limit, wall_limit)
+    res = _evaluate_file(file, scale.value, seed, guards, verbose, unsafe_no_sandbox, lm_eval_tasks)
+    metrics = _eval_metrics(file, res, scale.value, seed, guards)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+    elif metrics["status"] != "error":
+        Console().print(metrics_table(metrics, f"eval {file.name} (scale {scale.value}, seed {seed})"))
+    _eval_exit(file, metrics)
+
+
+def _baseline_verdict(results: list[dict]) -> None:
+    """Exit 1 when a reference mixer failed, ``EXIT_GUARD`` when a guard ended some runs."""
+    bad = [f"{r['name']} ({r['problem']})" for r in results if r["status"] == "error"]
+    if bad:
+        fail(f"some reference mixers failed: {'; '.join(bad)}.", 1)
+    bad = [f"{r['name']} ({r['status']}: {r['problem']})" for r in results if r["status"] in ("too_slow", "hung")]
+    if bad:
+        fail(f"a guard ended some runs early (their metrics are partial): {'; '.join(bad)}.", EXIT_GUARD)
+
+
+def baselines_cmd(
+    lab: Optional[Path] = typer.Argument(
+        None, metavar="LAB", show_default=False,
+        help="A lab: measure its seed and the reference baselines it has not measured yet, at the lab's "
+             "scale, into the lab (default: no lab)."),
+    lab_opt: LabOpt = None,
+    scale: Optional[ScaleName] = typer.Option(None, "--scale", help="Default: probe, or the lab's scale."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1) per mixer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ranked results as JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the ranked results as JSON to this file."),
+    only: Optional[str] = typer.Option(None, "--only", callback=check_mixer_names,
+                                       help="Comma-separated subset of the reference mixers."),
+    force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
+) -> None:
+    """Evaluate the six reference mixers (softmax attention, linear attention, RetNet, GLA,
+    DeltaNet, Gated DeltaNet) and print them ranked. With LAB: the lab's seed (the yardstick,
+    re-scoring the archive if it changed) and its pending comparisons, in the lab's sandbox."""
+    from rich.console import Console
+
+    from training.evaluate import evaluate_references
+    from training.mixers import REFERENCE_MIXERS
+
+    names = tuple(only or REFERENCE_MIXERS)  # the callback turned --only into names
+    path = lab_path(lab, lab_opt, default=False)
+    if path is not None:
+        _lab_baselines(path, scale.value if scale else None, names, as_json, force)
+        return
+    scale_name = scale.value if scale else "probe"
+    check_gpu_scale(scale_name, force)
+    with _progress() as bar:
+        task = bar.add_task(f"baselines @ {scale_name}", total=1.0)
+
+        def on_result(name: str, seed: int, m: dict) -> None:
+            msg = (f"bpb {_fmt(m.get('val_bpb'), 4)}, " if m.get("val_bpb") is not None else "") + \
+                  f"probe mean {probe_mean_text(m)}, {m.get('cpu_seconds', 0):.0f} CPU s, " \
+                  f"{m.get('wall_seconds', 0):.0f} s"
+            if m["status"] != "ok":
+                msg += f" [{m['status']}: {m.get('error') or m.get('stop_reason')}]"
+            bar.console.print(f"{name} seed {seed}: {msg}", highlight=False, markup=False)
+
+        results = evaluate_references(
+            scale_name, seeds=range(seeds), names=list(names), on_result=on_result,
+            progress=lambda frac, desc: bar.update(task, completed=frac, description=desc),
+        )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        console = Console()
+        console.print(ranking_table(results, scale_name, seeds, wide=console.width >= 110))
+        Console().print(LITERATURE_ORDER, style="dim")
+    _baseline_verdict(results)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` and ``baselines`` commands to ``app``."""
-
-    @app.command("eval")
-    def eval_cmd(
-        file: Path = typer.Argument(..., help="A Python file defining class Mixer(nn.Module)."),
-        scale: str = typer.Option("explore", "--scale", help="demo | probe | explore | verify-mini | verify."),
-        seed: int = typer.Option(0, "--seed", help="Random seed of the evaluation."),
-        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (also for a run a guard ended)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the training log lines."),
-        force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
-        lab: Optional[Path] = typer.Option(None, "--lab", help="Guard the run as LAB's loop would: CPU cap and hang "
-                                           "guard relative to the lab's measured seed at this scale, with the factors of its guards section."),
-        cpu_limit: Optional[float] = typer.Option(None, "--cpu-limit", help="End the run as too_slow after this many CPU seconds."),
-        wall_limit: Optional[float] = typer.Option(None, "--wall-limit", help="End the run as hung after this many wall seconds "
-                                                   "(default: 20x the scale's expected time, at least 600 s)."),
-        unsafe_no_sandbox: bool = typer.Option(
-            False, "--unsafe-no-sandbox",
-            help="Where bubblewrap is missing, run the file anyway with rlimits and an in-process guard only "
-                 "(no OS boundary: only for code you trust)."),
-        lm_eval_tasks: Optional[str] = typer.Option(
-            None, "--lm-eval-tasks", help="Comma-separated shipped lm-eval tasks replacing the scale's "
-                                          "(verify-mini/verify), e.g. shakespeare_cloze,shakespeare_lastword."),
-    ) -> None:
-        """Evaluate one mixer file: the probes and, at explore/verify, byte-level LM training.
-        The file runs in the sandbox (bubblewrap) like the agents' candidates; the project's
-        reference mixers (training/mixers) also run where bubblewrap is missing.
-
-        Every run does its fixed steps; wall time is no budget. Exit codes: 0 finished; 1 the mixer
-        is broken (error, NaN, divergence, suspected leak); 2 usage error; 3 a guard ended the run
-        early (too_slow: over the CPU-time cap; hung: over the hang guard) - the metrics reached so
-        far are still printed, marked partial."""
-        from rich.console import Console
-        from rich.markup import escape
-
-        if not file.exists():
-            _fail(f"{file} does not exist. Give the path of a Python file that defines "
-                  "`class Mixer(nn.Module)` (for example training/mixers/deltanet.py).", 2)
-        if not file.is_file():
-            _fail(f"{file} is not a file. Give the path of one Python file that defines `class Mixer(nn.Module)`.", 2)
-        _check_scale(scale, force)
-        import tempfile
-
-        from agents.engineer import scale_spec
-        from asiarch_tui.cli_check import _is_reference
-        from training.sandbox import Limits, SandboxError, run_sandboxed
-
-        guards = _eval_guards(scale, lab, cpu_limit, wall_limit)
-        err = Console(stderr=True)
-        on_log = (lambda line: err.print(f"[dim]| {escape(line)}[/dim]", markup=True, highlight=False)) if verbose else None
-        with _progress() as bar, tempfile.TemporaryDirectory(prefix="asiarch-eval-") as tmp:
-            task = bar.add_task(f"{file.name} @ {scale}", total=1.0)
-
-            def on_event(msg: dict) -> None:
-                if msg.get("event") == "progress":
-                    bar.update(task, completed=float(msg.get("fraction") or 0.0),
-                               description=f"{file.name}: {str(msg.get('message', ''))[:60]}")
-
-            try:
-                spec = scale_spec(scale, as_dict=True)  # the scale as this process knows it
-                if lm_eval_tasks is not None:
-                    spec["lm_eval_tasks"] = _lm_eval_task_list(lm_eval_tasks, spec)
-                res = run_sandboxed("evaluate", {"path": str(file), "scale": spec, "seed": seed,
-                                                 "guards": guards.to_dict()}, tmp,
-                                    limits=Limits.for_evaluation(spec, guards=guards, unsafe_no_sandbox=unsafe_no_sandbox),
-                                    on_line=on_log, on_event=on_event, trusted=_is_reference(file))
-            except SandboxError as exc:
-                _fail(str(exc), 2)
-                return
-        metrics = (res.result or {}).get("metrics")
-        if (not isinstance(metrics, dict) or "status" not in metrics) and res.reason and (
-                res.reason.startswith("killed after") or ("exceeded" in res.reason and "CPU time" in res.reason)):
-            # the kernel-level backstop above the guards ended the child: still a guard's verdict
-            from agents.engineer import killed_metrics
-
-            metrics = killed_metrics(scale, seed, "hung" if res.reason.startswith("killed") else "too_slow",
-                                     res.reason, guards.to_dict(), res.duration_s)
-        if not isinstance(metrics, dict) or "status" not in metrics:
-            _fail(f"{file} could not be evaluated: {res.reason or 'the sandbox returned no metrics'}", 1)
-            return
-        if as_json:
-            sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
-        elif metrics["status"] != "error":
-            Console().print(metrics_table(metrics, f"eval {file.name} (scale {scale}, seed {seed})"))
-        if metrics["status"] == "error":
-            _fail(f"{file} could not be evaluated. {metrics['error']}", 1)
-        if metrics["status"] == "stopped":
-            _fail(f"the evaluation of {file} was stopped: {metrics['stop_reason']}.", 1)
-        if metrics["status"] in ("too_slow", "hung"):
-            _fail(f"the evaluation of {file} ended {metrics['status']} after {metrics.get('steps_done', 0)}/"
-                  f"{metrics.get('steps_planned', 0)} steps: {metrics['stop_reason']}. The metrics above are "
-                  "partial.", EXIT_GUARD)
-
-    @app.command("baselines")
-    def baselines_cmd(
-        lab: Optional[Path] = typer.Argument(None, help="A lab: measure its seed and the reference baselines it has "
-                                             "not measured yet, at the lab's scale, into the lab."),
-        scale: Optional[str] = typer.Option(None, "--scale", help="demo | probe | explore | verify (default: probe, "
-                                            "or the lab's scale)."),
-        seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1) per mixer."),
-        as_json: bool = typer.Option(False, "--json", help="Print the ranked results as JSON."),
-        out: Path | None = typer.Option(None, "--out", help="Also write the ranked results as JSON to this file."),
-        only: str | None = typer.Option(None, "--only", help="Comma-separated subset of the reference mixers."),
-        force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
-    ) -> None:
-        """Evaluate the six reference mixers (softmax attention, linear attention, RetNet, GLA,
-        DeltaNet, Gated DeltaNet) and print them ranked. With LAB: the lab's seed (the yardstick,
-        re-scoring the archive if it changed) and its pending comparisons, in the lab's sandbox."""
-        from rich.console import Console
-
-        from training.evaluate import evaluate_references
-        from training.mixers import REFERENCE_MIXERS
-
-        if lab is not None:
-            _lab_baselines(lab, scale, only, as_json, force)
-            return
-        scale = scale or "probe"
-        _check_scale(scale, force)
-        names = list(REFERENCE_MIXERS)
-        if only:
-            names = [n.strip() for n in only.split(",") if n.strip()]
-            unknown = [n for n in names if n not in REFERENCE_MIXERS]
-            if unknown:
-                _fail(f"unknown reference mixer(s) {', '.join(unknown)}; choose from: {', '.join(REFERENCE_MIXERS)}.", 2)
-        with _progress() as bar:
-            task = bar.add_task(f"baselines @ {scale}", total=1.0)
-
-            def on_result(name: str, seed: int, m: dict) -> None:
-                msg = (f"bpb {_fmt(m.get('val_bpb'), 4)}, " if m.get("val_bpb") is not None else "") + \
-                      f"probe mean {probe_mean_text(m)}, {m.get('cpu_seconds', 0):.0f} CPU s, " \
-                      f"{m.get('wall_seconds', 0):.0f} s"
-                if m["status"] != "ok":
-                    msg += f" [{m['status']}: {m.get('error') or m.get('stop_reason')}]"
-                bar.console.print(f"{name} seed {seed}: {msg}", highlight=False, markup=False)
-
-            results = evaluate_references(
-                scale, seeds=range(seeds), names=names, on_result=on_result,
-                progress=lambda frac, desc: bar.update(task, completed=frac, description=desc),
-            )
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2))
-        if as_json:
-            sys.stdout.write(json.dumps(results, indent=2) + "\n")
-        else:
-            console = Console()
-            console.print(ranking_table(results, scale, seeds, wide=console.width >= 110))
-            Console().print(LITERATURE_ORDER, style="dim")
-        if any(r["status"] == "error" for r in results):
-            bad = [f"{r['name']} ({r['problem']})" for r in results if r["status"] == "error"]
-            _fail(f"some reference mixers failed: {'; '.join(bad)}.", 1)
-        if any(r["status"] in ("too_slow", "hung") for r in results):
-            bad = [f"{r['name']} ({r['status']}: {r['problem']})" for r in results if r["status"] in ("too_slow", "hung")]
-            _fail(f"a guard ended some runs early (their metrics are partial): {'; '.join(bad)}.", EXIT_GUARD)
+    app.command("eval")(eval_cmd)
+    app.command("baselines")(baselines_cmd)

@@ -1,8 +1,7 @@
-"""``asiarch-tui report LAB [--out DIR]``: the research report (PNG figures and an HTML page)."""
+"""``asiarch-tui report [LAB] [--out DIR]``: the research report (PNG figures and an HTML page)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,12 +10,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from asiarch_tui.cli_common import LabArg, LabOpt, fail, lab_path
+
 console = Console()
-err_console = Console(stderr=True)
 
 
 def report(
-    lab: Path = typer.Argument(Path(os.environ.get("ASIARCH_LAB", "lab")), help="The lab folder (default ./lab, or $ASIARCH_LAB)."),
+    lab: LabArg = None,
+    lab_opt: LabOpt = None,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default LAB/report)."),
 ) -> None:
     """Write the lab's report: the discovery curve, the lineage tree coloured by fitness, the
@@ -29,16 +30,14 @@ def report(
 
     from asiarch_tui.report import build_report
 
+    path = lab_path(lab, lab_opt)
     t0 = time.perf_counter()
     try:
-        rep = build_report(lab, out)
+        rep = build_report(path, out)
     except (LabError, ConfigError, ArchiveError, LabBusyError) as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] cannot write the report to {escape(str(out or lab))}: "
-                          f"{escape(exc.strerror or str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"cannot write the report to {out or path}: {exc.strerror or exc}", 1)
     c = rep.counts
     console.print(f"[green]report[/] {escape(str(rep.html))} ({time.perf_counter() - t0:.1f} s)")
     console.print(f"  {c.get('total', 0)} experiments: {c.get('accepted', 0)} accepted, {c.get('failed', 0)} failed, "

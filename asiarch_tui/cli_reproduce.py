@@ -1,4 +1,4 @@
-"""``asiarch-tui reproduce ID [--lab LAB] [--seeds N] [--json]``: re-run an experiment's
+"""``asiarch-tui reproduce ID [LAB] [--seeds N] [--json]``: re-run an experiment's
 evaluation in the sandbox from its commit and compare with the record (``agents.repro``).
 
 Exit 0 when every metric reproduced (within the recorded interval over seeds, or within 1% of the
@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from asiarch_tui.cli_archive import _ERRORS, LAB_OPTION, _open, _resolve_id
-from asiarch_tui.cli_common import err_console, user_errors
+from asiarch_tui.cli_archive import _ERRORS, _open, _resolve_id
+from asiarch_tui.cli_common import LabArg, LabOpt, err_console, lab_path, user_errors
 
 
 def _f(v: object, digits: int = 4) -> str:
@@ -28,7 +28,8 @@ def _f(v: object, digits: int = 4) -> str:
 
 def reproduce_cmd(
     exp: str = typer.Argument(..., help="Experiment id (3 or 0003), tag, or best."),
-    lab: Path = LAB_OPTION,
+    lab: LabArg = None,
+    lab_opt: LabOpt = None,
     seeds: int | None = typer.Option(None, "--seeds", min=1,
                                      help="Seeds to re-run (default: the recorded ones; more continue the schedule)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
@@ -40,7 +41,7 @@ def reproduce_cmd(
     from agents.repro import ReproduceError, reproduce
 
     with user_errors(*_ERRORS, ReproduceError):
-        opened = _open(lab)
+        opened = _open(lab_path(lab, lab_opt))
         exp_id = _resolve_id(opened, exp)
         run_dir = Path(opened.path) / "runs" / "reproduce" / exp_id
         on_line = (lambda line: err_console.print(f"[dim]| {escape(line)}[/dim]", highlight=False)) if verbose else None

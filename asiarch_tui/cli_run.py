@@ -17,13 +17,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from asiarch_tui.cli_common import (LabArg, LabOpt, Mode, ScaleName, check_llm_spec, check_mixer_names, fail,
+                                    lab_path, value)
+
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(2)
 
 
 class _Display:
@@ -228,153 +225,163 @@ def ask_approval(loop: Any, ev: Any, ask: Any = None) -> str:
         console.print("answer a, r or e")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``run`` command."""
+def _open_loop(lab: Path, mode: Optional[str], can_ask: bool, llm: Optional[str], scale: Optional[str],
+               scale_factor: float, names: Optional[tuple[str, ...]], llm_context: Optional[int],
+               **loop_kw: Any) -> Any:
+    """The lab (a demo lab created when missing) and its loop with the command's overrides."""
+    from agents.loop import Loop
+    from archive.config import ConfigError
+    from archive.embed import EmbedderUnavailable
+    from archive.lab import Lab, LabError
+    from archive.lock import LabBusyError
 
-    @app.command("run")
-    def run(
-        lab: Path = typer.Argument(Path("lab"), help="The lab folder (created as a demo lab if missing)."),
-        headless: bool = typer.Option(False, "--headless", help="Run without the console (required for now)."),
-        experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=0,
-                                                  help="Stop after N experiments (0 = no limit; default: the lab's config)."),
-        hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="Stop after H hours (0 = no limit)."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="autonomous or supervised (default: the lab's config)."),
-        llm: Optional[str] = typer.Option(None, "--llm",
-                                          help="Backend of every agent: builtin, ollama:MODEL\\[@HOST] or openai:MODEL@URL "
-                                               "(default: the lab's \\[llm] config)."),
-        scale: Optional[str] = typer.Option(None, "--scale", help="demo, probe, explore or verify (default: the lab's config)."),
-        scale_factor: float = typer.Option(1.0, "--scale-factor", min=0.001, max=1.0,
-                                           help="Multiply every training step count by this (quick smoke runs)."),
-        baselines: Optional[str] = typer.Option(None, "--baselines",
-                                                help="Comma-separated reference mixers to measure (default: all)."),
-        timeout: float = typer.Option(300.0, "--llm-timeout", help="Seconds to wait for an LLM server."),
-        llm_context: Optional[int] = typer.Option(None, "--llm-context", min=256,
-                                                  help="The LLM server's context in tokens when it does not report "
-                                                       "it (default: the lab's \\[llm] context_length)."),
-    ) -> None:
-        """Run the research loop on LAB headless: sample, research, check, evaluate, analyse, commit."""
-        from agents.events import ApprovalRequested
-        from agents.llm import ModelMissing, parse_llm_spec
-        from agents.loop import Loop
-        from archive.config import ConfigError
-        from archive.embed import EmbedderUnavailable
-        from archive.lab import Lab, LabError
-        from archive.lock import LabBusyError
-
-        if not headless:
-            _fail("`run` needs --headless for now; the interactive console is `asiarch-tui LAB`.")
-        if mode is not None and mode not in ("autonomous", "supervised"):
-            _fail(f"--mode {mode!r} is not understood: use autonomous or supervised.")
-        can_ask = sys.stdin.isatty() and console.is_terminal
-        if mode == "supervised" and not can_ask:
-            _fail("--mode supervised waits for approve / reject / edit at a terminal; this run has none "
-                  "(stdin or stdout is not a terminal). Use the console (`asiarch-tui LAB`) or --mode autonomous.")
-        if llm is not None:
-            try:
-                parse_llm_spec(llm)
-            except ValueError as exc:
-                _fail(str(exc))
+    try:
+        if Lab.is_lab(lab):
+            opened = Lab.open(lab)
+        else:
+            console.print(f"creating a demo lab at {lab}", highlight=False)
+            opened = Lab.init(lab, demo=True)
+        if mode is None and opened.config.loop.mode == "supervised" and not can_ask:
+            console.print("the lab's mode is supervised, which needs a terminal to answer at; running "
+                          "autonomous", highlight=False)
+            mode = "autonomous"
         scale_obj: Any = scale
-        if scale is not None or scale_factor != 1.0:
-            from training.scales import SCALES, scaled_down
+        if scale_factor != 1.0:
+            from training.scales import scaled_down
 
-            if scale is not None and scale not in SCALES:
-                _fail(f"--scale {scale!r} is not one of {', '.join(SCALES)}.")
-        try:
-            if Lab.is_lab(lab):
-                opened = Lab.open(lab)
-            else:
-                console.print(f"creating a demo lab at {lab}", highlight=False)
-                opened = Lab.init(lab, demo=True)
-            if mode is None and opened.config.loop.mode == "supervised" and not can_ask:
-                console.print("the lab's mode is supervised, which needs a terminal to answer at; running "
-                              "autonomous", highlight=False)
-                mode = "autonomous"
-            if scale_factor != 1.0:
-                scale_obj = scaled_down(scale or opened.config.loop.scale, scale_factor)
-            names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines else None
-            if names:
-                from training.mixers import REFERENCE_MIXERS
+            scale_obj = scaled_down(scale or opened.config.loop.scale, scale_factor)
+        if llm_context is not None:
+            opened.config.llm.context_length = int(llm_context)
+        return Loop(opened, llm=llm, mode=mode, scale=scale_obj, baselines=names, lock_timeout=5.0, **loop_kw)
+    except (LabError, ConfigError, EmbedderUnavailable, LabBusyError, ValueError) as exc:
+        fail(str(exc), 2)
 
-                unknown = [n for n in names if n not in REFERENCE_MIXERS]
-                if unknown:
-                    _fail(f"--baselines: unknown reference mixer(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(REFERENCE_MIXERS)}.")
-            if llm_context is not None:
-                opened.config.llm.context_length = int(llm_context)
-            loop = Loop(opened, llm=llm, mode=mode, scale=scale_obj, experiments=experiments, hours=hours,
-                        baselines=names, timeout_s=timeout, lock_timeout=5.0)
-        except (LabError, ConfigError, EmbedderUnavailable, LabBusyError, ValueError) as exc:
-            _fail(str(exc))
-        # negotiate the LLM servers before the loop starts: the header says what each role runs
-        # on; a server without the configured model stops here with a clear message
-        warnings: list[Any] = []
-        try:
-            loop.llm.negotiate(warnings.append)
-        except ModelMissing as exc:
-            opened.close()
-            _fail(f"{exc}. Check the model name in --llm or the lab's [llm] config.")
-        for line in loop.llm.describe():
-            console.print(line, highlight=False, soft_wrap=True)
-        for w in warnings:
-            if type(w).kind == "Warning":
-                console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
-        loop.llm.emit = None  # the loop sets its own emitter when it starts
-        display = _Display(loop.budget_experiments or None)
-        interactive = console.is_terminal
-        q = loop.event_queue()
-        stop_requested = {"n": 0}
 
-        def _sigint(signum: int, frame: Any) -> None:
-            stop_requested["n"] += 1
-            if stop_requested["n"] == 1:
-                console.print("[yellow]stopping after the current stage (Ctrl-C again to quit now)[/]")
-                loop.stop()
-            else:
-                raise KeyboardInterrupt
+def _negotiate(loop: Any) -> None:
+    """Negotiate the LLM servers before the loop starts: the header says what each role runs
+    on; a server without the configured model stops here with a clear message."""
+    from agents.llm import ModelMissing
 
-        old = signal.signal(signal.SIGINT, _sigint)
-        loop.start()
-        try:
-            if interactive:
-                with Live(display.render(), console=console, refresh_per_second=4, transient=True) as live:
-                    while True:
-                        try:
-                            ev = q.get(timeout=0.25)
-                        except Exception:
-                            live.update(display.render())
-                            continue
-                        if ev is None:
-                            break
-                        display.on_event(ev)
-                        if isinstance(ev, ApprovalRequested):
-                            live.stop()
-                            ask_approval(loop, ev)
-                            live.start()
-                        live.update(display.render())
-            else:
+    warnings: list[Any] = []
+    try:
+        loop.llm.negotiate(warnings.append)
+    except ModelMissing as exc:
+        loop.lab.close()
+        fail(f"{exc}. Check the model name in --llm or the lab's [llm] config.", 2)
+    for line in loop.llm.describe():
+        console.print(line, highlight=False, soft_wrap=True)
+    for w in warnings:
+        if type(w).kind == "Warning":
+            console.print(f"warning: {w.message}", highlight=False, soft_wrap=True)
+    loop.llm.emit = None  # the loop sets its own emitter when it starts
+
+
+def _follow(loop: Any, display: _Display) -> None:
+    """Start the loop and show its events until it ends: a live display at a terminal (asking
+    for approvals there), plain lines otherwise. Ctrl-C stops after the current stage; a second
+    Ctrl-C quits at once."""
+    from agents.events import ApprovalRequested
+
+    q = loop.event_queue()
+    stop_requested = {"n": 0}
+
+    def _sigint(signum: int, frame: Any) -> None:
+        stop_requested["n"] += 1
+        if stop_requested["n"] == 1:
+            console.print("[yellow]stopping after the current stage (Ctrl-C again to quit now)[/]")
+            loop.stop()
+        else:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, _sigint)
+    loop.start()
+    try:
+        if console.is_terminal:
+            with Live(display.render(), console=console, refresh_per_second=4, transient=True) as live:
                 while True:
-                    ev = q.get()
+                    try:
+                        ev = q.get(timeout=0.25)
+                    except Exception:
+                        live.update(display.render())
+                        continue
                     if ev is None:
                         break
-                    line = display.on_event(ev)
-                    if line:
-                        console.print(line, highlight=False, soft_wrap=True, markup=False)
-        finally:
-            signal.signal(signal.SIGINT, old)
-            loop.join(10)
-        summary = loop.summary
-        if display.finished:
-            console.print(_table(display.finished))
-        if summary.agents:
-            console.print(agents_table(summary.agents, {r: (str(s) if s.backend != "builtin" else "builtin")
-                                                        for r, s in loop.role_specs.items()}))
-            used = sum(t["llm"] for t in summary.agents.values())
-            asked = sum(t["llm"] + t["fallback"] for t in summary.agents.values())
-            if asked and not used:
-                console.print("[bold red]no LLM reply was used in this run[/]: every model step fell back to the "
-                              "built-in agents (see the warnings and the transcripts).", highlight=False)
-        console.print(f"{len(summary.experiments)} experiment(s) in {summary.seconds / 60:.1f} min; "
-                      f"loop {summary.state}.", highlight=False)
-        if summary.state == "error":
-            raise typer.Exit(1)
+                    display.on_event(ev)
+                    if isinstance(ev, ApprovalRequested):
+                        live.stop()
+                        ask_approval(loop, ev)
+                        live.start()
+                    live.update(display.render())
+        else:
+            while True:
+                ev = q.get()
+                if ev is None:
+                    break
+                line = display.on_event(ev)
+                if line:
+                    console.print(line, highlight=False, soft_wrap=True, markup=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        loop.join(10)
+
+
+def _print_summary(loop: Any, display: _Display) -> None:
+    """The final tables (experiments, agents) and one line on how the run ended."""
+    summary = loop.summary
+    if display.finished:
+        console.print(_table(display.finished))
+    if summary.agents:
+        console.print(agents_table(summary.agents, {r: (str(s) if s.backend != "builtin" else "builtin")
+                                                    for r, s in loop.role_specs.items()}))
+        used = sum(t["llm"] for t in summary.agents.values())
+        asked = sum(t["llm"] + t["fallback"] for t in summary.agents.values())
+        if asked and not used:
+            console.print("[bold red]no LLM reply was used in this run[/]: every model step fell back to the "
+                          "built-in agents (see the warnings and the transcripts).", highlight=False)
+    console.print(f"{len(summary.experiments)} experiment(s) in {summary.seconds / 60:.1f} min; "
+                  f"loop {summary.state}.", highlight=False)
+
+
+def run(
+    lab: LabArg = None,
+    lab_opt: LabOpt = None,
+    headless: bool = typer.Option(False, "--headless", help="Run without the console (required for now)."),
+    experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=0,
+                                              help="Stop after N experiments (0 = no limit; default: the lab's config)."),
+    hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="Stop after H hours (0 = no limit)."),
+    mode: Optional[Mode] = typer.Option(None, "--mode", help="Default: the lab's config."),
+    llm: Optional[str] = typer.Option(None, "--llm", callback=check_llm_spec,
+                                      help="Backend of every agent: builtin, ollama:MODEL\\[@HOST] or openai:MODEL@URL "
+                                           "(default: the lab's \\[llm] config)."),
+    scale: Optional[ScaleName] = typer.Option(None, "--scale", help="Default: the lab's config."),
+    scale_factor: float = typer.Option(1.0, "--scale-factor", min=0.001, max=1.0,
+                                       help="Multiply every training step count by this (quick smoke runs)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", callback=check_mixer_names,
+                                            help="Comma-separated reference mixers to measure (default: all)."),
+    timeout: float = typer.Option(300.0, "--llm-timeout", help="Seconds to wait for an LLM server."),
+    llm_context: Optional[int] = typer.Option(None, "--llm-context", min=256,
+                                              help="The LLM server's context in tokens when it does not report "
+                                                   "it (default: the lab's \\[llm] context_length)."),
+) -> None:
+    """Run the research loop on LAB headless: sample, research, check, evaluate, analyse, commit
+    (LAB is created as a demo lab if missing)."""
+    path = lab_path(lab, lab_opt)
+    if not headless:
+        fail("`run` needs --headless for now; the interactive console is `asiarch-tui LAB`.", 2)
+    can_ask = sys.stdin.isatty() and console.is_terminal
+    if mode is Mode.supervised and not can_ask:
+        fail("--mode supervised waits for approve / reject / edit at a terminal; this run has none "
+             "(stdin or stdout is not a terminal). Use the console (`asiarch-tui LAB`) or --mode autonomous.", 2)
+    loop = _open_loop(path, value(mode), can_ask, llm, value(scale), scale_factor, baselines, llm_context,
+                      experiments=experiments, hours=hours, timeout_s=timeout)
+    _negotiate(loop)
+    display = _Display(loop.budget_experiments or None)
+    _follow(loop, display)
+    _print_summary(loop, display)
+    if loop.summary.state == "error":
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``run`` command."""
+    app.command("run")(run)

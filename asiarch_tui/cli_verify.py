@@ -1,4 +1,4 @@
-"""``asiarch-tui verify LAB [--top K] [--scale verify-mini|verify] [--seeds N] [--json]``: promote
+"""``asiarch-tui verify [LAB] [--top K] [--scale verify-mini|verify] [--seeds N] [--json]``: promote
 the lab's top designs to a higher scale (``agents.climb``).
 
 The top ``K`` designs at the lab's scale by the promotion rule are re-trained and evaluated at
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -21,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from asiarch_tui.cli_archive import _ERRORS, _open
-from asiarch_tui.cli_common import err_console, user_errors
+from asiarch_tui.cli_common import LabArg, LabOpt, ScaleName, err_console, lab_path, user_errors
 
 
 def _f(v: object, digits: int = 4) -> str:
@@ -31,9 +30,11 @@ def _f(v: object, digits: int = 4) -> str:
 
 
 def verify_cmd(
-    lab: Path = typer.Argument(..., help="The lab folder."),
+    lab: LabArg = None,
+    lab_opt: LabOpt = None,
     top: int = typer.Option(2, "--top", "-k", min=1, help="How many of the lab's top designs to promote."),
-    scale: str = typer.Option("verify", "--scale", help="verify-mini (CPU, about a minute a run) | verify (GPU)."),
+    scale: ScaleName = typer.Option(ScaleName.verify, "--scale",
+                                    help="verify-mini (CPU, about a minute a run) or verify (GPU)."),
     seeds: int = typer.Option(2, "--seeds", min=2, help="Seeds per design at the higher scale (at least 2)."),
     exp: list[str] = typer.Option([], "--id", help="Promote these experiments instead of the top K (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Run a GPU scale even without a GPU."),
@@ -43,19 +44,20 @@ def verify_cmd(
     """Re-evaluate the lab's top designs (by the promotion rule) at a higher scale on >= 2 seeds
     and commit each result as a child commit with a `Scale:` trailer."""
     from agents.climb import ClimbError, verify_lab
-    from asiarch_tui.cli_engine import _check_scale
+    from asiarch_tui.cli_engine import check_gpu_scale
 
-    _check_scale(scale, force)
+    path = lab_path(lab, lab_opt)
+    check_gpu_scale(scale.value, force)
     with user_errors(*_ERRORS, ClimbError):
-        opened = _open(lab)
+        opened = _open(path)
         say = (lambda line: err_console.print(f"[dim]| {escape(line)}[/dim]", highlight=False)) if verbose else \
             (lambda line: err_console.print(escape(line), highlight=False) if line.startswith("[verify]") else None)
-        results = verify_lab(opened, top=top, scale=scale, seeds=seeds, on_line=say, ids=list(exp) or None)
+        results = verify_lab(opened, top=top, scale=scale.value, seeds=seeds, on_line=say, ids=list(exp) or None)
         opened.close()
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
-        t = Table(title=f"verify {lab} at {scale} ({seeds} seeds)")
+        t = Table(title=f"verify {path} at {scale.value} ({seeds} seeds)")
         for col in ("design", "name", "child", "status", "fitness", "interval", "benchmark", "tasks"):
             t.add_column(col)
         for r in results:

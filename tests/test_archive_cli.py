@@ -53,7 +53,8 @@ def test_init_then_errors(app, tmp_path: Path, monkeypatch) -> None:
     cfg = tmp_path / "new" / "asiarch.toml"
     cfg.write_text(cfg.read_text().replace('mode = "autonomous"', 'mode = "turbo"'))
     res = runner.invoke(app, ["status", "--lab", str(tmp_path / "new")])
-    assert res.exit_code == 1 and "[loop] mode" in flat(res) and "turbo" in flat(res)
+    assert res.exit_code == 1 and "asiarch.toml: loop.mode: Input should be 'autonomous' or 'supervised' (got 'turbo')" \
+        in flat(res)
 
 
 def test_status_show_log_reindex(app, grown: Path) -> None:

@@ -188,7 +188,7 @@ def test_maintenance_packs_and_keeps_everything(tmp_path: Path) -> None:
 
 def test_config_template_roundtrip_and_errors(tmp_path: Path) -> None:
     cfg = LabConfig()
-    cfg.loop.scale, cfg.llm.researcher, cfg.data.corpus = "verify", "ollama", ["a.txt", 'q"uote.txt']
+    cfg.loop.scale, cfg.llm.researcher, cfg.data.corpus = "verify", "ollama", ["a.txt", 'q"uote.txt', "new\nline\t.txt"]
     p = tmp_path / "asiarch.toml"
     write_config(p, cfg)
     text = p.read_text()
@@ -205,12 +205,29 @@ def test_config_template_roundtrip_and_errors(tmp_path: Path) -> None:
                 assert not lines[j].startswith("[")
             assert lines[j - 1].startswith("#"), key
     assert render_config(LabConfig()).count("\n#") > 30
-    for bad, word in [({"loop": {"mode": "fast"}}, "mode"), ({"loop": {"novelty_threshold": 2}}, "novelty_threshold"),
-                      ({"llm": {"judge": "gpt"}}, "judge"), ({"loop": {"experiments": "ten"}}, "experiments"),
-                      ({"sampling": {"reference_ranks": [50, 11]}}, "reference_ranks"),
-                      ({"colour": {}}, "colour"), ({"executor": {"gpu": 1}}, "gpu")]:
-        with pytest.raises(ConfigError, match=word):
-            config_from_dict(bad)
+    for bad, message in [
+            ({"loop": {"mode": "fast"}}, "loop.mode: Input should be 'autonomous' or 'supervised' (got 'fast')"),
+            ({"loop": {"novelty_threshold": 2}}, "loop.novelty_threshold: Input should be less than or equal to 1 (got 2)"),
+            ({"llm": {"judge": "gpt"}}, "llm.judge: Input should be 'builtin', 'ollama' or 'openai' (got 'gpt')"),
+            ({"loop": {"experiments": "ten"}}, "loop.experiments: Input should be a valid integer (got 'ten')"),
+            ({"loop": {"experiments": "10"}}, "loop.experiments: Input should be a valid integer (got '10')"),
+            ({"loop": {"seeds": 0}}, "loop.seeds: Input should be greater than or equal to 1 (got 0)"),
+            ({"sampling": {"reference_ranks": [50, 11]}},
+             "sampling.reference_ranks: must be [first, last] with 1 <= first <= last (got [50, 11])"),
+            ({"llm": {"context_length": 100}}, "llm.context_length: must be 0 (ask the server) or at least 256 tokens"),
+            ({"colour": {}}, "unknown section [colour] (known: llm, loop, sampling, executor, data, embedding, guards)"),
+            ({"executor": {"gpu": 1}}, "executor.gpu: unknown key (known: kind, ray_address, cpus_per_task,"),
+            ({"loop": 3}, "loop must be a [loop] table"),
+            ({"data": {"corpus": ["a.txt", 3]}}, "data.corpus.1: Input should be a valid string (got 3)")]:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(bad, "lab/asiarch.toml")
+        assert str(err.value).startswith("lab/asiarch.toml: ") and message in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match=r"asiarch.toml: loop.hours: .*; loop.seeds: "):  # every bad key at once
+        config_from_dict({"loop": {"hours": -1, "seeds": 0}})
+    cfg = config_from_dict({"loop": {"hours": 2}})
+    assert cfg.loop.hours == 2.0 and isinstance(cfg.loop.hours, float)  # an integer is a valid float
+    with pytest.raises(ValueError, match="seeds"):  # an assignment is checked too
+        cfg.loop.seeds = 0
     p.write_text("[loop\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(p)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import cli_text
+
 from training.checker import CHECK_NAMES, check_file
 from training.sandbox import Limits
 from training.static_check import static_check
@@ -270,7 +272,7 @@ def test_cli_check_json_and_exit_codes(tmp_path):
     res = runner.invoke(app, ["check", str(HOSTILE / "syntax_error.py")])
     assert res.exit_code == 1 and "syntax error" in res.stdout
     res = runner.invoke(app, ["check", str(HOSTILE / "valid_cummean.py"), "--scale", "nope"])
-    assert res.exit_code == 2 and "unknown scale" in res.output
+    assert res.exit_code == 2 and "'nope' is not one of 'demo', 'probe'" in cli_text(res)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from asiarch_tui.cli import app
+from cli_helpers import cli_text
 from engine_helpers import GOOD_SOURCE, NAN_SOURCE, NO_MIXER_SOURCE, SYNTAX_ERROR_SOURCE, WRONG_SHAPE_SOURCE, tiny_scale
 from training import scales
 
@@ -62,7 +63,7 @@ def test_eval_bad_input_one_paragraph(tmp_path, source, code, needle):
 
 def test_eval_unknown_scale(tmp_path):
     res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "huge"])
-    assert res.exit_code == 2 and "unknown scale" in res.stderr
+    assert res.exit_code == 2 and "'huge' is not one of 'demo', 'probe', 'explore'" in cli_text(res)
 
 
 def test_gpu_scale_refused_without_gpu(tmp_path, monkeypatch):
@@ -86,7 +87,7 @@ def test_baselines_ranked(tmp_path):
     res = runner.invoke(app, ["baselines", "--scale", "probe", "--only", "gla"])
     assert res.exit_code == 0 and "gla" in res.stdout and "Literature order" in res.stdout
     res = runner.invoke(app, ["baselines", "--only", "mamba"])
-    assert res.exit_code == 2 and "unknown reference mixer" in res.stderr
+    assert res.exit_code == 2 and "unknown reference mixer(s) mamba; choose from: softmax_attention" in cli_text(res)
 
 
 def test_eval_guard_ends_with_exit_3_and_partial_json(tmp_path, monkeypatch):
@@ -110,7 +111,7 @@ def test_eval_guard_ends_with_exit_3_and_partial_json(tmp_path, monkeypatch):
     res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "probe", "--cpu-limit", "3"])
     assert res.exit_code == 3 and "partial" in res.stdout and "too slow" in res.stdout
     res = runner.invoke(app, ["eval", _write(tmp_path, GOOD_SOURCE), "--scale", "probe", "--cpu-limit", "-1"])
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "must be a positive number of seconds" in cli_text(res)
 
 
 def test_baselines_line_shows_the_stop_reason_literally(tmp_path, monkeypatch):

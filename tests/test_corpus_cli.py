@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from asiarch_tui.cli_corpus import register
+from cli_helpers import cli_text
 
 runner = CliRunner()
 
@@ -44,8 +45,8 @@ def test_search_lever_filter_and_bad_lever(app: typer.Typer) -> None:
     assert r.exit_code == 0
     assert all("delta_rule" in row["levers"] for row in json.loads(r.stdout))
     r = runner.invoke(app, ["corpus", "search", "x", "--lever", "gating_magic", "--embedder", "hash"])
-    assert r.exit_code == 1
-    assert "unknown lever 'gating_magic'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2  # a usage error listing the levers
+    assert "'gating_magic' is not one of 'feature_map', 'decay'" in cli_text(r) and "Traceback" not in r.output
 
 
 def test_show_and_unknown_id(app: typer.Typer) -> None:

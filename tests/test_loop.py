@@ -322,14 +322,19 @@ def test_cli_run_rejects_bad_flags_with_one_paragraph(tmp_path):
 
     runner = CliRunner()
     lab = tmp_path / "lab"
+    from cli_helpers import cli_text
+
     for args, needle in ((["run", str(lab)], "--headless"),
-                         (["run", str(lab), "--headless", "--llm", "gpt4"], "not understood"),
-                         (["run", str(lab), "--headless", "--mode", "sometimes"], "autonomous or supervised"),
-                         (["run", str(lab), "--headless", "--scale", "huge"], "not one of"),
+                         (["run", str(lab), "--headless", "--llm", "gpt4"], "'gpt4' is not understood"),
+                         (["run", str(lab), "--headless", "--mode", "sometimes"],
+                          "'sometimes' is not one of 'autonomous', 'supervised'"),
+                         (["run", str(lab), "--headless", "--scale", "huge"],
+                          "'huge' is not one of 'demo', 'probe', 'explore', 'verify-mini', 'verify'"),
+                         (["run", str(lab), "--headless", "--baselines", "gla,mamba"], "unknown reference mixer(s) mamba"),
                          (["run", str(lab), "--headless", "--mode", "supervised"], "at a terminal")):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
-        assert needle in r.output and "Traceback" not in r.output
+        assert needle in cli_text(r) and "Traceback" not in r.output
     assert not lab.exists()
 
 

@@ -28,7 +28,7 @@ def test_make_executor_local_and_missing_ray(monkeypatch: pytest.MonkeyPatch) ->
 
     assert isinstance(rx.make_executor(ExecutorConfig(kind="local"), "probe"), SandboxExecutor)
     with pytest.raises(ValueError):
-        rx.make_executor(ExecutorConfig(kind="slurm"), "probe")
+        rx.make_executor(ExecutorConfig.model_construct(kind="slurm"), "probe")  # past the model's own check
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(rx.RayUnavailable, match=r"asiarch\[cluster\]"):
         rx.make_executor(ExecutorConfig(kind="ray"), "probe")
@@ -149,6 +149,29 @@ def _gone(proc, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_watchdog_kills_the_sandbox_children_of_a_dead_worker() -> None:
+    """The task's watchdog (no Ray needed): a stand-in worker starts it and a child in its own
+    session, as the sandbox does; SIGKILL the worker and the child goes too, then the watchdog."""
+    import subprocess
+
+    script = ("import subprocess, time\n"
+              "from agents.ray_executor import _start_watchdog\n"
+              "dog = _start_watchdog()\n"
+              "child = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+              "print(child.pid, dog.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child_pid, dog_pid = map(int, worker.stdout.readline().split())
+    child, dog = psutil.Process(child_pid), psutil.Process(dog_pid)
+    time.sleep(1.0)  # the watchdog looks every 0.25 s
+    assert not _gone(child, timeout=0.1)
+    worker.kill()
+    worker.wait()
+    assert _gone(child), "the worker's sandbox child was left running"
+    assert _gone(dog), "the watchdog did not end with its worker"
 
 
 @pytest.mark.slow

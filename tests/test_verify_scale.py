@@ -18,6 +18,7 @@ from agents.climb import LADDER, ClimbError, rank_designs, scales_reached, verif
 from agents.engineer import StepResult
 from agents.fitness import benchmark_of, compute_fitness
 from asiarch_tui.cli import app
+from tests.cli_helpers import cli_text
 from tests.loop_helpers import make_lab
 from training.lm_eval_bridge import DEFAULT_TASKS, LMEvalError, harness_version, score_tasks
 from training.scales import SCALES, get_scale
@@ -195,7 +196,7 @@ def test_verify_cli_needs_scored_designs(tmp_path):
     res = CliRunner().invoke(app, ["verify", str(path), "--top", "2", "--scale", "verify-mini"])
     assert res.exit_code == 1 and "on at least 2 seeds" in res.output
     res = CliRunner().invoke(app, ["verify", str(path), "--scale", "huge"])
-    assert res.exit_code == 2 and "unknown scale" in res.output
+    assert res.exit_code == 2 and "'huge' is not one of 'demo', 'probe'" in cli_text(res)
 
 
 def test_console_tree_shows_the_scales_a_design_reached():
