@@ -172,7 +172,8 @@ def agents_table(agents: dict[str, dict[str, Any]], specs: dict[str, str] | None
 def _table(finished: list[Any]) -> Table:
     t = Table(show_header=True, header_style="bold", expand=False)
     for col in ("id", "name", "status", "fitness", "probe mean", "val bpb", "time"):
-        t.add_column(col)
+        # the name gives way on a narrow terminal; a fitness with its spread stays on one line
+        t.add_column(col, no_wrap=col != "name", overflow="ellipsis" if col == "name" else "fold")
     for ev in finished:
         m = ev.metrics or {}
         style = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta"}.get(ev.status, "")
@@ -189,11 +190,7 @@ def _table(finished: list[Any]) -> Table:
 def ask_approval(loop: Any, ev: Any, ask: Any = None) -> str:
     """Headless supervised mode: show a checked proposal and ask approve / reject / edit at the
     terminal; send the answer to the loop. Returns the choice (``approve``, ``reject``, ``edit``)."""
-    import os
-    import shlex
-    import subprocess
-    import tempfile
-
+    import click
     from rich.markdown import Markdown
     from rich.markup import escape
     from rich.panel import Panel
@@ -213,14 +210,9 @@ def ask_approval(loop: Any, ev: Any, ask: Any = None) -> str:
             loop.reject(str(ask("reason (sent to the researcher)", default="rejected by the user")))
             return "reject"
         if choice == "e":
-            editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-            with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-                fh.write(ev.code)
-            try:
-                subprocess.run([*shlex.split(editor), fh.name], check=False)
-                loop.approve(code=open(fh.name, encoding="utf-8").read())
-            finally:
-                os.unlink(fh.name)
+            # $VISUAL / $EDITOR (else vi); None when the editor exits without saving: unchanged
+            edited = click.edit(ev.code, extension=".py", require_save=True)
+            loop.approve(code=edited if edited is not None else ev.code)
             return "edit"
         console.print("answer a, r or e")
 

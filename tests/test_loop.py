@@ -467,3 +467,28 @@ def test_headless_supervised_asks_at_the_terminal():
     loop = FakeLoop()
     assert ask_approval(loop, ev, ask=lambda text, **kw: "a") == "approve"
     assert loop.calls == [("approve", None)]
+
+
+def test_headless_edit_goes_through_the_users_editor(tmp_path, monkeypatch):
+    """'e' opens $EDITOR on the code (click.edit); what the editor saves is what is approved."""
+    import stat
+
+    from agents.events import ApprovalRequested
+    from asiarch_tui.cli_run import ask_approval
+
+    editor = tmp_path / "ed.sh"  # an 'editor' that rewrites the file it is given
+    editor.write_text('#!/bin/sh\nsed -i "s/conv_size = 4/conv_size = 3/" "$1"\n')
+    editor.chmod(editor.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("EDITOR", str(editor))
+    monkeypatch.delenv("VISUAL", raising=False)
+
+    class FakeLoop:
+        calls: list = []
+
+        def approve(self, code=None):
+            self.calls.append(("approve", code))
+
+    ev = ApprovalRequested(exp_id="0004", name="X", motivation="why", code="conv_size = 4\n", checks=[])
+    loop = FakeLoop()
+    assert ask_approval(loop, ev, ask=lambda text, **kw: "e") == "edit"
+    assert loop.calls == [("approve", "conv_size = 3\n")]
