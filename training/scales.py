@@ -242,3 +242,19 @@ def scaled_down(scale: Scale | str, factor: float = 0.1, **overrides) -> Scale:
                   name=s.name)
     fields.update(overrides)
     return replace(s, **fields)
+
+
+def scale_from_spec(spec: str | Scale | dict) -> Scale:
+    """A :class:`Scale` from a sandbox payload's scale: a name, a Scale, or a Scale turned into a
+    dict by ``dataclasses.asdict`` and JSON (nested probe specs and tuples rebuilt)."""
+    return get_scale(spec)
+
+
+def payload_scale(payload: dict) -> Scale:
+    """The :class:`Scale` an evaluate payload names (``scale``, optional ``scale_factor`` and
+    ``scale_overrides``: a cheaper copy via :func:`scaled_down`), the same in the sandbox harness
+    and in its worker."""
+    scale = scale_from_spec(payload.get("scale", "explore"))
+    if payload.get("scale_factor") is not None or payload.get("scale_overrides"):
+        return scaled_down(scale, float(payload.get("scale_factor") or 1.0), **(payload.get("scale_overrides") or {}))
+    return scale

@@ -40,7 +40,7 @@ import resource
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -108,9 +108,9 @@ def _warm_up() -> None:
 
 
 def _walk_parameters(module: Any) -> list:
-    from training.checker import _walk_parameters as walk
+    from training.causal import walk_parameters
 
-    return walk(module)
+    return walk_parameters(module)
 
 
 class Worker:
@@ -126,7 +126,7 @@ class Worker:
 
     # ------------------------------------------------------------------ ops
     def op_build(self, args: dict, tensors: list) -> tuple[dict, list]:
-        from training.sandbox_child import load_candidate
+        from training.sandbox_guard import load_candidate
 
         if self.cls is None:
             self.cls = load_candidate(str(args["path"]), self.guard, static=bool(args.get("static", True)))
@@ -272,14 +272,13 @@ class Worker:
         """The whole evaluation (``training.evaluate``) of the candidate in this process; progress
         goes to the harness as ``{"event": "progress"}`` frames before the reply. The metrics
         are the worker's word (the harness bounds and sanity-checks them)."""
-        from training.sandbox_child import _evaluate
 
         def emit(msg: dict[str, Any]) -> None:
             if msg.get("event") == "progress":
                 wire.send(self.sock, {"event": "progress", "fraction": float(msg.get("fraction") or 0.0),
                                       "message": str(msg.get("message", ""))[:200]})
 
-        result = _evaluate(dict(args.get("payload") or {}), self.guard, self.watch, emit,
+        result = run_evaluation(dict(args.get("payload") or {}), self.guard, self.watch, emit,
                            bool(args.get("static", True)), keep_model=self.trained.__setitem__)
         return {"result": result, "kept": sorted(self.trained)}, []
 
@@ -307,7 +306,8 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
         """Answer commands until ``quit`` or until the harness goes away."""
-        from training.sandbox_child import SandboxViolation, _memory_message
+        from training.sandbox_guard import SandboxViolation
+        from training.sandbox_guard import memory_message as _memory_message
 
         ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
                "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
@@ -348,6 +348,62 @@ class Worker:
                     return
 
 
+def run_evaluation(payload: dict[str, Any], guard: Any, watch: Any,
+                        emit: Callable[[dict[str, Any]], None], static: bool, keep_model: Any = None) -> dict[str, Any]:
+    """The evaluate op's body, in the worker: evaluate the candidate with ``training.evaluate``
+    (the class loaded under the guard).
+
+    Payload: ``path``, ``scale`` (a name), optional ``scale_factor`` and ``scale_overrides``
+    (a cheaper copy via ``training.scales.scaled_down``, for tests and smoke runs), ``seed``,
+    ``baseline``, ``guards`` (``training.guards.Guards`` as a dict; default: derived from the
+    baseline), ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
+    by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``."""
+    import training.evaluate as ev
+    from training.sandbox_guard import load_candidate
+    from training.scales import payload_scale
+
+    path = payload["path"]
+    scale = payload_scale(payload)
+    seed = int(payload.get("seed", 0))
+    cls = load_candidate(path, guard, static=static)
+
+    def on_log(line: str) -> None:
+        print(line, flush=True)
+
+    def progress(fraction: float, message: str = "") -> None:
+        emit({"event": "progress", "fraction": float(fraction), "message": str(message)})
+
+    kwargs = dict(payload.get("kwargs") or {})
+    kwargs.pop("lm_eval", None)
+    kwargs.pop("lm_eval_allow_hub", None)
+    if keep_model is not None:
+        kwargs["keep_model"] = keep_model
+        # the harness scores the lm-eval tasks itself from the trained model's logits
+        kwargs["lm_eval"] = "deferred"
+    if payload.get("guards") is not None:
+        kwargs["guards"] = payload["guards"]
+    if hasattr(ev, "evaluate_class"):
+        metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
+                                    progress=progress, **kwargs)
+    else:  # older evaluator: make its loader return the guarded class
+        import training.loader as loader
+
+        loader.load_mixer_class = lambda *a, **k: cls  # type: ignore[assignment]
+        metrics = ev.evaluate_file(path, scale=scale, seed=seed, on_log=on_log, baseline=payload.get("baseline"),
+                                   progress=progress, **kwargs)
+    changed = watch.changes()
+    if changed:
+        return {"ok": False, "reason": f"candidate modified {', '.join(changed[:5])} (monkeypatching is not allowed)"}
+    if guard.violations:
+        return {"ok": False, "reason": guard.violations[0], "metrics": metrics}
+    status = metrics.get("status", "ok") if isinstance(metrics, dict) else "error"
+    if status == "ok":
+        return {"ok": True, "reason": None, "metrics": metrics}
+    why = metrics.get("stop_reason") or metrics.get("error") or f"evaluation {status}"
+    return {"ok": False, "reason": str(why).strip().splitlines()[0][:500] if why else f"evaluation {status}",
+            "metrics": metrics}
+
+
 def serve(sock: socket.socket, request: dict[str, Any]) -> None:
     """The body of the forked worker (never returns: exits the process)."""
     code = 0
@@ -367,13 +423,13 @@ def serve(sock: socket.socket, request: dict[str, Any]) -> None:
         if why and request.get("isolation") == "bwrap":
             print(f"[sandbox] worker without seccomp filter: {why}", file=sys.stderr, flush=True)
         _warm_up()
-        from training.sandbox_child import Guard, _read_roots, default_watch
+        from training.sandbox_guard import Guard, default_watch, read_roots
 
         payload = request.get("payload") or {}
         extra = list(payload.get("read_roots", []))
         if payload.get("path"):
             extra.append(os.path.dirname(str(payload["path"])))
-        guard = Guard(request["run_dir"], _read_roots(request.get("project_root", ""), extra))
+        guard = Guard(request["run_dir"], read_roots(request.get("project_root", ""), extra))
         watch = default_watch()
         guard.install()
         guard.active = True
