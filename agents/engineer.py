@@ -287,7 +287,9 @@ class Decision:
 @dataclass
 class DevelopOutcome:
     """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | too_slow |
-    rejected``; ``too_slow``: the evaluation tripped the efficiency guard),
+    rejected``; ``too_slow``: the evaluation tripped the efficiency guard; ``rejected``: by the
+    user, or the evaluation harness found a trained model non-causal, metrics status
+    ``rejected``),
     the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
     ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``.
     ``side_seeds``: {seed: StepResult} of the ``side_seeds`` evaluated beside the final code's
@@ -408,6 +410,11 @@ class Engineer:
                     out.side_seeds = side
                     if out.rounds:
                         out.rounds[-1]["passed"] = True
+                    return out
+                # a trained model the harness found non-causal is rejected: a finding about the
+                # design (it reads the future once trained), never ranked and not for the debugger
+                if ev.metrics is not None and ev.metrics.get("status") == "rejected":
+                    out.status, out.error = "rejected", ev.error or str(ev.metrics.get("stop_reason") or "rejected")
                     return out
                 # a run stopped by the monitor (diverging, leak) or a guard (too slow, hung) is a
                 # result about the design, not a bug for the debugger

@@ -1083,6 +1083,11 @@ class Loop:
                 self._more_seeds(record, run_dir, baseline, on_line, st,
                                  trusted=proposal.trusted and out.code == proposal.code, ready=out.side_seeds)
             self.poll()
+            # a further seed's trained model found non-causal by the harness rejects the design
+            bad = next((e for e in record.metrics.get("seeds") or [] if e.get("status") == "rejected"), None)
+            if bad is not None:
+                why = str(bad.get("stop_reason") or bad.get("error") or "non-causal (found after training)")
+                return self._finish(record, "rejected", f"seed {bad.get('seed')}: {why}", run_dir, t_exp)
 
         # -- 7. analyse
         siblings = [store.get(c) for c in store.children(parent.id)]

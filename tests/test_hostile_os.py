@@ -298,7 +298,7 @@ class Mixer(nn.Module):
 @needs_bwrap
 @pytest.mark.parametrize("name, needle", [
     ("forged_metrics", "the harness measured"),
-    ("noncausal_reverse_cumsum", "is not causal"),
+    ("noncausal_reverse_cumsum", "non-causal (found after training): the trained "),
 ])
 def test_the_harness_verifies_an_evaluation(name, needle, tmp_path):
     """The worker trains; the harness recomputes probe accuracies (and at explore the validation

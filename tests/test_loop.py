@@ -293,6 +293,39 @@ def test_in_flight_state_of_a_committed_experiment_is_not_redone(tmp_path):
     assert [e["id"] for e in summary.experiments] == ["0002"] and lab.store.ids() == ["0000", "0001", "0002"]
 
 
+def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(tmp_path):
+    """The evaluation harness's post-training causality check (metrics status ``rejected``) makes
+    the experiment ``rejected``: its reason names the model, position and change, metrics.json
+    keeps the check's record, no fitness, no debugger round, not in the candidate set."""
+    import json
+    from pathlib import Path
+
+    from agents.engineer import StepResult
+
+    why = ("non-causal (found after training): the trained mqar model (held-out probe examples, L=32, batch 16, "
+           "eval mode, grad off, float32): replacing tokens 5.. moved the logits at position 4, change 0.73 > 0.0001")
+
+    class Rejecting(FakeExecutor):
+        def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
+            res = super().evaluate(path, run_dir, seed, baseline, on_line)
+            if Path(path).read_text() == DELTANET:  # the seed's measurement
+                return res
+            after = {"checked": True, "models": ["mqar"], "max_change": 0.73, "tol": 1e-4, "violation": why}
+            m = dict(res.metrics, status="rejected", stop_reason=why, partial=True, causality_after_training=after)
+            return StepResult(False, [], m, error=why)
+
+    lab = make_lab(tmp_path / "lab")
+    ex = Rejecting()
+    summary = Loop(lab, llm="builtin", researcher=StandInResearcher(), executor=ex, experiments=1,
+                   baselines=("deltanet",)).run()
+    rec = lab.store.get(summary.experiments[-1]["id"])
+    assert rec.status == "rejected" and rec.fitness is None and rec.extra["failure"] == why
+    assert rec.extra["debug_rounds"] == [] and sum(c != DELTANET for c in ex.evaluated) == 1  # once, no repair
+    stored = json.loads(lab.store.read_file(rec.id, "metrics.json"))
+    assert stored["causality_after_training"]["violation"] == why and stored["status"] == "rejected"
+    assert rec.id not in [d["id"] for d in lab.candidates.top()]
+
+
 def test_mode_switch_and_stop_after_experiment(tmp_path):
     lab = make_lab(tmp_path / "lab")
     loop = Loop(lab, llm="builtin", researcher=StandInResearcher(), executor=FakeExecutor(eval_delay_s=0.3),

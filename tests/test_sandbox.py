@@ -155,6 +155,41 @@ def test_evaluate_task_streams_the_training_log(tmp_path):
     assert set(metrics["probes"]) and all(0.0 <= v <= 1.0 for v in metrics["probes"].values())
     assert any("[mqar]" in line for line in lines)
     assert any(e.get("event") == "progress" for e in events)
+    # the post-training causality check ran on every trained model and is on the record
+    after = metrics["causality_after_training"]
+    assert after["checked"] and after["violation"] is None and sorted(after["models"]) == sorted(metrics["probes"])
+    assert after["mode"] == "eval" and after["grad"] == "off" and after["max_change"] <= after["tol"]
+    for label, positions in after["positions"].items():
+        assert positions[0] == 1 and positions[-1] == after["length"][label] - 1 and len(positions) >= 2
+
+
+def test_a_design_non_causal_only_after_training_is_rejected(tmp_path):
+    """leak_after_training passes every check (its future read arms only after several optimiser
+    updates; the checker's fresh and re-drawn models see at most one). The harness's check of the
+    trained models, on their scored batches in the scored configuration, finds it: the
+    evaluation is ``rejected`` with the model, configuration, position and size of the change."""
+    from training.checker import check_file
+    from training.probes import EVAL_BATCH_SIZE
+    from training.scales import scaled_down
+
+    report = check_file(HOSTILE / "leak_after_training.py", "probe", run_dir=tmp_path / "check",
+                        limits=Limits(wall_s=120), options=FAST)
+    assert report.passed, [(c.name, c.reason) for c in report.checks if not c.passed]
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "leak_after_training.py"), "scale": "probe",
+                                     "scale_factor": 0.02, "seed": 0}, tmp_path / "run", limits=Limits(wall_s=300))
+    assert not res.ok
+    reason = res.reason or ""
+    assert reason.startswith("non-causal (found after training): the trained "), reason
+    assert "eval mode, grad off" in reason and "position" in reason and "change" in reason, reason
+    metrics = res.result["metrics"]
+    assert metrics["status"] == "rejected" and metrics["stop_reason"] == reason and metrics["partial"]
+    after = metrics["causality_after_training"]
+    assert after["checked"] and after["violation"] == reason and after["max_change"] > after["tol"]
+    assert after["worst"]["model"] in after["models"] and after["worst"]["change"] == after["max_change"]
+    specs = {p.label: p for p in scaled_down("probe", 0.02).probes}
+    for label in after["models"]:  # the scored forward's batch and length, read from the scale
+        assert after["batch"][label] == min(EVAL_BATCH_SIZE, specs[label].eval_examples)
+        assert after["length"][label] == specs[label].seq_len
 
 
 def test_static_check_is_enforced_inside_the_child_too(tmp_path):

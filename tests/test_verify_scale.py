@@ -90,6 +90,11 @@ def test_eval_verify_mini_end_to_end_in_the_sandbox():
         assert 0.0 <= v["score"] <= 1.0 and v["n"] == scale.lm_eval_limit and v["stderr"] is not None
     assert math.isclose(m["benchmark"], sum(v["score"] for v in lm["tasks"].values()) / 2)
     assert m["probe_mean"] is not None and m["val_bpb"] < 6.0  # probes kept as diagnostics; the LM learned
+    # the trained LM was checked for causality on a validation batch and on an lm-eval request batch
+    after = m["causality_after_training"]
+    assert after["checked"] and after["violation"] is None and after["max_change"] <= after["tol"]
+    assert {"lm", "lm (lm-eval requests)"} <= set(after["models"])
+    assert after["batch"]["lm"] == scale.batch_size and after["length"]["lm"] == scale.seq_len
 
 
 # ---------------------------------------------------------------------- promotion between scales

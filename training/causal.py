@@ -311,3 +311,57 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
 def _verdict(passed: bool, value: float, reason: str, details: dict) -> dict:
     """A check's verdict as the fields of ``training.checker.CheckResult`` (name ``causality``)."""
     return {"name": "causality", "passed": passed, "value": value, "reason": reason, "details": details}
+
+
+# --------------------------------------------------------------------------- after training
+
+#: how far a trained model's logits before position t may move when the tokens from t on change
+LOGIT_LEAK_TOL = 1e-4
+#: random positions checked per trained model besides the first, the last and the secret one
+AFTER_TRAINING_RANDOM = 2
+
+
+def after_training_positions(length: int, secret: Any, rng: Any, n_random: int = AFTER_TRAINING_RANDOM) -> list[int]:
+    """The positions t at which the harness replaces the tokens t.. of a trained model's scored
+    batch: the first (t=1: the output at 0 must not see anything later), the last (t=L-1: only the
+    last token changes), one drawn from ``secret`` (a ``random.Random`` seeded from the OS) and
+    ``n_random`` more from ``rng``. Sorted, distinct, within 1..L-1."""
+    if length < 2:
+        return []
+    picks = {1, length - 1, secret.randrange(1, length)}
+    picks |= {rng.randrange(1, length) for _ in range(n_random)}
+    return sorted(picks)
+
+
+def check_trained(logits: Callable[[Any], Any], tokens: Any, vocab: int, positions: list[int], gen: Any,
+                  base: Any = None, tol: float = LOGIT_LEAK_TOL) -> dict:
+    """Causality of a trained model on one scored batch, in the scored configuration.
+
+    ``logits(tokens) -> [B, L, V]`` is the harness's channel to the trained model, the very call
+    that produced the scored metrics (same mode, grad setting, dtype, batch and length);
+    ``tokens`` ([B, L] int64) is a scored batch (real validation or probe inputs) and ``base``
+    its logits from the scored forward (computed here when None). For each ``t`` in ``positions``
+    every token from t on is replaced (token t always by a different one, drawn with ``gen``) and
+    the logits before t must not move by more than ``tol``. Returns ``{length, batch, positions,
+    max_change, worst: {t, position, change} | None, failing: [{t, position, change}, ...]}``."""
+    import torch
+
+    B, L = int(tokens.shape[0]), int(tokens.shape[1])
+    a = logits(tokens) if base is None else base
+    worst: dict | None = None
+    failing: list[dict] = []
+    max_change = 0.0
+    vocab = max(int(vocab), int(tokens.max()) + 1, 2)
+    for t in positions:
+        x2 = tokens.clone()
+        x2[:, t:] = torch.randint(0, vocab, (B, L - t), generator=gen)
+        x2[:, t] = (tokens[:, t] + 1 + torch.randint(0, vocab - 1, (B,), generator=gen)) % vocab
+        v, pos = prefix_change(a, logits(x2), t)
+        rec = {"t": int(t), "position": int(pos), "change": v}
+        if worst is None or v > worst["change"]:
+            worst = rec
+        max_change = max(max_change, v)
+        if v > tol:
+            failing.append(rec)
+    return {"length": L, "batch": B, "positions": [int(t) for t in positions], "max_change": max_change,
+            "worst": worst, "failing": failing}

@@ -165,65 +165,66 @@ def _json_safe(o: Any, depth: int = 0) -> Any:
     return None
 
 
-#: How far the harness's own probe accuracy / validation loss may differ from the worker's report,
-#: and how much earlier logits may move when the harness changes later tokens.
+#: How far the harness's own probe accuracy / validation loss may differ from the worker's report.
 METRIC_TOL = 1e-4
 #: CPU seconds the worker spends outside the evaluator's own clock (warm-up, loading, verification)
 CPU_SLACK_S = 15.0
+#: how much earlier logits of a trained model may move when the harness changes later tokens
 LOGIT_LEAK_TOL = 1e-4
+#: the prefix of every reason a post-training causality violation gives (status ``rejected``)
+NON_CAUSAL_AFTER_TRAINING = "non-causal (found after training)"
+
+
+def _logits_fn(client: Any, label: str, info: dict[str, Any] | None = None) -> Callable[[Any], Any]:
+    """The harness's channel to one trained model: ``tokens [B, L] -> logits [B, L, V]`` through the
+    worker's ``logits`` op, which runs the model exactly as the scored forward does (eval mode,
+    autograd off, the evaluation's device and autocast). ``info`` gets the worker's word on the
+    device and dtype."""
+    from training.harness import WorkerFailed
+
+    def logits(x: Any) -> Any:
+        vals, (y,) = client.call("logits", {"label": label}, [x], n_out=1)
+        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape):
+            raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
+        if info is not None and isinstance(vals.get("dtype"), str):
+            info["dtype"] = str(vals["dtype"])[:40]
+        return y
+
+    return logits
 
 
 def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any],
-                    kept: list[str]) -> tuple[str | None, dict[str, Any]]:
+                    kept: list[str]) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
     """Recompute, in the harness, what the worker reported: each probe's accuracy from the logits
-    of the worker's trained probe model on held-out examples the harness generates, the
-    validation loss from the trained language model's logits on validation batches the harness
-    reads, and a causality spot check of every trained model (the harness replaces the tokens
-    after a secret position and compares the earlier logits). Returns (problem or None, what
-    was verified)."""
-    import os
-    import random
-
-    import torch
-
+    of the worker's trained probe model on held-out examples the harness generates (in batches of
+    ``training.probes.EVAL_BATCH_SIZE``, as ``probes.accuracy`` scores them), and the validation
+    loss from the trained language model's logits on the validation batches the harness reads
+    (the scale's batch and length). Returns (problem or None, what was verified, the scored
+    batches: ``{label: {"tokens", "logits", "vocab", "source"}}``, the first scored batch of every
+    model measured, for :func:`_causality_after_training`)."""
     from training import probes as P
-    from training.harness import WorkerFailed
     from training.trainer import IGNORE, sequence_loss
 
     scale = payload_scale(payload)
     seed = int(payload.get("seed", 0))
-    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
     info: dict[str, Any] = {"probes": {}, "val_loss": None, "max_logit_leak": 0.0}
-
-    def logits(label: str, x: Any) -> Any:
-        _, (y,) = client.call("logits", {"label": label}, [x], n_out=1)
-        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape):
-            raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
-        return y
-
-    def spot_check(label: str, x: Any, vocab: int) -> str | None:
-        x = x[:8]
-        t = rng.randrange(1, x.shape[1])
-        x2 = x.clone()
-        g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
-        x2[:, t:] = torch.randint(0, vocab, tuple(x2[:, t:].shape), generator=g)
-        a, b = logits(label, x), logits(label, x2)
-        leak = float(torch.nan_to_num((a[:, :t] - b[:, :t]).abs(), nan=float("inf")).max()) if t else 0.0
-        info["max_logit_leak"] = max(info["max_logit_leak"], leak)
-        if leak > LOGIT_LEAK_TOL:
-            return f"the trained {label} model is not causal: changing tokens {t}.. moved earlier logits by {leak:.3g}"
-        return None
-
+    scored: dict[str, Any] = {}
     reported = metrics.get("probes") if isinstance(metrics.get("probes"), dict) else {}
+    bs = P.EVAL_BATCH_SIZE
     for i, spec in enumerate(scale.probes):
         acc_w = reported.get(spec.label)
         if spec.label not in kept or not isinstance(acc_w, (int, float)):
             continue
+        logits = _logits_fn(client, spec.label)
         x, y = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
         correct = total = 0
-        for j in range(0, x.shape[0], 64):
-            pred = logits(spec.label, x[j:j + 64]).argmax(dim=-1)
-            yy = y[j:j + 64]
+        for j in range(0, x.shape[0], bs):
+            out = logits(x[j:j + bs])
+            if j == 0:
+                scored[spec.label] = {"tokens": x[:bs], "logits": out, "vocab": spec.vocab_size,
+                                      "source": "held-out probe examples"}
+            pred = out.argmax(dim=-1)
+            yy = y[j:j + bs]
             mask = yy != IGNORE
             correct += int((pred[mask] == yy[mask]).sum())
             total += int(mask.sum())
@@ -231,40 +232,130 @@ def _verify_metrics(client: Any, payload: dict[str, Any], metrics: dict[str, Any
         info["probes"][spec.label] = acc_h
         if abs(acc_h - float(acc_w)) > METRIC_TOL:
             return (f"the worker reported {spec.label} accuracy {float(acc_w):.4f}; the harness measured "
-                    f"{acc_h:.4f}"), info
-        problem = spot_check(spec.label, x, spec.vocab_size)
-        if problem:
-            return problem, info
+                    f"{acc_h:.4f}"), info, scored
     vl_w = metrics.get("val_loss")
     if "lm" in kept and isinstance(vl_w, (int, float)):
         from training.data import load_corpus, validation_batches
 
         corpus = load_corpus((payload.get("kwargs") or {}).get("corpus_paths"))
         val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, scale.val_batches)
+        logits = _logits_fn(client, "lm")
         total, count = 0.0, 0
-        for x, y in val:
+        for k, (x, y) in enumerate(val):
+            out = logits(x)
+            if k == 0:
+                scored["lm"] = {"tokens": x, "logits": out, "vocab": 256, "source": "validation batch"}
             n = int((y != IGNORE).sum())
-            total += float(sequence_loss(logits("lm", x), y)) * n
+            total += float(sequence_loss(out, y)) * n
             count += n
         vl_h = total / max(count, 1)
         info["val_loss"] = vl_h
         if not abs(vl_h - float(vl_w)) <= METRIC_TOL * max(1.0, abs(vl_h)):
-            return f"the worker reported validation loss {float(vl_w):.5f}; the harness measured {vl_h:.5f}", info
-        problem = spot_check("lm", val[0][0], 256)
-        if problem:
-            return problem, info
-    return None, info
+            return f"the worker reported validation loss {float(vl_w):.5f}; the harness measured {vl_h:.5f}", info, scored
+    return None, info, scored
+
+
+def _scored_batch(payload: dict[str, Any], label: str) -> dict[str, Any] | None:
+    """The first scored batch of a trained model whose metrics were not verified (an evaluation
+    stopped after training it): the probe's held-out examples at ``EVAL_BATCH_SIZE``, or the first
+    validation batch of the language model."""
+    from training import probes as P
+
+    scale = payload_scale(payload)
+    seed = int(payload.get("seed", 0))
+    for i, spec in enumerate(scale.probes):
+        if spec.label == label:
+            x, _ = P.generate(spec, spec.eval_examples, P.EVAL_SEED_OFFSET + seed * 1000 + i)
+            return {"tokens": x[:P.EVAL_BATCH_SIZE], "logits": None, "vocab": spec.vocab_size,
+                    "source": "held-out probe examples"}
+    if label == "lm" and scale.has_lm:
+        from training.data import load_corpus, validation_batches
+
+        corpus = load_corpus((payload.get("kwargs") or {}).get("corpus_paths"))
+        val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, 1)
+        return {"tokens": val[0][0], "logits": None, "vocab": 256, "source": "validation batch"}
+    return None
+
+
+def _causality_after_training(client: Any, payload: dict[str, Any], kept: list[str],
+                              scored: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Post-training causality, in every evaluation, on every trained model the worker kept: on the
+    model's scored batch (real held-out probe inputs / a validation batch; the same batch size,
+    length, mode (eval), autograd setting (off) and dtype as the scored forward, through the same
+    ``logits`` op) the harness replaces the tokens from t on, for t at the first and last
+    positions, one secret position and a few random ones
+    (:func:`training.causal.after_training_positions`), and the logits before t must not move
+    beyond ``LOGIT_LEAK_TOL``. Returns (the violation as ``"non-causal (found after training): ..."``
+    or None, the record for ``metrics["causality_after_training"]``)."""
+    import os
+    import random
+
+    import torch
+
+    from training.causal import after_training_positions, check_trained
+
+    secret = random.Random(int.from_bytes(os.urandom(8), "little"))
+    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    gen = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+    rec: dict[str, Any] = {"checked": False, "models": [], "positions": {}, "batch": {}, "length": {},
+                           "source": {}, "mode": "eval", "grad": "off", "dtype": {}, "max_change": 0.0,
+                           "tol": LOGIT_LEAK_TOL, "worst": None, "violation": None}
+    violation = None
+    failing: list[tuple[float, str, str]] = []
+    for label in kept:
+        batch = scored.get(label) or _scored_batch(payload, label)
+        if batch is None:
+            continue
+        dev: dict[str, Any] = {}
+        x = batch["tokens"]
+        positions = after_training_positions(int(x.shape[1]), secret, rng)
+        res = check_trained(_logits_fn(client, label, dev), x, int(batch["vocab"]), positions, gen,
+                            base=batch.get("logits"), tol=LOGIT_LEAK_TOL)
+        rec["models"].append(label)
+        rec["positions"][label] = res["positions"]
+        rec["batch"][label], rec["length"][label] = res["batch"], res["length"]
+        rec["source"][label] = batch["source"]
+        rec["dtype"][label] = dev.get("dtype", "float32")
+        if res["max_change"] >= rec["max_change"] and res["worst"] is not None:
+            rec["worst"] = {"model": label, **res["worst"]}
+        rec["max_change"] = max(rec["max_change"], res["max_change"])
+        if res["failing"]:
+            bad = max(res["failing"], key=lambda f: f["change"])
+            failing.append((bad["change"], label,
+                            f"the trained {label} model ({batch['source']}, L={res['length']}, batch {res['batch']}, "
+                            f"eval mode, grad off, {rec['dtype'][label]}): replacing tokens {bad['t']}.. moved the "
+                            f"logits at position {bad['position']}, change {bad['change']:.3g} > {LOGIT_LEAK_TOL:g}"))
+    rec["checked"] = bool(rec["models"])
+    if not rec["checked"]:
+        rec["reason"] = "no trained model to check (the evaluation stopped before one was measured)"
+    rec["failing_models"] = [label for _, label, _ in sorted(failing, reverse=True)]
+    if failing:
+        worst = max(failing)
+        more = f" (and {len(failing) - 1} more trained model(s))" if len(failing) > 1 else ""
+        violation = f"{NON_CAUSAL_AFTER_TRAINING}: {worst[2]}{more}"
+    rec["violation"] = violation
+    return violation, rec
+
+
+class _NonCausal(Exception):
+    """A trained model failed the post-training causality check inside lm-eval's scoring loop."""
 
 
 def _harness_lm_eval(client: Any, payload: dict[str, Any], metrics: dict[str, Any], kept: list[str],
-                     verified: dict[str, Any]) -> str | None:
+                     verified: dict[str, Any], after: dict[str, Any] | None = None) -> tuple[str | None, bool]:
     """At a scale with lm-eval tasks: run them here, in the harness, on log-likelihoods computed
     from the logits the worker returns for each request batch of the trained language model
     (the worker never reports a score), and write ``metrics["lm_eval"]`` and
-    ``metrics["benchmark"]``. The first batch is also spot-checked for causality. Returns a
-    problem or None."""
+    ``metrics["benchmark"]``. The first request batch is also checked for causality as the
+    scored batches are (:func:`training.causal.check_trained`; recorded in ``after``, the
+    ``causality_after_training`` record). Returns (problem or None, whether the problem is a
+    causality violation)."""
+    import os
+    import random
+
     import torch
 
+    from training.causal import after_training_positions, check_trained
     from training.harness import WorkerFailed
     from training.lm_eval_bridge import LMEvalError
 
@@ -272,18 +363,20 @@ def _harness_lm_eval(client: Any, payload: dict[str, Any], metrics: dict[str, An
     metrics["benchmark_kind"] = scale.benchmark  # the scale decides, not the worker's report
     metrics["lm_eval_tasks"] = list(scale.lm_eval_tasks) if scale.benchmark == "lm_eval" else []
     if scale.benchmark != "lm_eval":
-        return None
+        return None, False
     if "lm" not in kept:
-        return "the worker kept no trained language model for the lm-eval tasks"
-    import os
-    import random
-
+        return "the worker kept no trained language model for the lm-eval tasks", False
+    secret = random.Random(int.from_bytes(os.urandom(8), "little"))
     rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    gen = torch.Generator().manual_seed(rng.randrange(2 ** 31))
     state = {"checked": False, "calls": 0}
+    dev: dict[str, Any] = {}
+    raw = _logits_fn(client, "lm", dev)
+    label = "lm (lm-eval requests)"
 
     def logits(x: Any) -> Any:
-        _, (y,) = client.call("logits", {"label": "lm"}, [x.cpu()], n_out=1)
-        if y.dim() != 3 or tuple(y.shape[:2]) != tuple(x.shape) or y.shape[-1] < 256:
+        y = raw(x.cpu())
+        if y.shape[-1] < 256:
             raise WorkerFailed("protocol", f"logits of shape {tuple(y.shape)} for tokens {tuple(x.shape)}")
         return y
 
@@ -292,15 +385,25 @@ def _harness_lm_eval(client: Any, payload: dict[str, Any], metrics: dict[str, An
         state["calls"] += 1
         if not state["checked"] and ids.shape[1] > 1:
             state["checked"] = True
-            t = rng.randrange(1, ids.shape[1])
-            x2 = ids.clone()
-            x2[:, t:] = torch.randint(0, 256, tuple(x2[:, t:].shape),
-                                      generator=torch.Generator().manual_seed(rng.randrange(2 ** 31)))
-            leak = float(torch.nan_to_num((y[:, :t] - logits(x2)[:, :t]).abs(), nan=float("inf")).max())
-            verified["max_logit_leak"] = max(float(verified.get("max_logit_leak") or 0.0), leak)
-            if leak > LOGIT_LEAK_TOL:
-                raise LMEvalError(f"the trained lm model is not causal on an lm-eval batch: changing tokens {t}.. "
-                                  f"moved earlier logits by {leak:.3g}")
+            res = check_trained(logits, ids.cpu(), 256, after_training_positions(int(ids.shape[1]), secret, rng),
+                                gen, base=y, tol=LOGIT_LEAK_TOL)
+            verified["max_logit_leak"] = max(float(verified.get("max_logit_leak") or 0.0), res["max_change"])
+            if after is not None:
+                after["models"].append(label)
+                after["checked"] = True
+                after.pop("reason", None)
+                for key, val in (("positions", res["positions"]), ("batch", res["batch"]), ("length", res["length"]),
+                                 ("source", "lm-eval request batch"), ("dtype", dev.get("dtype", "float32"))):
+                    after.setdefault(key, {})[label] = val
+                if res["worst"] is not None and res["max_change"] >= float(after.get("max_change") or 0.0):
+                    after["worst"] = {"model": label, **res["worst"]}
+                after["max_change"] = max(float(after.get("max_change") or 0.0), res["max_change"])
+            if res["failing"]:
+                bad = max(res["failing"], key=lambda f: f["change"])
+                raise _NonCausal(f"{NON_CAUSAL_AFTER_TRAINING}: the trained lm model (lm-eval request batch, "
+                                 f"L={res['length']}, batch {res['batch']}, eval mode, grad off, "
+                                 f"{dev.get('dtype', 'float32')}): replacing tokens {bad['t']}.. moved the logits at "
+                                 f"position {bad['position']}, change {bad['change']:.3g} > {LOGIT_LEAK_TOL:g}")
         return y
 
     from training.evaluate import add_lm_eval
@@ -309,21 +412,32 @@ def _harness_lm_eval(client: Any, payload: dict[str, Any], metrics: dict[str, An
         add_lm_eval(metrics, model, scale, int(payload.get("seed", 0)),
                     allow_hub=bool(payload.get("lm_eval_allow_hub", False)),
                     log=lambda line: print(line, flush=True))
+    except _NonCausal as exc:
+        if after is not None:
+            after["violation"] = str(exc)
+        return str(exc), True
     except WorkerFailed as exc:
-        return f"the harness could not score the lm-eval tasks: {exc.reason}"
+        return f"the harness could not score the lm-eval tasks: {exc.reason}", False
     except LMEvalError as exc:
-        return f"lm-eval: {exc}"
+        return f"lm-eval: {exc}", False
     metrics["lm_eval"]["computed_by"] = "harness"
     metrics["lm_eval"]["logit_calls"] = state["calls"]
     verified["lm_eval"] = {t: v["score"] for t, v in metrics["lm_eval"]["tasks"].items()}
-    return None
+    return None, False
+
+
+def _reject(metrics: dict[str, Any], reason: str) -> None:
+    """Mark an evaluation ``rejected`` (a design finding, not a bug: no fitness, never ranked)."""
+    metrics["status"], metrics["stop_reason"], metrics["error"] = "rejected", reason, None
 
 
 def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
     and reports the metrics over the socketpair; the harness bounds them, recomputes the probe
-    accuracies and the validation loss itself from the trained models' logits (and spot-checks
-    their causality; :func:`_verify_metrics`), adds the worker's CPU seconds and peak memory read
+    accuracies and the validation loss itself from the trained models' logits
+    (:func:`_verify_metrics`), checks every trained model's causality in the scored configuration
+    (:func:`_causality_after_training`, recorded in ``metrics["causality_after_training"]``; a
+    violation makes the status ``rejected``), adds the worker's CPU seconds and peak memory read
     from /proc, and alone writes the result to the parent. (Training itself runs in the worker;
     its loss curve is the worker's word: see the README's threat model.)"""
     from training.harness import WorkerClient, WorkerFailed
@@ -341,6 +455,8 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
         except WorkerFailed as exc:
             return {"ok": False, "reason": mem_reason if exc.kind == "memory" else exc.reason,
                     "worker_cpu_s": round(client.cpu_seconds(), 3)}
+        # the worker's own report covers the evaluation, not the harness's requests that follow
+        cpu_reported_part = client.cpu_seconds()
         result = _json_safe(vals.get("result"))
         if not isinstance(result, dict):
             return {"ok": False, "reason": "the worker returned no evaluation result",
@@ -352,30 +468,41 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
         verified: dict[str, Any] = {}
         if isinstance(metrics, dict):
             kept = [str(k) for k in (vals.get("kept") or []) if isinstance(k, str)]
+            scored: dict[str, Any] = {}
             try:
-                problem, verified = _verify_metrics(client, payload, metrics, kept)
+                problem, verified, scored = _verify_metrics(client, payload, metrics, kept)
             except WorkerFailed as exc:
                 problem = f"the harness could not verify the metrics: {exc.reason}"
             if problem:
                 ok, reason = False, problem
+            try:  # every evaluation, whatever the verification found: a leak outranks a mismatch
+                violation, after = _causality_after_training(client, payload, kept, scored)
+            except WorkerFailed as exc:
+                violation, after = None, {"checked": False, "reason": f"the harness could not run it: {exc.reason}"}
+                ok, reason = False, reason or f"the harness could not check causality after training: {exc.reason}"
+            metrics["causality_after_training"] = after
+            verified["max_logit_leak"] = float(after.get("max_change") or 0.0)
+            if violation:
+                ok, reason = False, violation
+                _reject(metrics, violation)
             # the task scores are the harness's alone: whatever the worker put there is dropped
             metrics["lm_eval"], metrics["benchmark"] = None, None
-            cpu_before_lm_eval = client.cpu_seconds()
             if ok:
-                problem = _harness_lm_eval(client, payload, metrics, kept, verified)
+                problem, non_causal = _harness_lm_eval(client, payload, metrics, kept, verified, after)
                 if problem:
                     ok, reason = False, problem
-                    metrics["status"], metrics["error"] = "error", problem
+                    if non_causal:
+                        _reject(metrics, problem)
+                    else:
+                        metrics["status"], metrics["error"] = "error", problem
             from training.evaluate import is_partial
 
             metrics["partial"] = is_partial(metrics)
         cpu = client.cpu_seconds()
         memory = client.memory_mib()
         said = metrics.get("cpu_seconds") if isinstance(metrics, dict) else None
-        # (the worker's CPU time for the harness's lm-eval requests comes after its report)
-        cpu_reported_part = cpu_before_lm_eval if isinstance(metrics, dict) else cpu
         # the efficiency guard's basis is the worker's CPU time, which the harness reads from
-        # /proc: a report far below it (start-up and verification aside) is a lie
+        # /proc: a report far below it (start-up aside) is a lie
         if isinstance(said, (int, float)) and cpu_reported_part > float(said) + CPU_SLACK_S + 0.1 * cpu_reported_part \
                 and ok:
             ok, reason = False, (f"the worker reported {float(said):.1f} CPU seconds; the harness measured "

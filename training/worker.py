@@ -283,22 +283,24 @@ class Worker:
         return {"result": result, "kept": sorted(self.trained)}, []
 
     def op_logits(self, args: dict, tensors: list) -> tuple[dict, list]:
-        """Logits of a trained model (``label``) for the harness's token batch, in eval mode, on
-        the model's device and under the same autocast as the scored evaluation
-        (:func:`training.trainer.autocast_context`); returned as fp32 on the CPU."""
+        """Logits of a trained model (``label``) for the harness's token batch, computed exactly as
+        the scored forwards compute them (``probes.accuracy``, ``trainer.evaluate_loss``): eval
+        mode, autograd off, on the model's device under the trainer's autocast (bf16 on CUDA,
+        none on CPU); returned as fp32 on the CPU."""
         from training.trainer import autocast_context
 
         m = self.trained.get(str(args.get("label")))
         if m is None:
             raise KeyError(f"no trained model {args.get('label')!r}")
         torch.nn.Module.train(m, False)
-        params = [p for p in m.parameters()]
+        params = _walk_parameters(m)
         device = params[0].device if params else torch.device("cpu")
         with torch.no_grad(), autocast_context(device):
             y = m(tensors[0].clone().to(device))
         if type(y) is not torch.Tensor:  # noqa: E721
             raise TypeError("the model must return a plain torch.Tensor")
-        return {}, [y.detach().float().cpu()]
+        dtype = "bfloat16 autocast" if device.type == "cuda" else str(y.dtype).removeprefix("torch.")
+        return {"dtype": dtype, "device": device.type}, [y.detach().float().cpu()]
 
     def op_status(self, args: dict, tensors: list) -> tuple[dict, list]:
         return {"violations": list(self.guard.violations[:10]), "changes": list(self.watch.changes()[:10])}, []
