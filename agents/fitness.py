@@ -9,8 +9,9 @@ probe mean) and L0, B0 the seed baseline's at the same scale:
 * s_judge = (w − 1)/9, w = 0.3·performance + 0.25·innovation + 0.45·complexity (each 1–10)
 
 A component that cannot be measured counts 0.5 and is marked unmeasured. A loss more than 10%
-below the baseline's is a suspected leak of future tokens: s_loss is then not credited (0.5,
-unmeasured) and ``leak_suspected`` is set.
+below the baseline's (or more than the loss rule's tolerance calibrated on the references, when
+the evaluation recorded one: :func:`leak_fraction`) is a suspected leak of future tokens: s_loss
+is then not credited (0.5, unmeasured) and ``leak_suspected`` is set.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["benchmark_of", "sigmoid", "s_loss", "s_score", "s_judge", "judge_weighted", "compute_fitness", "LEAK_FRACTION"]
+__all__ = ["leak_fraction", "benchmark_of", "sigmoid", "s_loss", "s_score", "s_judge", "judge_weighted", "compute_fitness", "LEAK_FRACTION"]
 
 #: A loss this fraction below the seed baseline's is treated as a leak, not a win.
 LEAK_FRACTION = 0.10
@@ -67,6 +68,15 @@ def benchmark_of(metrics: dict[str, Any] | None) -> float | None:
     return m.get("benchmark") if m.get("benchmark_kind") == "lm_eval" else m.get("probe_mean")
 
 
+def leak_fraction(metrics: dict[str, Any] | None) -> float:
+    """How far below the seed's a validation loss may be before it counts as a suspected leak:
+    the loss rule's tolerance calibrated on the lab's references, as the evaluation recorded it
+    (``metrics["leak_tolerance"]``, written by the sandbox harness from the loop's references;
+    see ``training.leak_monitor``), never below ``LEAK_FRACTION``; ``LEAK_FRACTION`` without one."""
+    tol = (metrics or {}).get("leak_tolerance")
+    return max(LEAK_FRACTION, float(tol)) if _finite(tol) and float(tol) < 1.0 else LEAK_FRACTION
+
+
 def compute_fitness(
     metrics: dict[str, Any] | None,
     baseline: dict[str, Any] | None,
@@ -85,8 +95,9 @@ def compute_fitness(
     leak = False
     sl = ss = sj = 0.5
     L, L0 = m.get("val_loss"), b.get("val_loss")
+    frac = leak_fraction(m)
     if _finite(L) and _finite(L0) and L0 > 0:
-        if L < (1.0 - LEAK_FRACTION) * L0:
+        if L < (1.0 - frac) * L0:
             leak = True
         else:
             sl = s_loss(L, L0)
@@ -102,5 +113,5 @@ def compute_fitness(
         measured["s_judge"] = True
     fitness = (sl + ss + sj) / 3.0
     comps = {"s_loss": round(sl, 6), "s_score": round(ss, 6), "s_judge": round(sj, 6),
-             "measured": measured, "leak_suspected": leak}
+             "measured": measured, "leak_suspected": leak, "leak_fraction": frac}
     return round(fitness, 6), comps

@@ -691,6 +691,19 @@ class Loop:
         ys = self.yardstick()
         return ys.metrics if ys is not None else None
 
+    def evaluation_baseline(self) -> dict[str, Any] | None:
+        """What an experiment's evaluation is measured against: the seed's metrics (the guards,
+        the loss rule's curve) with ``leak_reference``, the leak monitor's references condensed
+        from the complete baselines measured so far (``training.leak_monitor.leak_reference``:
+        softmax attention's per-probe means and spreads, the loss rule's calibrated tolerance)."""
+        from training.leak_monitor import leak_reference
+        from training.mixers import SEED_MIXER
+
+        seed = self.seed_baseline()
+        if seed is None:
+            return None
+        return {**seed, "leak_reference": leak_reference(self.baselines(), SEED_MIXER)}
+
     def rescore_if_needed(self) -> dict[str, Any] | None:
         """Re-score the archive when its fitness was computed against another yardstick (a
         re-measured seed, another scale, an upgrade); returns the re-score report or None."""
@@ -1033,7 +1046,7 @@ class Loop:
         self.poll()
 
         # -- 4–6. check, approval, evaluate (Engineer + Debugger)
-        baseline = self.seed_baseline()
+        baseline = self.evaluation_baseline()
         def approval(code: str, checks: list[dict[str, Any]]) -> Decision:
             self.poll()  # a mode switch may have just arrived
             if self.mode != "supervised":
@@ -1114,8 +1127,8 @@ class Loop:
             comps = self._score(record, verdict, ys, status)
             if comps.get("leak_suspected"):
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
-                    f"{exp_id}: validation loss more than 10% below the seed baseline's: suspected leak of "
-                    "future tokens, not counted as a win")))
+                    f"{exp_id}: validation loss more than {float(comps.get('leak_fraction') or 0.1):.0%} below the "
+                    "seed baseline's: suspected leak of future tokens, not counted as a win")))
             if ys is None and status == "accepted":
                 self.emit(Warning(exp_id=exp_id, source="score", message=(
                     f"{exp_id}: not scored: {comps.get('unscored')}")))

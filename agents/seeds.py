@@ -6,7 +6,8 @@ contract). :func:`combine` turns them into the design's metrics dict: the first 
 (loss curve, log details) with the headline numbers replaced by their means over seeds, plus
 
 * ``seeds``: ``[{seed, status, val_loss, val_bpb, train_loss, probe_mean, probes, tokens_per_s,
-  cpu_seconds, wall_seconds, mixer_params, stop_reason, error}, ...]`` in evaluation order;
+  cpu_seconds, wall_seconds, mixer_params, stop_reason, error, leak_tolerance}, ...]`` in
+  evaluation order;
 * ``spread``: ``{metric: {n, mean, std, interval: [lo, hi], confidence, method}}`` for
   ``val_loss, val_bpb, probe_mean, tokens_per_s`` and each probe (``probes.<name>``);
 * ``n_seeds``.
@@ -28,7 +29,7 @@ __all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "sp
 
 #: Per-seed values kept in ``metrics.seeds``.
 SEED_KEYS = ("seed", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
-             "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error")
+             "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error", "leak_tolerance")
 #: kept per seed at a scale with lm-eval tasks (the benchmark term and the per-task scores)
 LM_EVAL_KEYS = ("benchmark_kind", "benchmark", "lm_eval")
 _MEAN_KEYS = ("val_loss", "val_bpb", "train_loss", "probe_mean", "benchmark", "tokens_per_s", "cpu_seconds", "wall_seconds",

@@ -75,6 +75,17 @@ def test_leak_against_seed_baseline():
     assert honest["status"] == "ok", honest["stop_reason"]
     leak = evaluate_class(load_mixer_class(PEEK_SOURCE), scale, seed=0, baseline=base)
     assert leak["status"] == "stopped" and "leak" in leak["stop_reason"]
+    # the evidence is recorded; the tolerance is the default without references, the calibrated
+    # one when the baseline carries them (the loop's leak_reference), and both are on the record
+    rule = leak["leak_monitor"]["loss_rule"]
+    assert rule["fired"] and rule["tolerance"] == 0.10 and leak["leak_tolerance"] == 0.10
+    ev = rule["evidence"]
+    assert ev["below_by"] > 0.10 and ev["smoothed_loss"] < 0.9 * ev["baseline_loss"] and ev["step"] >= 3
+    assert not honest["leak_monitor"]["loss_rule"]["fired"] and honest["leak_monitor"]["loss_rule"]["against"] == "seed"
+    wide = {**base, "leak_reference": {"loss": {"tolerance": 0.99}}}
+    calibrated = evaluate_class(load_mixer_class(PEEK_SOURCE), scale, seed=0, baseline=wide)
+    assert calibrated["leak_tolerance"] == 0.99 and not calibrated["leak_monitor"]["loss_rule"]["fired"]
+    assert calibrated["leak_monitor"]["loss_rule"]["calibration"] == {"tolerance": 0.99}
 
 
 def test_reference_mixer_runs_and_aggregation():

@@ -305,8 +305,11 @@ def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(t
     why = ("non-causal (found after training): the trained mqar model (held-out probe examples, L=32, batch 16, "
            "eval mode, grad off, float32): replacing tokens 5.. moved the logits at position 4, change 0.73 > 0.0001")
 
+    baselines: list = []
+
     class Rejecting(FakeExecutor):
         def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
+            baselines.append(baseline)
             res = super().evaluate(path, run_dir, seed, baseline, on_line)
             if Path(path).read_text() == DELTANET:  # the seed's measurement
                 return res
@@ -324,6 +327,10 @@ def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(t
     stored = json.loads(lab.store.read_file(rec.id, "metrics.json"))
     assert stored["causality_after_training"]["violation"] == why and stored["status"] == "rejected"
     assert rec.id not in [d["id"] for d in lab.candidates.top()]
+    # the design was evaluated against the seed's metrics with the leak monitor's references (only
+    # the seed is measured here: no softmax baseline for the probe rule, the default loss rule)
+    ref = baselines[-1]["leak_reference"]
+    assert baselines[-1]["status"] == "ok" and ref["probe"] is None and ref["loss"]["tolerance"] == 0.10
 
 
 def test_mode_switch_and_stop_after_experiment(tmp_path):

@@ -192,6 +192,61 @@ def test_a_design_non_causal_only_after_training_is_rejected(tmp_path):
         assert after["length"][label] == specs[label].seq_len
 
 
+def _leak_baseline(mean: float = 0.0) -> dict:
+    """A seed baseline carrying the leak monitor's references: softmax attention at ``mean`` on every
+    probe of the scale (synthetic: every measured accuracy above it is flagged)."""
+    from training.leak_monitor import leak_reference
+    from training.scales import get_scale
+
+    soft = {"probes": {p.label: mean for p in get_scale("probe").probes}}
+    return {"leak_reference": leak_reference({"softmax_attention": soft})}
+
+
+def test_the_leak_monitor_rechecks_a_flagged_design_before_it_is_scored(tmp_path):
+    """A probe accuracy above softmax attention's (synthetic baseline) flags the design; the
+    harness re-runs the checker's causality check on the flagged trained mixers (as trained and
+    re-drawn, train and eval mode, grad on and off); an honest design passes and stays ``ok``, with
+    the evidence in its metrics."""
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "valid_cummean.py"), "scale": "probe",
+                                     "scale_factor": 0.02, "seed": 0, "baseline": _leak_baseline()},
+                        tmp_path / "run", limits=Limits(wall_s=300))
+    assert res.ok, res.reason
+    m = res.result["metrics"]
+    lm = m["leak_monitor"]
+    rule = lm["probe_rule"]
+    assert lm["fired"] and rule["checked"] and rule["fired"] and rule["reference"] == "softmax_attention"
+    flagged = [f["probe"] for f in rule["flags"]]
+    assert flagged and all(m["probes"][p] > 0.0 for p in flagged)
+    rechecked = rule["recheck"]
+    assert rechecked and all(all(layer["passed"] for layer in r["layers"]) for r in rechecked)
+    assert all("params as-trained/re-drawn" in layer["reason"] for r in rechecked for layer in r["layers"])
+    assert m["status"] == "ok" and not m["partial"]
+    # no reference measured yet: the rule says so instead of guessing
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "valid_cummean.py"), "scale": "probe",
+                                     "scale_factor": 0.02, "seed": 0}, tmp_path / "run2", limits=Limits(wall_s=300))
+    rule = res.result["metrics"]["leak_monitor"]["probe_rule"]
+    assert res.ok and not rule["checked"] and "no softmax_attention baseline" in rule["reason"]
+
+
+def test_the_leak_monitor_recheck_finds_a_train_mode_leak_of_the_trained_mixer(tmp_path):
+    """leak_after_training_train_mode reads the future only once trained and only in train mode
+    with grad on: the post-training check of the scored forward (eval, grad off) passes; the leak
+    monitor's re-check of the trained mixers finds it and rejects the evaluation."""
+    import re
+
+    res = run_sandboxed("evaluate", {"path": str(HOSTILE / "leak_after_training_train_mode.py"), "scale": "probe",
+                                     "scale_factor": 0.02, "seed": 0, "baseline": _leak_baseline()},
+                        tmp_path / "run", limits=Limits(wall_s=300))
+    assert not res.ok
+    reason = res.reason or ""
+    m = res.result["metrics"]
+    assert m["causality_after_training"]["checked"] and m["causality_after_training"]["violation"] is None
+    assert reason.startswith("non-causal (found after training): the leak monitor flagged "), reason
+    assert "the checker's causality check on the trained" in reason, reason
+    assert re.search(r"train mode, grad on, params (as-trained|re-drawn)", reason) and "position" in reason, reason
+    assert m["status"] == "rejected" and m["leak_monitor"]["violation"] == reason
+
+
 def test_static_check_is_enforced_inside_the_child_too(tmp_path):
     res = run_sandboxed("evaluate", {"path": str(HOSTILE / "escape_socket.py"), "scale": "probe",
                                      "scale_factor": 0.02}, tmp_path / "run", limits=Limits(wall_s=90))

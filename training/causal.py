@@ -166,7 +166,8 @@ def prefix_change(a: Any, b: Any, t: int) -> tuple[float, int]:
 
 
 def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, order: Any,
-                    rebuild: Callable[[], Any], fwd: Callable, fwd_bwd: Callable) -> dict:
+                    rebuild: Callable[[], Any], fwd: Callable, fwd_bwd: Callable,
+                    params: str = "as-initialised") -> dict:
     """Check 5 in the configurations that produce the metrics (see :func:`scored_configs`).
 
     For every scored setting (length, batch; real probe tokens or random tokens with repeats,
@@ -177,8 +178,9 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
     (suffix and single-token changes), the gradient form, and batch independence. The configs of
     one parameter state go to the worker in one ``forward_many`` round trip, shuffled. ``gen`` (a
     torch Generator) and ``order`` (a ``random.Random``) are seeded from a secret the worker never
-    sees; ``rebuild()`` restores the parameters as initialised. Returns the verdict as a dict of
-    ``CheckResult`` fields."""
+    sees; ``rebuild()`` restores the parameters as initialised (``params`` names that state:
+    ``as-trained`` when the leak monitor re-checks a trained mixer). Returns the verdict as a dict
+    of ``CheckResult`` fields."""
     import torch
 
     from training.harness import WorkerFailed
@@ -189,7 +191,7 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
     leaks: list[tuple[float, str]] = []
     n_forwards = 0
     non_finite: list[str] = []
-    for state in ("as-initialised", "re-drawn"):
+    for state in (params, "re-drawn"):
         if state == "re-drawn":
             client.call("redraw", {"seed": int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)),
                                    "scale": REDRAW_SCALE}, n_out=0)
@@ -215,7 +217,7 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
                         items.append({"mode": mode, "grad": grad, "seed": seed})
                         xs.append(embed(tk))
                         meta.append((None if k == 0 else base, t, where))
-        if state == "as-initialised":  # Gaussian inputs too (deeper layers do not see token rows)
+        if state == params:  # Gaussian inputs too (deeper layers do not see token rows)
             for L in (int(options.get("causal_len", scale.get("seq_len", 128) or 128)), 77):
                 for mode in ("train", "eval"):
                     seed = int(torch.randint(1, 2 ** 31 - 1, (1,), generator=gen))
@@ -237,7 +239,7 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
                             xs.append(x2)
                             what = f"tokens {t}.." if kind == "suffix" else f"token {t}"
                             meta.append((base, t, f"Gaussian inputs, {what}, L={L}, batch 2, {mode} mode, "
-                                                  f"grad off, params as-initialised"))
+                                                  f"grad off, params {params}"))
         perm = list(range(len(xs)))
         order.shuffle(perm)  # the worker cannot tell a reference run from a perturbed one
         by_shape: dict[tuple, list[int]] = {}
@@ -276,10 +278,10 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
             leak = max_abs(gx[:, t:])
             if leak > CAUSALITY_TOL:
                 leaks.append((leak, f"outputs before {t} have gradient {leak:.3g} w.r.t. later inputs "
-                                    f"(Gaussian inputs, L={L}, batch 2, train mode, grad on, params as-initialised)"))
+                                    f"(Gaussian inputs, L={L}, batch 2, train mode, grad on, params {params})"))
     worst = max((v for v, _ in leaks), default=0.0)
     # batch independence (train and eval mode)
-    cross = 0.0
+    cross, cross_mode = 0.0, "train"
     for training in (True, False):
         mode = "train" if training else "eval"
         x = torch.randn(3, 64, d, generator=gen)
@@ -289,7 +291,9 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
         order.shuffle(pair)
         ys2 = {id(v): fwd(v, mode, seed) for v in pair}
         y0, y2 = ys2[id(x)], ys2[id(x2)]
-        cross = max(cross, max_abs(y2[0] - y0[0]), max_abs(y2[2] - y0[2]))
+        c = max(max_abs(y2[0] - y0[0]), max_abs(y2[2] - y0[2]))
+        if c > cross:
+            cross, cross_mode = c, mode
     leaks.sort(key=lambda e: -e[0])
     settings = [f"L={c['L']} batch {c['B']} ({c['label']})" for c in configs]
     details = {"max_leak": worst, "batch_leak": cross, "forwards": n_forwards + 5, "settings": settings,
@@ -299,13 +303,45 @@ def causality_check(client: Any, scale: dict, options: dict, d: int, gen: Any, o
         return _verdict(False, worst, f"not causal: {leaks[0][1]}{more}", details)
     if cross > CAUSALITY_TOL:
         return _verdict(False, cross,
-                        f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g}",
+                        f"samples are not independent: changing sample 1 changed samples 0 and 2 by {cross:.3g} "
+                        f"(Gaussian inputs, L=64, batch 3, {cross_mode} mode, grad off, params {params})",
                         details)
     Ls = sorted({c["L"] for c in configs})
     return _verdict(True, max(worst, cross),
                     f"no output before t moved (max {worst:.2g} <= {CAUSALITY_TOL:g}) in {len(configs)} settings "
-                    f"(L={'/'.join(map(str, Ls))}) x params as-initialised/re-drawn x train/eval x grad on/off "
+                    f"(L={'/'.join(map(str, Ls))}) x params {params}/re-drawn x train/eval x grad on/off "
                     f"on token inputs, and on Gaussian inputs; samples independent", details)
+
+
+def forward_fns(client: Any, where: dict | None = None) -> tuple[Callable, Callable]:
+    """``(fwd, fwd_bwd)``: the worker's ``forward`` op on the selected model. ``fwd(x, mode,
+    seed)`` runs a forward with autograd off and checks the output's shape and dtype;
+    ``fwd_bwd(x, g, seed, param_grads=False)`` a forward+backward in train mode, returning
+    ``(values, [y, x.grad, (param grads)])``. ``where["config"]`` is set to the configuration of
+    the call in flight (length, batch, mode, grad), so that a failure can name it."""
+    from training.harness import WorkerFailed
+
+    def note(x: Any, mode: str, grad: bool) -> None:
+        if where is not None:
+            where["config"] = (f"L={int(x.shape[1])}, batch {int(x.shape[0])}, {mode} mode, "
+                               f"grad {'on' if grad else 'off'}")
+
+    def fwd(x: Any, mode: str = "train", seed: int | None = None) -> Any:
+        note(x, mode, False)
+        _, (y,) = client.call("forward", {"mode": mode, "seed": seed}, [x], n_out=1)
+        if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
+            raise WorkerFailed("error", f"forward returned {y.dtype} {tuple(y.shape)} for input "
+                               f"{x.dtype} {tuple(x.shape)}")
+        return y
+
+    def fwd_bwd(x: Any, g: Any, seed: int | None, param_grads: bool = False) -> tuple:
+        note(x, "train", True)
+        n = 3 if param_grads else 2
+        vals, out = client.call("forward", {"mode": "train", "seed": seed, "backward": True,
+                                            "param_grads": param_grads}, [x, g], n_out=n)
+        return vals, out
+
+    return fwd, fwd_bwd
 
 
 def _verdict(passed: bool, value: float, reason: str, details: dict) -> dict:

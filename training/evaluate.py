@@ -19,6 +19,7 @@ from training import guards as G
 from training import probes as P
 from training.guards import GUARD_STATUSES, Guards
 from training.data import CorpusError, batches, load_corpus, validation_batches
+from training.leak_monitor import tolerance_of
 from training.lm_eval_bridge import LMEvalError
 from training.scales import Scale, get_scale
 from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
@@ -274,8 +275,13 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
             if baseline and baseline.get("scale") == scale.name and baseline.get("loss_curve") \
                     and baseline.get("status", "ok") == "ok":
                 base_curve = baseline["loss_curve"]
+            tolerance = tolerance_of(baseline)  # the loss rule, calibrated on the references
+            m["leak_tolerance"] = tolerance
+            m["leak_monitor"] = {"loss_rule": {
+                "tolerance": tolerance, "against": "seed" if base_curve else None, "fired": False,
+                "calibration": ((baseline or {}).get("leak_reference") or {}).get("loss") if baseline else None}}
             cfg = TrainConfig(steps=scale.lm_steps, lr=scale.lr, warmup_steps=scale.warmup_steps,
-                              log_every=scale.log_every, seed=seed)
+                              log_every=scale.log_every, seed=seed, leak_tolerance=tolerance)
             gen = torch.Generator().manual_seed(seed)
             w = weights[-1]
             res = train(model, batches(corpus.train, scale.batch_size, scale.seq_len, gen), cfg, on_log=log,
@@ -290,6 +296,10 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
             m["loss_curve"] = _downsample(res.loss_curve)
             if res.status in GUARD_STATUSES:
                 raise _GuardStop(res.status, str(res.stop_reason))
+            if res.leak_evidence is not None:
+                m["leak_monitor"]["loss_rule"].update(fired=True, evidence=res.leak_evidence)
+                if keep_model is not None:  # the harness checks the stopped model's causality
+                    keep_model("lm", model)
             if res.status != "ok":
                 m["status"], m["stop_reason"] = "stopped", f"language model: {res.stop_reason}"
             else:

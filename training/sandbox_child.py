@@ -337,6 +337,114 @@ def _causality_after_training(client: Any, payload: dict[str, Any], kept: list[s
     return violation, rec
 
 
+#: trained mixers the leak monitor's re-check runs the checker's causality check on, at most
+RECHECK_MAX_MIXERS = 4
+
+
+def _recheck_trained(client: Any, payload: dict[str, Any], label: str, why: str) -> tuple[str | None, dict]:
+    """The checker's causality check (``training.causal.causality_check``: every scored
+    configuration, train and eval mode, grad on and off, the parameters as trained and re-drawn)
+    on each layer's mixer of the trained model ``label``; the trained state is restored after.
+    Returns (the violation or None, ``{model, layers: [{layer, passed, value, reason}]}``)."""
+    import os
+    import random
+
+    import torch
+
+    from training.causal import causality_check, forward_fns, scale_config
+
+    scale = payload_scale(payload)
+    d = scale.d_model if label == "lm" else scale.probe_d_model
+    cfg = scale_config(scale)
+    secret = int.from_bytes(os.urandom(8), "little")
+    gen = torch.Generator().manual_seed(secret)
+    order = random.Random(secret)
+    vals, _ = client.call("select_trained", {"label": label, "layer": 0}, n_out=0)
+    n_layers = int(vals.get("n_layers") or 1) if isinstance(vals.get("n_layers"), int) else 1
+    out: dict[str, Any] = {"model": label, "layers": []}
+    for layer in range(min(n_layers, 16)):
+        def select(layer: int = layer) -> Any:
+            return client.call("select_trained", {"label": label, "layer": layer}, n_out=0)
+
+        select()
+        fwd, fwd_bwd = forward_fns(client)
+        v = causality_check(client, cfg, {}, d, gen, order, rebuild=select, fwd=fwd, fwd_bwd=fwd_bwd,
+                            params="as-trained")
+        out["layers"].append({"layer": layer, "passed": v["passed"], "value": v["value"], "reason": v["reason"]})
+        if not v["passed"]:
+            return (f"{NON_CAUSAL_AFTER_TRAINING}: {why}; the checker's causality check on the trained {label} "
+                    f"model's layer {layer} mixer: {v['reason']}"), out
+    return None, out
+
+
+def _leak_monitor(client: Any, payload: dict[str, Any], metrics: dict[str, Any], kept: list[str],
+                  verified: dict[str, Any]) -> str | None:
+    """The leak monitor (:mod:`training.leak_monitor`) in the harness, on what the harness itself
+    measured, with the references the loop sent (``payload["baseline"]["leak_reference"]``):
+
+    - probe rule: a probe accuracy above softmax attention's on the same probe by more than its
+      seed spread flags the design; before the result goes back to be scored, the checker's
+      causality check re-runs on the mixers of the flagged trained models (the most-exceeding
+      first, ``RECHECK_MAX_MIXERS`` mixers at most);
+    - loss rule (an LM scale): the tolerance the worker's trainer applied is the one the payload
+      implies (the harness writes it), and a run the rule stopped gets the same re-check on its
+      language model's mixers.
+
+    Writes ``metrics["leak_monitor"]`` ({fired, probe_rule: {checked, reference, fired, flags,
+    recheck}, loss_rule: {tolerance, fired, evidence, calibration, recheck}}) and returns a
+    violation (``"non-causal (found after training): ..."``) or None."""
+    from training.leak_monitor import probe_flags, tolerance_of
+
+    baseline = payload.get("baseline") if isinstance(payload.get("baseline"), dict) else {}
+    reference = baseline.get("leak_reference") if isinstance(baseline.get("leak_reference"), dict) else {}
+    worker_rec = metrics.get("leak_monitor") if isinstance(metrics.get("leak_monitor"), dict) else {}
+    rec: dict[str, Any] = {"fired": False}
+    scale = payload_scale(payload)
+    if scale.has_lm:
+        loss = dict(worker_rec.get("loss_rule") or {}) if isinstance(worker_rec.get("loss_rule"), dict) else {}
+        loss["tolerance"] = tolerance_of(baseline)  # the payload's word, not the worker's
+        metrics["leak_tolerance"] = loss["tolerance"]  # the fitness's leak rule uses the same
+        loss["calibration"] = reference.get("loss")
+        loss["fired"] = bool(loss.get("fired"))
+        rec["loss_rule"] = loss
+    probe_ref = reference.get("probe") if isinstance(reference.get("probe"), dict) else None
+    if not scale.probes:
+        rec["probe_rule"] = {"checked": False, "reason": "the scale has no probes"}
+    elif probe_ref is None:
+        rec["probe_rule"] = {"checked": False, "reason": "no softmax_attention baseline measured at this scale yet"}
+    else:
+        flags = probe_flags(dict(verified.get("probes") or {}), probe_ref)
+        rec["probe_rule"] = {"checked": True, "reference": probe_ref.get("name"), "fired": bool(flags),
+                             "flags": flags, "recheck": None}
+    todo: list[tuple[str, str, dict]] = []
+    for f in (rec["probe_rule"].get("flags") or []):
+        if f["probe"] in kept:
+            todo.append((f["probe"], f"the leak monitor flagged {f['probe']} (accuracy {f['accuracy']:.3f} > "
+                                     f"{f['reference']}'s {f['reference_mean']:.3f} + spread {f['margin']:.3f})",
+                         rec["probe_rule"]))
+    loss = rec.get("loss_rule") or {}
+    if loss.get("fired") and "lm" in kept:
+        ev = loss.get("evidence") or {}
+        todo.append(("lm", f"the leak monitor's loss rule fired (smoothed loss {ev.get('smoothed_loss')} more than "
+                           f"{loss['tolerance']:.0%} below the seed's {ev.get('baseline_loss')} at step {ev.get('step')})",
+                     loss))
+    rec["fired"] = bool(todo) or bool((rec.get("probe_rule") or {}).get("fired")) or bool(loss.get("fired"))
+    metrics["leak_monitor"] = rec
+    n_layers = max(1, scale.probe_n_layers)
+    budget = RECHECK_MAX_MIXERS
+    for label, why, where in todo:
+        if budget <= 0:
+            where.setdefault("recheck_skipped", []).append(label)
+            continue
+        budget -= n_layers if label != "lm" else max(1, scale.n_layers)
+        violation, out = _recheck_trained(client, payload, label, why)
+        where["recheck"] = (where.get("recheck") or []) + [out]
+        if violation:
+            rec["violation"] = violation
+            return violation
+    return None
+
+
 class _NonCausal(Exception):
     """A trained model failed the post-training causality check inside lm-eval's scoring loop."""
 
@@ -468,6 +576,7 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
         verified: dict[str, Any] = {}
         if isinstance(metrics, dict):
             kept = [str(k) for k in (vals.get("kept") or []) if isinstance(k, str)]
+            metrics.pop("leak_tolerance", None)  # the harness writes it (_leak_monitor)
             scored: dict[str, Any] = {}
             try:
                 problem, verified, scored = _verify_metrics(client, payload, metrics, kept)
@@ -485,6 +594,15 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
             if violation:
                 ok, reason = False, violation
                 _reject(metrics, violation)
+            elif isinstance(metrics, dict) and not problem:
+                try:  # results too good to believe are re-checked before they are scored
+                    flagged = _leak_monitor(client, payload, metrics, kept, verified)
+                except WorkerFailed as exc:
+                    flagged = None
+                    ok, reason = False, f"the harness could not re-check causality for the leak monitor: {exc.reason}"
+                if flagged:
+                    ok, reason = False, flagged
+                    _reject(metrics, flagged)
             # the task scores are the harness's alone: whatever the worker put there is dropped
             metrics["lm_eval"], metrics["benchmark"] = None, None
             if ok:

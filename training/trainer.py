@@ -125,6 +125,8 @@ class RunMonitor:
         self.min_ema = math.inf
         self.baseline = self._smooth(baseline_curve) if baseline_curve else None
         self.start_step = int(cfg.steps * cfg.monitor_after_fraction)
+        #: what the leak rule saw when it fired (None until then)
+        self.evidence: dict | None = None
 
     def _smooth(self, curve: Sequence[Sequence[float]]) -> list[list[float]]:
         out, ema = [], None
@@ -154,6 +156,9 @@ class RunMonitor:
         if self.baseline is not None:
             ref = baseline_loss_at(self.baseline, step)
             if ref is not None and self.ema < (1 - cfg.leak_tolerance) * ref:
+                self.evidence = {"step": step, "smoothed_loss": round(self.ema, 5), "baseline_loss": round(ref, 5),
+                                 "below_by": round(1 - self.ema / ref, 5) if ref else None,
+                                 "tolerance": cfg.leak_tolerance}
                 return (
                     f"suspected leak of future tokens at step {step}: smoothed loss {self.ema:.3f} is more "
                     f"than {cfg.leak_tolerance:.0%} below the seed baseline's {ref:.3f}"
@@ -173,6 +178,7 @@ class TrainResult:
     tokens_per_s: float = 0.0
     seconds: float = 0.0
     tokens: int = 0
+    leak_evidence: dict | None = None  # the RunMonitor's evidence when its leak rule stopped the run
 
 
 def autocast_context(device: torch.device):
@@ -288,6 +294,7 @@ def train(
         tokens_per_s=tokens / max(seconds, 1e-9),
         seconds=seconds,
         tokens=tokens,
+        leak_evidence=monitor.evidence,
     )
 
 

@@ -26,6 +26,11 @@ the socketpair (:mod:`training.wire` frames, nothing pickled):
   parameter that is inert at initialisation (a zero gate) is not inert in the check;
 - ``trace`` {lengths} + [x, g per length] -> values {traces}: per length, the set of aten ops a
   forward+backward runs and its matmul/attention FLOPs (a ``TorchDispatchMode`` records them);
+- ``evaluate`` {payload, static} -> values {result, kept}: the whole evaluation, keeping each
+  trained model (probe labels, ``lm``) for the harness;
+- ``logits`` {label} + [tokens] -> [logits]: a trained model run as the scored forwards run it;
+- ``select_trained`` {label, layer} -> values {n_layers}: the check ops act on that trained
+  mixer (its trained state restored on every selection after the first);
 - ``status`` -> values {violations, changes}: what the diagnostic guard and the watch saw;
 - ``quit``.
 
@@ -123,6 +128,7 @@ class Worker:
         self.cls: type | None = None
         self.model: Any = None
         self.trained: dict[str, Any] = {}  # label -> model trained by the evaluate op
+        self._trained_state: dict[tuple, dict] = {}  # (label, layer) -> a trained mixer's saved state
 
     # ------------------------------------------------------------------ ops
     def op_build(self, args: dict, tensors: list) -> tuple[dict, list]:
@@ -302,6 +308,27 @@ class Worker:
         dtype = "bfloat16 autocast" if device.type == "cuda" else str(y.dtype).removeprefix("torch.")
         return {"dtype": dtype, "device": device.type}, [y.detach().float().cpu()]
 
+    def op_select_trained(self, args: dict, tensors: list) -> tuple[dict, list]:
+        """Make the mixer of layer ``layer`` of the trained model ``label`` the model the check ops
+        (``forward``, ``forward_many``, ``redraw``) act on, as trained: its parameters and buffers
+        are saved on the first selection and restored on every later one (after a ``redraw``)."""
+        m = self.trained.get(str(args.get("label")))
+        if m is None:
+            raise KeyError(f"no trained model {args.get('label')!r}")
+        layers = getattr(m, "layers", None)
+        i = int(args.get("layer", 0))
+        if layers is None or not 0 <= i < len(layers):
+            raise IndexError(f"the trained {args.get('label')!r} model has no layer {i}")
+        mixer = layers[i].mixer
+        key = (str(args.get("label")), i)
+        saved = self._trained_state.get(key)
+        if saved is None:
+            self._trained_state[key] = {k: v.detach().clone() for k, v in mixer.state_dict().items()}
+        else:
+            mixer.load_state_dict(saved)
+        self.model = mixer
+        return {"n_layers": len(layers)}, []
+
     def op_status(self, args: dict, tensors: list) -> tuple[dict, list]:
         return {"violations": list(self.guard.violations[:10]), "changes": list(self.watch.changes()[:10])}, []
 
@@ -314,7 +341,7 @@ class Worker:
         ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
                "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
                "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
-               "logits": self.op_logits}
+               "logits": self.op_logits, "select_trained": self.op_select_trained}
         while True:
             try:
                 header, tensors = wire.recv(self.sock)
