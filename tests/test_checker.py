@@ -142,6 +142,10 @@ def test_valid_candidate_passes_every_check(tmp_path):
     assert checks["causality"].value <= 1e-5
     assert checks["subquadratic"].details["time_exponent"] <= 1.35
     assert checks["subquadratic"].details["memory_exponent"] <= 1.35
+    # the op trace runs from the smallest scored length to 2048, and agrees with the timings
+    sq = checks["subquadratic"].details
+    assert sq["trace_lengths"][0] == 32 and sq["trace_lengths"][-1] >= 2048
+    assert sq["time_vs_counts"]["compared"] and not sq["time_vs_counts"]["mismatch"]
     assert "asiarch_candidate" not in sys.modules  # the parent never imported the candidate
 
 
@@ -183,6 +187,48 @@ def test_scored_configuration_leaks_fail_causality(name, needle, every, tmp_path
     assert "position" in c.reason and "L=" in c.reason and "mode" in c.reason, c.reason
     failing = c.details["failing"]
     assert failing and all(re.search(every, f) for f in failing), failing
+
+
+def test_a_failure_names_its_configuration(tmp_path):
+    """A design that raises only at an odd length (the checker's unscored L=77) fails causality
+    with the length, batch, mode and grad setting of the forward that raised."""
+    import re
+
+    report = _check("raises_at_odd_length", tmp_path, options=STOP)
+    c = _by_name(report)["causality"]
+    assert _by_name(report)["forward_backward"].passed and not c.passed
+    assert c.reason.startswith("raised RuntimeError") and "is invalid for input" in c.reason, c.reason
+    assert re.search(r"\(at L=(77|259), batch \d+, (train|eval) mode, grad (on|off)\)", c.reason), c.reason
+
+
+def test_time_is_cross_checked_against_the_counted_cost():
+    """The worker's op trace (FLOPs, memory traffic) against the harness's timings over the same
+    lengths: a trace reporting linear counts while the timed cost grows quadratically fails; the
+    timer's usual noise (a fixed per-call cost, a bent long end) does not."""
+    from training.checker import TIME_COUNT_GAP, time_vs_counts
+
+    Ls = [512, 1024, 2048]
+    t_lengths = [32, 64, 128, 256, 512, 1024, 2048]
+    linear = [{"path": ["mm"], "flops": 1000 * L, "bytes": 400 * L + 70_000} for L in t_lengths]
+    quad = [1e-8 * L * L for L in Ls]
+    bad = time_vs_counts(Ls, quad, t_lengths, linear)
+    assert bad["compared"] and bad["mismatch"] and bad["gap"] > TIME_COUNT_GAP, bad
+    assert "does not match the harness's timings over L=512/1024/2048" in bad["reason"]
+    assert bad["time_exponent"] > 1.9 and bad["flops_exponent"] < 1.05
+    noisy = [0.020 + 1e-5 * L for L in Ls]  # per-call overhead: flatter than the counts
+    assert not time_vs_counts(Ls, noisy, t_lengths, linear)["mismatch"]
+    bent = [1e-5 * 512, 1e-5 * 1024 * 1.1, 1e-5 * 2048 * 1.5]  # a noisy long end, exponent ~1.4
+    ok = time_vs_counts(Ls, bent, t_lengths, linear)
+    assert ok["compared"] and not ok["mismatch"] and ok["gap"] < TIME_COUNT_GAP
+    # quadratic counts and quadratic time agree (the exponent check judges them)
+    qtrace = [{"path": ["mm", "bmm"], "flops": L * L, "bytes": 4 * L * L} for L in t_lengths]
+    assert not time_vs_counts(Ls, quad, t_lengths, qtrace)["mismatch"]
+    # a trace without memory traffic is no trace; a path change is the path check's
+    none = [{"path": ["mm"], "flops": 0, "bytes": 0} for _ in t_lengths]
+    assert time_vs_counts(Ls, noisy, t_lengths, none)["mismatch"]
+    split = linear[:6] + [{"path": ["bmm"], "flops": 1, "bytes": 1}]
+    assert not time_vs_counts(Ls, quad, t_lengths, split)["compared"]
+    assert not time_vs_counts(Ls, quad, t_lengths[:5], linear[:5])["compared"]
 
 
 def test_quadratic_below_the_long_lengths_fails_on_its_code_path(tmp_path):

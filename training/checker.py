@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from training.causal import CAUSALITY_TOL, causality_check, max_abs, scale_config, scored_configs  # noqa: F401
+from training.causal import CAUSALITY_TOL, causality_check, forward_fns, max_abs, scale_config, scored_configs  # noqa: F401
 from training.causal import walk_parameters as _walk_parameters  # noqa: F401
 from training.static_check import static_check
 
@@ -73,8 +73,15 @@ _scale_config = scale_config
 CHECK_NAMES = ("contract", "imports", "build", "forward_backward", "causality", "subquadratic", "determinism")
 EXPONENT_MAX = 1.35
 DEFAULT_LENGTHS = (512, 1024, 2048)
-#: the op trace runs from the smallest scored length up to this one (the timing goes on to 2048)
-TRACE_LONGEST = 1024
+#: the op trace runs from the smallest scored length up to this one (it covers the timed lengths)
+TRACE_LONGEST = 2048
+#: how far the harness's time exponent may exceed the exponent of the worker's counted cost (FLOPs
+#: or memory traffic, the larger) over the same lengths before the trace is called false; timing
+#: is noisy (a fixed per-call cost flattens it, a busy machine bends it), the counts are exact,
+#: so only a gross mismatch fails
+TIME_COUNT_GAP = 0.5
+#: the configuration of the cost measurements, named by their failures
+COST_CONFIG = "Gaussian inputs, batch 1, train mode, forward+backward, params as-initialised"
 
 
 @dataclass
@@ -250,6 +257,8 @@ class _Stage:
         self.mem_reason = mem_reason
         self.results: list[CheckResult] = []
         self.stopped: str | None = None
+        #: ``{"config": ...}``: the configuration of the worker call in flight, named by a failure
+        self.where: dict[str, str] = {}
 
     def run(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult | None:
         from training.harness import WorkerFailed
@@ -263,12 +272,16 @@ class _Stage:
         print(f"[check] {name} ...", flush=True)
         t0 = time.perf_counter()
         cpu0 = self.client.cpu_seconds()
+        self.where.clear()
         try:
             res = fn()
         except WorkerFailed as exc:
             reason = self.mem_reason if exc.kind == "memory" else exc.reason
             if exc.kind == "error" and not reason.startswith("raised "):
                 reason = f"raised {reason}"
+            config = self.where.get("config")
+            if config and config not in reason:
+                reason = f"{reason} (at {config})"
             res = CheckResult(name, False, None, reason)
             if exc.kind in ("died", "protocol"):
                 self.stopped = f"the worker is gone ({exc.reason})"
@@ -306,6 +319,47 @@ def trace_lengths(scale: dict, longest: int = 2048) -> list[int]:
         L *= 2
     out.add(max(L, longest))
     return sorted(out)
+
+
+def time_vs_counts(lengths: list[int], medians: list[float], t_lengths: list[int], traces: list[dict]) -> dict:
+    """Cross-check of the worker's op trace against the harness's own timings over the lengths
+    both measured (the timed lengths, all within the trace): the time exponent
+    (:func:`_time_exponent` of the medians) against the exponents of the counted FLOPs and memory
+    traffic at the same lengths. Returns ``{compared, lengths, time_exponent, flops_exponent,
+    traffic_exponent, gap, max_gap, mismatch, reason}``: ``mismatch`` when the time grows faster
+    than the larger count exponent by more than ``TIME_COUNT_GAP`` (a trace that reports a linear
+    cost while the timed cost grows super-linearly), or when the trace counted no memory traffic
+    at all (every op writes its output)."""
+    out: dict[str, Any] = {"compared": False, "lengths": list(lengths), "max_gap": TIME_COUNT_GAP, "mismatch": False}
+    at = {L: i for i, L in enumerate(t_lengths)}
+    if len(lengths) < 2 or any(L not in at for L in lengths):
+        out["reason"] = "the trace does not cover the timed lengths"
+        return out
+    picked = [traces[at[L]] for L in lengths]
+    if len({tuple(t.get("path") or []) for t in picked}) > 1:
+        out["reason"] = "the timed lengths run different code paths (judged by the path check)"
+        return out
+    fl = [int(t.get("flops") or 0) for t in picked]
+    by = [int(t.get("bytes") or 0) for t in picked]
+    t_exp = _time_exponent(lengths, medians)
+    f_exp = _time_exponent(lengths, fl) if all(v > 0 for v in fl) else None
+    b_exp = _time_exponent(lengths, by) if all(v > 0 for v in by) else None
+    out.update(compared=True, time_exponent=round(t_exp, 3),
+               flops_exponent=None if f_exp is None else round(f_exp, 3),
+               traffic_exponent=None if b_exp is None else round(b_exp, 3))
+    if b_exp is None:
+        out.update(mismatch=True, reason="the worker's op trace counted no memory traffic at a timed length")
+        return out
+    counted = max(b_exp, f_exp if f_exp is not None else b_exp)
+    gap = t_exp - counted
+    out["gap"] = round(gap, 3)
+    if gap > TIME_COUNT_GAP:
+        out.update(mismatch=True, reason=(
+            f"the worker's op trace does not match the harness's timings over L={'/'.join(map(str, lengths))}: "
+            f"time exponent {t_exp:.2f} vs counted FLOP exponent "
+            f"{'-' if f_exp is None else f'{f_exp:.2f}'} and memory-traffic exponent {b_exp:.2f} "
+            f"(gap {gap:.2f} > {TIME_COUNT_GAP})"))
+    return out
 
 
 def code_paths(lengths: list[int], traces: list[dict], saved: dict[int, int]) -> tuple[list[dict], str | None]:
@@ -403,20 +457,11 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
     with WorkerClient(request) as client:
         stage = _Stage(emit, client, mem_reason)
 
-        def fwd(x: Any, mode: str = "train", seed: int | None = None) -> Any:
-            _, (y,) = client.call("forward", {"mode": mode, "seed": seed}, [x], n_out=1)
-            if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
-                raise WorkerFailed("error", f"forward returned {y.dtype} {tuple(y.shape)} for input "
-                                   f"{x.dtype} {tuple(x.shape)}")
-            return y
-
-        def fwd_bwd(x: Any, g: Any, seed: int | None, param_grads: bool = False) -> tuple:
-            n = 3 if param_grads else 2
-            vals, out = client.call("forward", {"mode": "train", "seed": seed, "backward": True,
-                                                "param_grads": param_grads}, [x, g], n_out=n)
-            return vals, out
+        where = stage.where  # the configuration of the call in flight (named by a failure)
+        fwd, fwd_bwd = forward_fns(client, where)
 
         def build() -> CheckResult:
+            where["config"] = f"building Mixer(d_model={d}, n_heads={h}) under seed 0"
             vals, _ = client.call("build", {"path": path, "d_model": d, "n_heads": h, "seed": 0,
                                             "static": static}, n_out=0)
             n = vals.get("params")
@@ -430,28 +475,35 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
             x = torch.randn(2, 32, d, generator=gen)
             g = torch.randn(2, 32, d, generator=gen)
             vals, (y, gx, gp) = fwd_bwd(x, g, seed=1, param_grads=True)
+            at = f" (Gaussian inputs, {where['config']}, forward+backward, params as-initialised)"
             if tuple(y.shape) != tuple(x.shape):
                 return CheckResult("forward_backward", False, str(tuple(y.shape)),
-                                   f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
+                                   f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}{at}")
             if y.dtype != x.dtype:
-                return CheckResult("forward_backward", False, str(y.dtype), f"output dtype {y.dtype} != input dtype {x.dtype}")
+                return CheckResult("forward_backward", False, str(y.dtype),
+                                   f"output dtype {y.dtype} != input dtype {x.dtype}{at}")
             bad = int((~torch.isfinite(y)).sum())
             if bad:
+                pos = int((~torch.isfinite(y)).any(-1).any(0).nonzero()[0, 0])
                 return CheckResult("forward_backward", False, f"{bad} non-finite",
-                                   f"{bad} of {y.numel()} output values are NaN or infinite")
+                                   f"{bad} of {y.numel()} output values are NaN or infinite, the first at position "
+                                   f"{pos}{at}")
             if tuple(gx.shape) != tuple(x.shape) or not bool(torch.isfinite(gx).all()):
-                return CheckResult("forward_backward", False, "input grad", "the gradient w.r.t. the input is missing or not finite")
+                return CheckResult("forward_backward", False, "input grad",
+                                   f"the gradient w.r.t. the input is missing or not finite{at}")
             if float(gx.abs().max()) == 0.0:
-                return CheckResult("forward_backward", False, "0", "the output does not depend on the input")
+                return CheckResult("forward_backward", False, "0", f"the output does not depend on the input{at}")
             if gp.numel() and not bool(torch.isfinite(gp).all()):
                 bad_p = int((~torch.isfinite(gp)).sum())
-                return CheckResult("forward_backward", False, f"{bad_p} values", f"{bad_p} parameter gradient values are not finite")
+                return CheckResult("forward_backward", False, f"{bad_p} values",
+                                   f"{bad_p} parameter gradient values are not finite{at}")
             present = vals.get("grad_present") if isinstance(vals.get("grad_present"), list) else []
             return CheckResult("forward_backward", True, f"{tuple(y.shape)}",
                                f"shape kept, finite outputs and gradients ({sum(bool(p) for p in present)}/"
                                f"{len(present)} parameters get gradients)")
 
         def causality() -> CheckResult:
+            where["config"] = "the causality forwards"
             return CheckResult(**causality_check(client, scale, options, d, gen, order, rebuild=lambda: client.call(
                 "build", {"path": path, "d_model": d, "n_heads": h, "seed": 0, "static": static}, n_out=0),
                 fwd=fwd, fwd_bwd=fwd_bwd))
@@ -463,12 +515,14 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
             gs = {L: torch.randn(1, L, d, generator=gen) for L in lengths}
             mem = {}
             for L in lengths:
+                where["config"] = f"saved activations at L={L}, {COST_CONFIG}"
                 vals, _ = client.call("saved_bytes", {}, [xs[L], gs[L]], n_out=0)
                 v = vals.get("saved_bytes")
                 mem[L] = int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
             inner = 1
 
             def step(L: int) -> float:
+                where["config"] = f"timing L={L}, {COST_CONFIG}"
                 t0 = time.perf_counter()
                 client.call("timed", {"reps": inner}, [xs[L], gs[L]], n_out=0)
                 return (time.perf_counter() - t0) / inner
@@ -477,7 +531,8 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
             slow = max(warm.values())
             if slow > float(options.get("max_step_s", 20.0)):
                 return CheckResult("subquadratic", False, None,
-                                   f"one forward+backward at L={max(warm, key=warm.get)} took {slow:.1f} s (too slow to measure)")
+                                   f"one forward+backward at L={max(warm, key=warm.get)} took {slow:.1f} s (too slow to "
+                                   f"measure; {COST_CONFIG})")
             # each timed sample should last >= ~25 ms at the shortest length (timer and scheduler noise)
             inner = int(min(32, max(1, math.ceil(0.025 / max(warm[lengths[0]], 1e-6)))))
             per_round = sum(warm.values()) * inner
@@ -508,19 +563,23 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
             for L in t_lengths:
                 t_in += [xs.get(L, torch.randn(1, L, d, generator=gen)), gs.get(L, torch.randn(1, L, d, generator=gen))]
             tt0 = time.perf_counter()
+            where["config"] = f"op trace at L={'/'.join(map(str, t_lengths))}, {COST_CONFIG}"
             tvals, _ = client.call("trace", {}, t_in, n_out=0)
             trace_s = time.perf_counter() - tt0
             traces = tvals.get("traces") if isinstance(tvals.get("traces"), list) else []
             saved = dict(mem)
             for L in t_lengths:
                 if L not in saved:
+                    where["config"] = f"saved activations at L={L}, {COST_CONFIG}"
                     sv, _ = client.call("saved_bytes", {}, [torch.randn(1, L, d, generator=gen),
                                                             torch.randn(1, L, d, generator=gen)], n_out=0)
                     v = sv.get("saved_bytes")
                     saved[L] = int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
             if len(traces) != len(t_lengths) or not all(isinstance(t, dict) for t in traces):
-                return CheckResult("subquadratic", False, None, "the worker returned no op trace")
+                return CheckResult("subquadratic", False, None,
+                                   f"the worker returned no op trace (L={'/'.join(map(str, t_lengths))}, {COST_CONFIG})")
             paths, path_why = code_paths(t_lengths, traces, saved)
+            cross = time_vs_counts(lengths, med, t_lengths, traces)
             for pth in paths:  # the timed exponent belongs to the path that ran the timed lengths
                 if set(lengths) <= set(pth["lengths"]):
                     pth["time_exponent"] = round(t_exp, 3)
@@ -528,21 +587,25 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
                        "saved_bytes": mem_vals, "memory_exponent": round(m_exp, 3),
                        "rounds": len(times[lengths[0]]), "inner": inner,
                        "timed_by": "harness", "worker_cpu_s": round(client.cpu_seconds() - cpu0, 3),
-                       "trace_lengths": t_lengths, "trace_s": round(trace_s, 3), "paths": paths}
+                       "trace_lengths": t_lengths, "trace_s": round(trace_s, 3), "paths": paths,
+                       "time_vs_counts": cross, "config": COST_CONFIG}
             desc = (f"time exponent {t_exp:.2f}, memory exponent {m_exp:.2f} over L={'/'.join(map(str, lengths))} "
                     f"(medians {', '.join(f'{v * 1000:.1f}' for v in med)} ms)")
             desc += f"; {len(paths)} code path(s) over L={t_lengths[0]}-{t_lengths[-1]}, FLOP exponent(s) " + \
                 ", ".join(str(p.get("flops_exponent", "-")) for p in paths)
             if path_why and len(paths) > 1:  # a change of algorithm: name it before any mixed fit
                 return CheckResult("subquadratic", False, max([p.get("flops_exponent", 0.0) for p in paths] + [t_exp]),
-                                   f"super-linear cost on a code path: {path_why}", details=details)
+                                   f"super-linear cost on a code path: {path_why} ({COST_CONFIG})", details=details)
+            if cross.get("mismatch"):
+                return CheckResult("subquadratic", False, round(t_exp, 3),
+                                   f"{cross['reason']} ({COST_CONFIG})", details=details)
             if t_exp > EXPONENT_MAX or m_exp > EXPONENT_MAX:
                 which = "time" if t_exp > EXPONENT_MAX else "memory"
                 return CheckResult("subquadratic", False, round(max(t_exp, m_exp), 3),
-                                   f"super-linear {which} cost: {desc} > {EXPONENT_MAX}", details=details)
+                                   f"super-linear {which} cost: {desc} > {EXPONENT_MAX} ({COST_CONFIG})", details=details)
             if path_why:
                 return CheckResult("subquadratic", False, max([p.get("flops_exponent", 0.0) for p in paths] + [t_exp]),
-                                   f"super-linear cost on a code path: {path_why}", details=details)
+                                   f"super-linear cost on a code path: {path_why} ({COST_CONFIG})", details=details)
             return CheckResult("subquadratic", True, round(t_exp, 3), desc + f" <= {EXPONENT_MAX}", details=details)
 
         def determinism() -> CheckResult:
@@ -556,11 +619,19 @@ def run_dynamic_checks(request: dict, emit: Callable[[dict], None]) -> dict:
 
             y1, gx1, gp1, pr1 = once()
             y2, gx2, gp2, pr2 = once()
+            at = "Gaussian inputs, L=48, batch 2, train mode, grad on, forward+backward, build seed 123, run seed 7"
             if pr1 != pr2 or gp1.shape != gp2.shape or gx1.shape != gx2.shape or y1.shape != y2.shape:
-                return CheckResult("determinism", False, None, "gradients differ in presence or shape between runs")
+                return CheckResult("determinism", False, None, f"gradients differ in presence or shape between runs ({at})")
             diff = max(max_abs(y1 - y2), max_abs(gx1 - gx2), max_abs(gp1 - gp2))
             if not math.isfinite(diff) or diff > 1e-6:
-                return CheckResult("determinism", False, diff, f"two seeded runs differ by {diff:.3g}")
+                what = max((("outputs", max_abs(y1 - y2)), ("input gradients", max_abs(gx1 - gx2)),
+                            ("parameter gradients", max_abs(gp1 - gp2))), key=lambda e: e[1])[0]
+                pos = ""
+                if what == "outputs" and y1.dim() == 3:
+                    per = torch.nan_to_num((y1 - y2).abs(), nan=float("inf")).amax(dim=(0, 2))
+                    pos = f", first at position {int((per > 1e-6).nonzero()[0, 0])}" if bool((per > 1e-6).any()) else ""
+                return CheckResult("determinism", False, diff,
+                                   f"two seeded runs differ by {diff:.3g} in their {what}{pos} ({at})")
             return CheckResult("determinism", True, diff, "two seeded builds and runs give identical outputs and gradients")
 
         stage.run("build", build)

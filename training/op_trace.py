@@ -84,6 +84,13 @@ def _attention_flops(name: str, args: tuple) -> int:
 class OpTrace(TorchDispatchMode):
     """Records aten op names and FLOPs while active (``with OpTrace() as t: ...``)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No Dynamo wrapper around ``__torch_dispatch__`` (torch's documented opt-out): nothing
+        here is compiled, and the wrapper's first call imports ``torch._dynamo``, seconds of work
+        that made up most of the checker's trace time."""
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: dict[str, int] = {}

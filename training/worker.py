@@ -188,6 +188,8 @@ class Worker:
         return values, out
 
     def op_forward_many(self, args: dict, tensors: list) -> tuple[dict, list]:
+        from training.sandbox_guard import SandboxViolation
+
         m = self._model()
         groups = list(args.get("groups") or [])
         if len(groups) != len(tensors):
@@ -198,19 +200,31 @@ class Worker:
                 raise ValueError("forward_many needs one item per stacked input")
             ys = []
             for item, x in zip(items, xs):
-                torch.nn.Module.train(m, item.get("mode", "train") == "train")
-                x = x.clone()
+                mode = "train" if item.get("mode", "train") == "train" else "eval"
                 grad = bool(item.get("grad", False))
+                at = f"L={int(x.shape[1]) if x.dim() > 1 else '?'}, batch {int(x.shape[0]) if x.dim() else '?'}, " \
+                     f"{mode} mode, grad {'on' if grad else 'off'}"
+                torch.nn.Module.train(m, mode == "train")
+                x = x.clone()
                 if item.get("seed") is not None:
                     torch.manual_seed(int(item["seed"]))
-                with torch.set_grad_enabled(grad):
-                    if grad:
-                        x.requires_grad_(True)
-                    y = m(x)
+                try:
+                    with torch.set_grad_enabled(grad):
+                        if grad:
+                            x.requires_grad_(True)
+                        y = m(x)
+                except (MemoryError, SandboxViolation):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - name the configuration that raised
+                    try:
+                        exc.args = (f"{exc} (at {at})",)
+                    except Exception:  # noqa: BLE001 - an exception type that refuses new args
+                        raise RuntimeError(f"{type(exc).__name__}: {exc} (at {at})") from exc
+                    raise
                 if type(y) is not torch.Tensor:  # noqa: E721 - a subclass could lie
-                    raise TypeError(f"forward must return a plain torch.Tensor, not {type(y).__name__}")
+                    raise TypeError(f"forward must return a plain torch.Tensor, not {type(y).__name__} (at {at})")
                 if tuple(y.shape) != tuple(x.shape):
-                    raise ValueError(f"forward returned {tuple(y.shape)} for input {tuple(x.shape)}")
+                    raise ValueError(f"forward returned {tuple(y.shape)} for input {tuple(x.shape)} (at {at})")
                 ys.append(y.detach())
             out.append(torch.stack(ys))
         return {}, out
