@@ -30,13 +30,18 @@ and a one-line reason:
    memory autograd keeps for backward at each length (bytes of the tensors saved through
    ``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded), which is
    exact and immune to timer noise; and an operator trace (:class:`training.op_trace.OpTrace`)
-   from the smallest scored length up to 1024 (:func:`trace_lengths`, ``TRACE_LONGEST``; the timing
-   covers 2048): lengths that run the same
+   from the smallest scored length up to 2048 (:func:`trace_lengths`, ``TRACE_LONGEST``; it covers
+   the timed lengths): lengths that run the same
    set of aten ops form a code path, and each path's FLOP, memory and memory-traffic exponents
    (traffic: bytes written by the ops that allocate their output, which catches a backward that
    materialises a full-length tensor per step, e.g. ``a[:, t]`` in a Python loop) are fitted on
    its own (:func:`code_paths`; ``details["paths"]``), so that softmax attention at the scored
-   lengths behind a linear mixer at the long ones fails, naming the path change. All exponents
+   lengths behind a linear mixer at the long ones fails, naming the path change. The worker's
+   trace is cross-checked against the harness's timings over the timed lengths
+   (:func:`time_vs_counts`): a time exponent more than ``TIME_COUNT_GAP`` above the counted
+   FLOP/traffic exponent fails (a trace that reports a linear cost while the timed cost grows
+   super-linearly; honest counts grow at least linearly, so this never fails a design the time
+   rule passes). All exponents
    must be <= 1.35. A time slope near the threshold triggers more rounds. (Why saved tensors: tracemalloc
    does not see torch's allocator, ru_maxrss
    is monotonic within a process, and the CPU profiler's memory events proved unreliable here;
@@ -45,6 +50,10 @@ and a one-line reason:
    and on its counted FLOPs.)
 7. ``determinism``: building and running twice under the same seed gives identical outputs and
    gradients.
+
+Every failure names the configuration it was found in (length, batch, mode, grad, parameter
+state, position where there is one); a forward that raises is named by the call in flight
+(``_Stage.where``, and the worker's ``forward_many`` names the item that raised).
 
 A check that could not run because an earlier one failed is reported as failed with the reason
 "not run: ...". The dynamic checks also fail on any sandbox violation (even one the candidate
