@@ -201,6 +201,30 @@ def test_a_failure_names_its_configuration(tmp_path):
     assert re.search(r"\(at L=(77|259), batch \d+, (train|eval) mode, grad (on|off)\)", c.reason), c.reason
 
 
+def test_a_child_killed_mid_check_names_the_call_in_flight(tmp_path, monkeypatch):
+    """When the sandbox kills the child (wall time), the running check's reason names the
+    configuration of the worker call in flight, from the harness's ``where`` events."""
+    from training import sandbox
+    from training.sandbox import SandboxResult
+
+    events = [{"event": "start", "name": "build"},
+              {"event": "check", "check": {"name": "build", "passed": True, "value": 1, "reason": "", "details": {}}},
+              {"event": "start", "name": "forward_backward"},
+              {"event": "check", "check": {"name": "forward_backward", "passed": True, "value": 1, "reason": "",
+                                           "details": {}}},
+              {"event": "start", "name": "causality"}, {"event": "where", "config": "the causality forwards"},
+              {"event": "where", "config": "L=77, batch 2, eval mode, grad off"}]
+
+    def fake(task, payload, run_dir, **kw):
+        return SandboxResult(False, None, "killed after 90 s wall time", Path(run_dir) / "check.log", events)
+
+    monkeypatch.setattr(sandbox, "run_sandboxed", fake)
+    report = check_file(HOSTILE / "valid_cummean.py", "probe", run_dir=tmp_path / "run")
+    c = _by_name(report)["causality"]
+    assert c.reason == "killed after 90 s wall time (at L=77, batch 2, eval mode, grad off)", c.reason
+    assert _by_name(report)["subquadratic"].reason.startswith("not run")
+
+
 def test_time_is_cross_checked_against_the_counted_cost():
     """The worker's op trace (FLOPs, memory traffic) against the harness's timings over the same
     lengths: a trace reporting linear counts while the timed cost grows quadratically fails; the

@@ -107,13 +107,16 @@ def test_infinite_loop_is_killed_at_the_wall_time(tmp_path):
     assert res.result is None and res.returncode == -9
     started = [e["name"] for e in res.events if e.get("event") == "start"]
     assert started[-1] == "forward_backward"  # the parent knows which check was running
+    wheres = [e["config"] for e in res.events if e.get("event") == "where"]
+    assert wheres[-1] == "L=32, batch 2, train mode, grad on"  # ... and in which configuration
 
 
 def test_cpu_limit_gives_a_clear_reason(tmp_path):
     res = run_sandboxed("check", {"path": str(HOSTILE / "infinite_loop.py"), "scale": SCALE},
                         tmp_path / "run", limits=Limits(cpu_s=4, wall_s=120))
     # the worker (which alone runs candidate code) hit its CPU limit; the harness says where
-    assert not res.ok and res.reason == "forward_backward: exceeded 4 s CPU time", res.reason
+    assert not res.ok and res.reason == "forward_backward: exceeded 4 s CPU time (at L=32, batch 2, train mode, grad on)", \
+        res.reason
 
 
 def test_memory_bomb_exceeds_the_address_space(tmp_path):
@@ -121,7 +124,7 @@ def test_memory_bomb_exceeds_the_address_space(tmp_path):
                         tmp_path / "run", limits=Limits(address_space_gib=2, wall_s=90))
     assert not res.ok
     checks = {e["check"]["name"]: e["check"] for e in res.events if e.get("event") == "check"}
-    assert checks["forward_backward"]["reason"] == "exceeded 2 GiB address space"
+    assert checks["forward_backward"]["reason"] == "exceeded 2 GiB address space (at L=32, batch 2, train mode, grad on)"
     assert "exceeded 2 GiB address space" in res.reason
 
 

@@ -204,13 +204,16 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
         raise CheckError(str(exc)) from None
     dyn: dict[str, CheckResult] = {}
     running = None
+    where = None  # the configuration of the call in flight when the child stopped
     for msg in res.events:
         if msg.get("event") == "start":
-            running = msg.get("name")
+            running, where = msg.get("name"), None
+        elif msg.get("event") == "where":
+            where = str(msg.get("config") or "")[:300] or None
         elif msg.get("event") == "check":
             c = CheckResult(**msg["check"])
             dyn[c.name] = c
-            running = None
+            running, where = None, None
     if res.result and isinstance(res.result.get("checks"), list):
         for d in res.result["checks"]:
             c = CheckResult(**d)
@@ -219,7 +222,8 @@ def check_file(path: str | Path, scale: Any = "probe", run_dir: str | Path | Non
         if name in dyn:
             checks.append(dyn[name])
         elif name == running or (running is None and not res.ok and not dyn and name == "build"):
-            checks.append(CheckResult(name, False, None, res.reason or "the sandbox child failed"))
+            why = res.reason or "the sandbox child failed"
+            checks.append(CheckResult(name, False, None, why + (f" (at {where})" if where and name == running else "")))
             running = "<done>"
         else:
             why = "not run: an earlier check failed" if any(not c.passed for c in checks) else \
@@ -257,6 +261,28 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return num / den
 
 
+class _Where(dict):
+    """The configuration of the worker call in flight (key ``config``). A change is also sent to the
+    parent as ``{"event": "where", "config"}`` (at most ``limit`` per check), so that a child the
+    sandbox kills mid-call (wall time, CPU time) still names where it was."""
+
+    def __init__(self, emit: Callable[[dict], None], limit: int = 400) -> None:
+        super().__init__()
+        self._emit, self._limit, self._sent = emit, limit, 0
+
+    def __setitem__(self, key: str, value: str) -> None:
+        changed = self.get(key) != value
+        super().__setitem__(key, value)
+        if changed and self._sent < self._limit:
+            self._sent += 1
+            self._emit({"event": "where", "config": str(value)[:300]})
+
+    def clear(self) -> None:
+        """Forget the configuration (a new check starts)."""
+        super().clear()
+        self._sent = 0
+
+
 class _Stage:
     """Runs one dynamic check with uniform failure handling (in the harness)."""
 
@@ -267,7 +293,8 @@ class _Stage:
         self.results: list[CheckResult] = []
         self.stopped: str | None = None
         #: ``{"config": ...}``: the configuration of the worker call in flight, named by a failure
-        self.where: dict[str, str] = {}
+        #: (and sent to the parent as ``{"event": "where"}``, for a child killed mid-call)
+        self.where = _Where(emit)
 
     def run(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult | None:
         from training.harness import WorkerFailed
