@@ -332,6 +332,8 @@ def _eval_exit(file: Path, metrics: dict) -> None:
         fail(f"{file} could not be evaluated. {metrics['error']}", 1)
     if metrics["status"] == "stopped":
         fail(f"the evaluation of {file} was stopped: {metrics['stop_reason']}.", 1)
+    if metrics["status"] == "rejected":
+        fail(f"the evaluation of {file} was rejected: {metrics['stop_reason']}.", 1)
     if metrics["status"] in ("too_slow", "hung"):
         fail(f"the evaluation of {file} ended {metrics['status']} after {metrics.get('steps_done', 0)}/"
              f"{metrics.get('steps_planned', 0)} steps: {metrics['stop_reason']}. The metrics above are "
@@ -375,7 +377,8 @@ def eval_cmd(
     reference mixers (training/mixers) also run where bubblewrap is missing.
 
     Every run does its fixed steps; wall time is no budget. Exit codes: 0 finished; 1 the mixer
-    is broken (error, NaN, divergence, suspected leak); 2 usage error; 3 a guard ended the run
+    is broken (error, NaN, divergence, suspected leak) or rejected (a trained model found
+    non-causal); 2 usage error; 3 a guard ended the run
     early (too_slow: over the CPU-time cap; hung: over the hang guard) - the metrics reached so
     far are still printed, marked partial."""
     from rich.console import Console

@@ -90,6 +90,20 @@ def test_baselines_ranked(tmp_path):
     assert res.exit_code == 2 and "unknown reference mixer(s) mamba; choose from: softmax_attention" in cli_text(res)
 
 
+def test_eval_of_a_design_non_causal_after_training_is_rejected(tmp_path, monkeypatch):
+    """The post-training causality check runs in every evaluation: a design whose future read arms
+    only during training is rejected, exit 1, with the reason; the JSON keeps the check's record."""
+    from pathlib import Path
+
+    monkeypatch.setitem(scales.SCALES, "probe", tiny_scale("probe", probe_steps=5))
+    path = str(Path(__file__).parent / "hostile" / "leak_after_training.py")
+    res = runner.invoke(app, ["eval", path, "--scale", "probe", "--json"])
+    assert res.exit_code == 1, res.output
+    assert "was rejected: non-causal (found after training): the trained " in res.stderr, res.stderr
+    m = json.loads(res.stdout)
+    assert m["status"] == "rejected" and m["causality_after_training"]["violation"] == m["stop_reason"]
+
+
 def test_eval_guard_ends_with_exit_3_and_partial_json(tmp_path, monkeypatch):
     """A CPU cap the run exceeds: too_slow, exit 3 (not 1: the file is fine), the metrics
     reached so far printed as JSON and marked partial, no suite mean. (The evaluation runs in the

@@ -302,9 +302,9 @@ class Mixer(nn.Module):
 ])
 def test_the_harness_verifies_an_evaluation(name, needle, tmp_path):
     """The worker trains; the harness recomputes probe accuracies (and at explore the validation
-    loss) from the trained models' logits, and spot-checks their causality: a candidate that
-    fakes its numbers, or a non-causal one evaluated without a check, fails with the harness's
-    reason."""
+    loss) from the trained models' logits, and checks their causality in the scored configuration:
+    a candidate that fakes its numbers, or a non-causal one evaluated without a check, fails with
+    the harness's reason."""
     cand = _materialise(tmp_path, name, tmp_path, 1, tmp_path / "secret.txt")
     res = run_sandboxed("evaluate", {"path": str(cand), "scale": "probe", "scale_factor": 0.02, "seed": 0,
                                      "static_check": False}, tmp_path / "run", limits=Limits(wall_s=300))
