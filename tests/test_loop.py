@@ -306,10 +306,13 @@ def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(t
            "eval mode, grad off, float32): replacing tokens 5.. moved the logits at position 4, change 0.73 > 0.0001")
 
     baselines: list = []
+    design_seeds: list = []
 
     class Rejecting(FakeExecutor):
         def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
             baselines.append(baseline)
+            if Path(path).read_text() != DELTANET:
+                design_seeds.append(seed)
             res = super().evaluate(path, run_dir, seed, baseline, on_line)
             if Path(path).read_text() == DELTANET:  # the seed's measurement
                 return res
@@ -323,7 +326,8 @@ def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(t
                    baselines=("deltanet",)).run()
     rec = lab.store.get(summary.experiments[-1]["id"])
     assert rec.status == "rejected" and rec.fitness is None and rec.extra["failure"] == why
-    assert rec.extra["debug_rounds"] == [] and sum(c != DELTANET for c in ex.evaluated) == 1  # once, no repair
+    # evaluated once per seed (its side seeds may run beside the first): no repair, no re-run
+    assert rec.extra["debug_rounds"] == [] and design_seeds and len(design_seeds) == len(set(design_seeds))
     stored = json.loads(lab.store.read_file(rec.id, "metrics.json"))
     assert stored["causality_after_training"]["violation"] == why and stored["status"] == "rejected"
     assert rec.id not in [d["id"] for d in lab.candidates.top()]
@@ -331,6 +335,32 @@ def test_a_design_found_non_causal_after_training_is_rejected_and_never_ranked(t
     # the seed is measured here: no softmax baseline for the probe rule, the default loss rule)
     ref = baselines[-1]["leak_reference"]
     assert baselines[-1]["status"] == "ok" and ref["probe"] is None and ref["loss"]["tolerance"] == 0.10
+
+
+def test_a_further_seed_found_non_causal_after_training_rejects_the_design(tmp_path):
+    """Rung 0 passes, a further seed's evaluation is rejected by the harness: the design is
+    rejected (its trained model reads the future on that seed), with the seed in the reason."""
+    from pathlib import Path
+
+    from agents.engineer import StepResult
+
+    why = "non-causal (found after training): the trained mqar model (...): replacing tokens 3.. moved the logits"
+
+    class LateRejecting(FakeExecutor):
+        def evaluate(self, path, run_dir, seed, baseline, on_line=None, trusted=False):
+            res = super().evaluate(path, run_dir, seed, baseline, on_line)
+            if Path(path).read_text() == DELTANET or seed == 0:
+                return res
+            m = dict(res.metrics, status="rejected", stop_reason=why, partial=True)
+            return StepResult(False, [], m, error=why)
+
+    lab = make_lab(tmp_path / "lab")
+    summary = Loop(lab, llm="builtin", researcher=StandInResearcher(), executor=LateRejecting(), experiments=1,
+                   baselines=("deltanet",), seed=0).run()
+    rec = lab.store.get(summary.experiments[-1]["id"])
+    assert rec.status == "rejected" and rec.fitness is None, (rec.status, rec.extra.get("failure"))
+    assert rec.extra["failure"].startswith("seed ") and why in rec.extra["failure"]
+    assert rec.id not in [d["id"] for d in lab.candidates.top()]
 
 
 def test_mode_switch_and_stop_after_experiment(tmp_path):
