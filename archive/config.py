@@ -74,6 +74,11 @@ class LoopConfig:
     seed: int = 0
     seeds: int = 3
     top_k_seeds: int = 5
+    #: end a candidate's first-seed LM run at its half-way checkpoint when its loss there is
+    #: more than ``early_stop_spreads`` of the seed's seed-to-seed standard deviations above the
+    #: seed's (status ``stopped_early``; training.early_stop, docs/NOISE.md)
+    early_stop: bool = True
+    early_stop_spreads: float = 1.0
 
 
 @dataclass
@@ -180,6 +185,8 @@ class LabConfig:
             raise bad("loop.seeds", "must be at least 1 (3 gives every design in the top an interval)")
         if self.loop.top_k_seeds < 1:
             raise bad("loop.top_k_seeds", "must be at least 1")
+        if not self.loop.early_stop_spreads >= 0:
+            raise bad("loop.early_stop_spreads", "must be 0 or more (standard deviations of the seed's checkpoint loss)")
         if self.sampling.top_k < 1:
             raise bad("sampling.top_k", "must be at least 1")
         rr = self.sampling.reference_ranks
@@ -357,6 +364,12 @@ seed = {loop.seed}
 # only when the promotion rule says it is better beyond noise (docs/NOISE.md). 1 = no intervals.
 seeds = {loop.seeds}
 top_k_seeds = {loop.top_k_seeds}
+# At scales with language-model training, a candidate's first-seed run is stopped at its
+# half-way checkpoint when its training loss there is more than early_stop_spreads of the seed
+# design's seed-to-seed standard deviations above the seed's at the same step (decided by the
+# sandbox harness; status stopped_early: partial, no fitness, never promoted).
+early_stop = {loop.early_stop}
+early_stop_spreads = {loop.early_stop_spreads}
 
 [sampling]
 # Parents are drawn (rank-weighted) from the top_k accepted experiments by fitness.

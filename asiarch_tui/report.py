@@ -42,7 +42,8 @@ FIGURES = {
 }
 
 TOP_N = 10
-_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5"}
+_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5",
+                   "stopped_early": "#457b9d"}
 
 
 @dataclass
@@ -174,7 +175,7 @@ def collect(lab: Any) -> ReportData:
             if "promotion" in r.fitness_components:
                 r.promotion = {**(r.promotion or {}), "outcome": r.fitness_components.get("promotion"),
                                "promoted": r.fitness_components.get("promotion") == "promoted"}
-        if r.status != "accepted":  # failed / too_slow / rejected have no fitness (older archives: 0.48)
+        if r.status != "accepted":  # failed / too_slow / stopped_early / rejected: no fitness (older archives: 0.48)
             r.fitness = None
     scales = Counter(r.scale for r in records if r.metrics and r.scale)
     scale = scales.most_common(1)[0][0] if scales else str(lab.config.loop.scale)
@@ -241,7 +242,7 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
                        zorder=3)
         # experiments without a fitness (failed, too slow, rejected, unmeasured) are no points of
         # the fitness line: ticks in the lower panel, by status
-        for status in ("failed", "too_slow", "rejected", "accepted"):
+        for status in ("failed", "too_slow", "stopped_early", "rejected", "accepted"):
             ticks = [order[r.id] for r in recs if r.status == status and not _num(r.fitness)]
             if ticks:
                 ax2.scatter(ticks, [0.0] * len(ticks), marker="|", s=80, color=_STATUS_COLOURS.get(status, "#999999"),

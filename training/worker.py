@@ -27,6 +27,12 @@ the socketpair (:mod:`training.wire` frames, nothing pickled):
 - ``trace`` {lengths} + [x, g per length] -> values {traces}: per length, the set of aten ops a
   forward+backward runs and its matmul/attention FLOPs (a ``TorchDispatchMode`` records them);
 - ``status`` -> values {violations, changes}: what the diagnostic guard and the watch saw;
+- ``evaluate`` {payload, static, checkpoint} -> values {result, kept}: the whole evaluation;
+  with ``checkpoint``, at the LM run's half-way checkpoint the worker sends a ``{"event":
+  "checkpoint", "step"}`` frame, answers ``logits`` requests on the half-trained model (label
+  ``lm_checkpoint``) and goes on when the harness sends ``resume`` {stop, reason}: a stop ends
+  the run as ``stopped_early`` (the harness decides; ``training.early_stop``);
+- ``logits`` {label} + [tokens] -> [logits]: a trained model's logits, in eval mode;
 - ``quit``.
 
 Everything the worker says is untrusted: the harness computes each verdict from the tensors.
@@ -58,6 +64,8 @@ DENIED_SYSCALLS = (
     "personality", "mknod", "mknodat",
 )
 CLONE_THREAD = 0x00010000
+#: the label of the half-trained language model the harness reads at the checkpoint
+CHECKPOINT_LABEL = "lm_checkpoint"
 
 
 def install_seccomp() -> str | None:
@@ -279,9 +287,34 @@ class Worker:
                 wire.send(self.sock, {"event": "progress", "fraction": float(msg.get("fraction") or 0.0),
                                       "message": str(msg.get("message", ""))[:200]})
 
+        def checkpoint(step: int, model: Any) -> str | None:
+            self.trained[CHECKPOINT_LABEL] = model
+            try:
+                wire.send(self.sock, {"event": "checkpoint", "step": int(step)})
+                return self._serve_checkpoint()
+            finally:
+                self.trained.pop(CHECKPOINT_LABEL, None)
+
         result = _evaluate(dict(args.get("payload") or {}), self.guard, self.watch, emit,
-                           bool(args.get("static", True)), keep_model=self.trained.__setitem__)
+                           bool(args.get("static", True)), keep_model=self.trained.__setitem__,
+                           checkpoint=checkpoint if args.get("checkpoint") else None)
         return {"result": result, "kept": sorted(self.trained)}, []
+
+    def _serve_checkpoint(self) -> str | None:
+        """At the half-way checkpoint: answer the harness's ``logits`` requests until it sends
+        ``resume``; returns its reason to stop (None: go on)."""
+        while True:
+            header, tensors = wire.recv(self.sock)
+            op = header.get("op")
+            if op == "resume":
+                args = header.get("args") or {}
+                return str(args.get("reason") or "stopped at the half-way checkpoint") if args.get("stop") else None
+            if op == "quit":
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            self._answer("logits" if op == "logits" else f"{op} (not at a checkpoint)",
+                         header.get("args") or {}, tensors)
 
     def op_logits(self, args: dict, tensors: list) -> tuple[dict, list]:
         """Logits of a trained model (``label``) for the harness's token batch, in eval mode."""
@@ -301,12 +334,6 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
         """Answer commands until ``quit`` or until the harness goes away."""
-        from training.sandbox_child import SandboxViolation, _memory_message
-
-        ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
-               "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
-               "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
-               "logits": self.op_logits}
         while True:
             try:
                 header, tensors = wire.recv(self.sock)
@@ -315,31 +342,43 @@ class Worker:
             op = header.get("op")
             if op == "quit":
                 return
-            fn = ops.get(op)
+            if not self._answer(op, header.get("args") or {}, tensors):
+                return
+
+    def _answer(self, op: Any, args: dict, tensors: list) -> bool:
+        """Run one command and send its reply; False when no reply could be sent."""
+        from training.sandbox_child import SandboxViolation, _memory_message
+
+        ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
+               "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
+               "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
+               "logits": self.op_logits}
+        fn = ops.get(op)
+        try:
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            values, out = fn(args, tensors)
+            reply: dict[str, Any] = {"ok": True, "values": values}
+        except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+            out = []
             try:
-                if fn is None:
-                    raise ValueError(f"unknown op {op!r}")
-                values, out = fn(header.get("args") or {}, tensors)
-                reply: dict[str, Any] = {"ok": True, "values": values}
-            except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
-                out = []
-                try:
-                    text = str(exc)
-                except BaseException:  # noqa: BLE001
-                    text = "<unprintable>"
-                memory = isinstance(exc, MemoryError) or _memory_message(exc)
-                kind = "violation" if isinstance(exc, SandboxViolation) else ("memory" if memory else "error")
-                reply = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {text[:300]}"
-                         if kind == "error" else text[:300]}
-                if kind == "error":
-                    print(traceback.format_exc(limit=6), file=sys.stderr, flush=True)
+                text = str(exc)
+            except BaseException:  # noqa: BLE001
+                text = "<unprintable>"
+            memory = isinstance(exc, MemoryError) or _memory_message(exc)
+            kind = "violation" if isinstance(exc, SandboxViolation) else ("memory" if memory else "error")
+            reply = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {text[:300]}"
+                     if kind == "error" else text[:300]}
+            if kind == "error":
+                print(traceback.format_exc(limit=6), file=sys.stderr, flush=True)
+        try:
+            wire.send(self.sock, reply, out)
+        except (wire.WireError, OSError, MemoryError):
             try:
-                wire.send(self.sock, reply, out)
-            except (wire.WireError, OSError, MemoryError):
-                try:
-                    wire.send(self.sock, {"ok": False, "kind": "error", "error": "could not send the reply"})
-                except (wire.WireError, OSError):
-                    return
+                wire.send(self.sock, {"ok": False, "kind": "error", "error": "could not send the reply"})
+            except (wire.WireError, OSError):
+                return False
+        return True
 
 
 def serve(sock: socket.socket, request: dict[str, Any]) -> None:
