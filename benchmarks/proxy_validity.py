@@ -112,6 +112,45 @@ def print_ranking(title: str, ranked: list[dict], reference: list[str]) -> dict:
     return {"tau": tau, "separated": sep, "ranking": ranked}
 
 
+def _run_summary(run: dict) -> dict:
+    """The figures of one evaluation kept in the JSON result."""
+    cp = run.get("checkpoint") or {}
+    return {k: run.get(k) for k in ("seed", "status", "probe_mean", "val_bpb", "val_loss", "cpu_seconds",
+                                    "wall_seconds", "train_seconds", "probes")} | {"checkpoint_loss": cp.get("loss"),
+                                                                                  "checkpoint_step": cp.get("step")}
+
+
+def early_stop_table(results: list[dict], spreads: float = 1.0) -> dict:
+    """What the half-way early-stopping rule (training.early_stop) would have said of every
+    reference mixer's runs against the seed design's (DeltaNet's) per-seed checkpoint losses, and
+    the LM training seconds a stop would have saved (half of that run's LM seconds)."""
+    from training.early_stop import decide, reference
+    from training.mixers import SEED_MIXER
+
+    seed = next((r for r in results if r["name"] == SEED_MIXER), None)
+    runs = [run for run in (seed or {}).get("runs", []) if run.get("status") == "ok"]
+    cp = next((run.get("checkpoint") for run in runs if run.get("checkpoint")), None)
+    if not runs or not cp:
+        return {"reference": None}
+    ref = reference({"scale": runs[0].get("scale"), "seeds": runs}, cp["step"], cp["batches"])
+    out: dict = {"reference": {"mean": ref.mean, "std": ref.std, "n": ref.n, "step": ref.step} if ref else None,
+                 "spreads": spreads, "mixers": {}}
+    print(f"  early stopping at step {cp['step']} vs {SEED_MIXER}"
+          + (f" {ref.mean:.4f} ± {ref.std:.4f} ({ref.n} seeds)" if ref and ref.std is not None else ": no spread"))
+    for r in results:
+        rows = []
+        for run in r.get("runs", []):
+            loss = (run.get("checkpoint") or {}).get("loss")
+            d = decide(loss, ref, spreads)
+            saved = 0.5 * float(run.get("train_seconds") or 0.0) if d.stop else 0.0
+            rows.append({"seed": run.get("seed"), "loss": loss, "outcome": d.outcome, "saved_lm_s": round(saved, 1),
+                         "val_bpb": run.get("val_bpb")})
+        out["mixers"][r["name"]] = rows
+        print(f"    {r['name']:18s} " + ", ".join(
+            f"seed {x['seed']}: {_fmt(x['loss'], 4)} {x['outcome']}" for x in rows))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluations and print the rankings; the last line is the JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,12 +190,15 @@ def run(args: argparse.Namespace, figures: dict) -> int:
 
         results = evaluate_references(scale, seeds=seeds, names=names, on_result=on_result,
                                       num_threads=args.threads)
-        entry = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+        entry = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+                 "runs": {r["name"]: [_run_summary(run) for run in r.get("runs", [])] for r in results}}
         entry["recall"] = print_ranking("recall (mean probe accuracy)", rank(results, "probe_mean", True),
                                         RECALL_ORDER)
         if any(r.get("val_bpb") is not None for r in results):
             entry["lm"] = print_ranking("language modelling (validation bits/byte)", rank(results, "val_bpb", False),
                                         LM_ORDER)
+        if any(r.get("val_bpb") is not None for r in results):
+            entry["early_stop"] = early_stop_table(results)
         print(f"  time: {entry['wall_s']:.0f} s wall, {entry['cpu_s']:.0f} s CPU", flush=True)
         out["scales"][scale_name] = entry
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
