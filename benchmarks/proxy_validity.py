@@ -1,6 +1,6 @@
 """Proxy validity: do our cheap scales rank the reference mixers the way the literature does?
 
-    .venv/bin/python benchmarks/proxy_validity.py [--scales probe,explore] [--seeds 3]
+    .venv/bin/python benchmarks/proxy_validity.py [--scales probe,explore] [--seeds 3] [--lm-only]
         [--factor 1.0] [--threads 1] [--only a,b] [--json FILE]
 
 The six reference mixers (training/mixers) are evaluated at the probe and at the explore scale on
@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -161,12 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="step multiplier for every probe and the LM (1 = the real scales; 0.1 = smoke test)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per evaluation")
     ap.add_argument("--only", default=None, help="comma-separated subset of the reference mixers")
+    ap.add_argument("--lm-only", action="store_true",
+                    help="at scales that train an LM, skip the probes: explore runs the probe scale's suite at "
+                         "the same probe model size and seeds, so its probe results are the probe scale's, "
+                         "bit for bit (the recall table is then the probe scale's)")
     ap.add_argument("--out", default=None, help="also write the whole result to this file")
     add_json_flag(ap)
     args = ap.parse_args(argv)
     with json_output("proxy_validity", args.json) as rec:
         rec.settings.update(scales=args.scales, seeds=args.seeds, first_seed=args.first_seed, factor=args.factor,
-                            threads=args.threads, only=args.only)
+                            threads=args.threads, only=args.only, lm_only=args.lm_only)
         return run(args, rec.figures)
 
 
@@ -178,8 +183,11 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     t_all, c_all = time.perf_counter(), time.process_time()
     for scale_name in [s.strip() for s in args.scales.split(",") if s.strip()]:
         scale = get_scale(scale_name) if args.factor == 1.0 else scaled_down(scale_name, args.factor)
+        lm_only = bool(getattr(args, "lm_only", False)) and scale.has_lm
+        if lm_only:
+            scale = replace(scale, probes=())
         print(f"== {scale_name}{'' if args.factor == 1.0 else f' (steps x{args.factor:g})'}: seeds {seeds}, "
-              f"threads {args.threads}", flush=True)
+              f"threads {args.threads}{' (LM only: recall = the probe scale)' if lm_only else ''}", flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
 
         def on_result(name: str, seed: int, m: dict) -> None:
@@ -192,8 +200,9 @@ def run(args: argparse.Namespace, figures: dict) -> int:
                                       num_threads=args.threads)
         entry = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
                  "runs": {r["name"]: [_run_summary(run) for run in r.get("runs", [])] for r in results}}
-        entry["recall"] = print_ranking("recall (mean probe accuracy)", rank(results, "probe_mean", True),
-                                        RECALL_ORDER)
+        if not lm_only:
+            entry["recall"] = print_ranking("recall (mean probe accuracy)", rank(results, "probe_mean", True),
+                                            RECALL_ORDER)
         if any(r.get("val_bpb") is not None for r in results):
             entry["lm"] = print_ranking("language modelling (validation bits/byte)", rank(results, "val_bpb", False),
                                         LM_ORDER)
@@ -208,8 +217,9 @@ def run(args: argparse.Namespace, figures: dict) -> int:
         Path(args.out).write_text(json.dumps(out, indent=2))
     summary = {"wall_s": out["wall_s"], "cpu_s": out["cpu_s"], "factor": args.factor, "seeds": len(seeds)}
     for k, e in out["scales"].items():
-        summary[f"{k}_recall_tau"] = e["recall"]["tau"]
-        summary[f"{k}_recall_separated"] = e["recall"]["separated"]
+        if "recall" in e:
+            summary[f"{k}_recall_tau"] = e["recall"]["tau"]
+            summary[f"{k}_recall_separated"] = e["recall"]["separated"]
         if "lm" in e:
             summary[f"{k}_lm_tau"] = e["lm"]["tau"]
             summary[f"{k}_lm_separated"] = e["lm"]["separated"]
