@@ -67,22 +67,30 @@ class Executor(Protocol):
         ...
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
-        """The evaluation ladder at the executor's scale (``trusted`` as for :meth:`check`)."""
+                 on_line: LineFn | None = None, trusted: bool = False,
+                 early_stop: float | None = None) -> StepResult:
+        """The evaluation ladder at the executor's scale (``trusted`` as for :meth:`check`).
+        ``early_stop``: stop the LM run at its half-way checkpoint when its loss there is more
+        than this many of the seed's seed-to-seed spreads above the seed's (``baseline``, the
+        seed's metrics; decided by the sandbox harness, ``training.early_stop``); None: never."""
         ...
 
 
 def with_trust(fn: Callable[..., Any], *args: Any, trusted: bool = False, **kwargs: Any) -> Any:
-    """Call an executor's ``check``/``evaluate`` passing ``trusted`` when it accepts it (an older
-    or test executor without the keyword treats every file alike)."""
+    """Call an executor's ``check``/``evaluate`` passing ``trusted`` (and ``early_stop``, when
+    given and not None) when it accepts them (an older or test executor without the keyword
+    treats every file alike and never stops early)."""
     import inspect
 
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = {}
-    if "trusted" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "trusted" in params or takes_any:
         kwargs["trusted"] = trusted
+    if "early_stop" in kwargs and (kwargs["early_stop"] is None or not ("early_stop" in params or takes_any)):
+        kwargs.pop("early_stop")
     return fn(*args, **kwargs)
 
 
@@ -188,16 +196,21 @@ class SandboxExecutor:
         return StepResult(rep.passed, checks, None, error, tail, time.perf_counter() - t0)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
-        """One evaluation in the sandbox (``trusted``: see :meth:`check`)."""
+                 on_line: LineFn | None = None, trusted: bool = False,
+                 early_stop: float | None = None) -> StepResult:
+        """One evaluation in the sandbox (``trusted``: see :meth:`check`; ``early_stop``: see
+        :class:`Executor`; the harness decides from ``baseline``)."""
         from training.sandbox import Limits, SandboxError, run_sandboxed
 
         t0 = time.perf_counter()
         guards = self.guards_for(baseline)
         limits = self.limits if self.limits is not None else Limits.for_evaluation(self.scale, guards=guards)
+        more: dict[str, Any] = {}
+        if early_stop is not None and baseline:
+            more["early_stop"] = {"spreads": float(early_stop)}
         try:
             res = run_sandboxed("evaluate", self._payload(path, False, seed=seed, baseline=baseline,
-                                                          guards=guards.to_dict()),
+                                                          guards=guards.to_dict(), **more),
                                 run_dir, limits=self._unsafe(limits), on_line=on_line, trusted=trusted)
         except SandboxError as exc:
             return StepResult(False, [], None, f"the sandbox could not start: {exc}", "", time.perf_counter() - t0)
@@ -287,8 +300,9 @@ class Decision:
 @dataclass
 class DevelopOutcome:
     """What the Engineer did: final ``status`` (``ok | check_failed | eval_failed | too_slow |
-    rejected``; ``too_slow``: the evaluation tripped the efficiency guard; ``rejected``: by the
-    user, or the evaluation harness found a trained model non-causal, metrics status
+    stopped_early | rejected``; ``too_slow``: the evaluation tripped the efficiency guard;
+    ``stopped_early``: it was behind the seed at the LM run's half-way checkpoint; ``rejected``: by
+    the user, or the evaluation harness found a trained model non-causal, metrics status
     ``rejected``),
     the final ``code``, the last ``checks``, ``metrics``, ``error``, every debug ``rounds`` item
     ({round, stage, error, log_tail, explanation, passed}) and stage ``timings``.
@@ -316,22 +330,24 @@ class Engineer:
         self.debug_rounds = debug_rounds
 
     def _evaluate(self, path: Path, run_dir: Path, attempt: int, seed: int, side_seeds: tuple[int, ...],
-                  baseline: dict[str, Any] | None, on_line: LineFn, trusted: bool) -> tuple[StepResult, dict[int, Any]]:
-        """Evaluate ``path`` on ``seed`` and, at the same time, on ``side_seeds`` (one thread each:
-        fixed-work runs, so side by side changes their wall time only). Returns the ``seed``
-        result and {side seed: result}; all runs have ended when it returns (the file may be
-        rewritten by a repair afterwards)."""
-        def one(sd: int, folder: Path) -> StepResult:
-            return with_trust(self.executor.evaluate, path, folder, sd, baseline, on_line=on_line, trusted=trusted)
+                  baseline: dict[str, Any] | None, on_line: LineFn, trusted: bool,
+                  early_stop: float | None = None) -> tuple[StepResult, dict[int, Any]]:
+        """Evaluate ``path`` on ``seed`` (with the ``early_stop`` rule: rung 0 only) and, at the same
+        time, on ``side_seeds`` (one thread each: fixed-work runs, so side by side changes their
+        wall time only). Returns the ``seed`` result and {side seed: result}; all runs have ended
+        when it returns (the file may be rewritten by a repair afterwards)."""
+        def one(sd: int, folder: Path, stop: float | None = None) -> StepResult:
+            return with_trust(self.executor.evaluate, path, folder, sd, baseline, on_line=on_line, trusted=trusted,
+                              early_stop=stop)
 
         main_dir = run_dir / f"eval_r{attempt}"
         if not side_seeds:
-            return one(seed, main_dir), {}
+            return one(seed, main_dir, early_stop), {}
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1 + len(side_seeds), thread_name_prefix="asiarch-seed") as pool:
             side = {sd: pool.submit(one, sd, run_dir / f"eval_r{attempt}_seed{sd}") for sd in side_seeds}
-            ev = one(seed, main_dir)
+            ev = one(seed, main_dir, early_stop)
             return ev, {sd: fut.result() for sd, fut in side.items()}
 
     def develop(
@@ -347,6 +363,7 @@ class Engineer:
         on_line: Callable[[str, str], None] | None = None,
         trusted: bool = False,
         side_seeds: tuple[int, ...] = (),
+        early_stop: float | None = None,
     ) -> DevelopOutcome:
         """Check, get approval (if ``approval`` is given), evaluate; repair failures.
 
@@ -357,7 +374,8 @@ class Engineer:
         ``on_stage(stage, status, detail)`` is told of ``check``/``debug``/``evaluate`` starting
         and ending; ``on_line(source, line)`` gets log lines (``check`` / ``train``).
         ``trusted``: ``code`` is the project's own (built-in researcher); a repaired or edited
-        version never is.
+        version never is. ``early_stop``: the evaluation may end at the LM run's half-way
+        checkpoint (see :class:`Executor`); the outcome is then ``stopped_early``.
         """
         rec = recorder or CallRecorder()
         run_dir = Path(run_dir)
@@ -400,7 +418,7 @@ class Engineer:
                     approved = True
                 stage_cb("evaluate", "started", "")
                 ev, side = self._evaluate(path, run_dir, attempt, seed, side_seeds, baseline,
-                                          lambda l: line_cb("train", l), own)
+                                          lambda l: line_cb("train", l), own, early_stop)
                 out.timings["evaluate"] = out.timings.get("evaluate", 0.0) + ev.seconds
                 out.metrics = ev.metrics
                 out.log_tail = ev.log_tail
@@ -416,10 +434,12 @@ class Engineer:
                 if ev.metrics is not None and ev.metrics.get("status") == "rejected":
                     out.status, out.error = "rejected", ev.error or str(ev.metrics.get("stop_reason") or "rejected")
                     return out
-                # a run stopped by the monitor (diverging, leak) or a guard (too slow, hung) is a
-                # result about the design, not a bug for the debugger
-                if ev.metrics is not None and ev.metrics.get("status") in ("stopped", "too_slow", "hung"):
-                    out.status = "too_slow" if ev.metrics.get("status") == "too_slow" else "eval_failed"
+                # a run stopped by the monitor (diverging, leak), a guard (too slow, hung) or at the
+                # half-way checkpoint (behind the seed) is a result about the design, not a bug
+                # for the debugger
+                st = (ev.metrics or {}).get("status")
+                if ev.metrics is not None and st in ("stopped", "too_slow", "hung", "stopped_early"):
+                    out.status = st if st in ("too_slow", "stopped_early") else "eval_failed"
                     out.error = ev.error
                     return out
                 failure = ("evaluate", ev.error, ev.log_tail)

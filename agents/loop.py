@@ -166,6 +166,10 @@ class Loop:
         # noise-aware evaluation (agents.stats): seeds per design entering the top, and the top
         self.n_seeds = max(1, int(getattr(cfg.loop, "seeds", 1) or 1))
         self.top_k_seeds = max(1, int(getattr(cfg.loop, "top_k_seeds", 5) or 5))
+        # early stopping of a candidate's first-seed LM run at its half-way checkpoint (the
+        # margin in the seed's seed-to-seed spreads; None: never)
+        self.early_stop = (float(getattr(cfg.loop, "early_stop_spreads", 1.0))
+                           if getattr(cfg.loop, "early_stop", True) else None)
         self.debug_rounds = int(getattr(cfg.loop, "debug_rounds", 3)) if debug_rounds is None else debug_rounds
         self.novelty_rounds = cfg.loop.novelty_rounds if novelty_rounds is None else novelty_rounds
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
@@ -1073,7 +1077,7 @@ class Loop:
         out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
                                     baseline=baseline, recorder=recorder, approval=approval,
                                     on_stage=on_stage, on_line=on_line, trusted=proposal.trusted,
-                                    side_seeds=side)
+                                    side_seeds=side, early_stop=self.early_stop)
         eng_time = time.perf_counter() - t0
         for k, v in out.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
@@ -1121,7 +1125,7 @@ class Loop:
         # -- 8. judge and score
         with stage("judge") as st:
             verdict = self._judge_record(record, parent, baseline, recorder, st)
-        status = {"ok": "accepted", "too_slow": "too_slow"}.get(out.status, "failed")
+        status = {"ok": "accepted", "too_slow": "too_slow", "stopped_early": "stopped_early"}.get(out.status, "failed")
         with stage("score"):
             ys = self.yardstick()
             comps = self._score(record, verdict, ys, status)
@@ -1136,6 +1140,8 @@ class Loop:
         if status == "too_slow":
             tp = (record.metrics or {}).get("throughput_vs_seed")
             reason = f"too slow: {out.error}" + (f" (throughput {tp:.2f}x the seed's)" if isinstance(tp, (int, float)) else "")
+        elif status == "stopped_early":
+            reason = out.error if out.error.startswith("stopped early") else f"stopped early: {out.error}"
         elif status == "failed":
             reason = f"evaluation failed: {out.error}"
         return self._finish(record, status, reason, run_dir, t_exp)
@@ -1226,6 +1232,8 @@ class Loop:
                 m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
                 m.setdefault("seed", sd)
                 runs.append(m)
+        elif seeds and rung0.get("status") == "stopped_early":
+            st.fail("stopped early at the half-way checkpoint: stays at one seed")
         elif seeds:
             st.fail(f"rung 0 stays at one seed (measured terms {value if value is None else round(value, 4)} "
                     f"below the top {self.top_k_seeds})")
@@ -1404,7 +1412,7 @@ class Loop:
         return self.lab.store.get(exp_id)
 
     def _recent_failures(self, n: int = 3) -> list[Any]:
-        fails = [r for r in self.lab.store.all() if r.status in ("failed", "too_slow")]
+        fails = [r for r in self.lab.store.all() if r.status in ("failed", "too_slow", "stopped_early")]
         return fails[-n:]
 
     def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:

@@ -136,11 +136,12 @@ class _LogSink:
 def run_step(kind: str, code: str, scale: Any, limits: dict[str, Any] | None, seed: int = 0,
              baseline: dict[str, Any] | None = None, scratch_root: str | None = None,
              sink: Any = None, key: str = "", trusted: bool = False,
-             unsafe_no_sandbox: bool = False) -> dict[str, Any]:
+             unsafe_no_sandbox: bool = False, early_stop: float | None = None) -> dict[str, Any]:
     """Run one check or evaluation of ``code`` in the sandbox on this machine (the body of a Ray
     task; callable directly too). ``sink``: a ``_LogSink`` actor handle to stream log lines to
     (as ``key``); ``trusted``: the project's own code (may run without bwrap on that node); ``unsafe_no_sandbox``: run untrusted code
-    without bwrap where that node has none (``[executor] unsafe_no_sandbox``). Returns ``{"step": StepResult as dict, "lines": [...] (the last MAX_LINES),
+    without bwrap where that node has none (``[executor] unsafe_no_sandbox``); ``early_stop``: as
+    ``SandboxExecutor.evaluate``'s. Returns ``{"step": StepResult as dict, "lines": [...] (the last MAX_LINES),
     "n_lines", "streamed", "node", "pid", "started", "ended"}``; never raises for a failing
     candidate."""
     from training.sandbox import Limits
@@ -197,7 +198,8 @@ def run_step(kind: str, code: str, scale: Any, limits: dict[str, Any] | None, se
             if kind == "check":
                 res = ex.check(path, scratch / "check", on_line=on_line, trusted=trusted)
             else:
-                res = ex.evaluate(path, scratch / "eval", seed, baseline, on_line=on_line, trusted=trusted)
+                res = ex.evaluate(path, scratch / "eval", seed, baseline, on_line=on_line, trusted=trusted,
+                                  early_stop=early_stop)
         except Exception as exc:  # the sandbox could not start here: a failed step, with the reason
             res = StepResult(False, [], None, f"{type(exc).__name__} on the Ray worker: {exc}", "", 0.0)
     finally:
@@ -374,9 +376,11 @@ class RayExecutor:
         return self._run("check", Path(path), Path(run_dir), 0, None, on_line, trusted)
 
     def evaluate(self, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-                 on_line: LineFn | None = None, trusted: bool = False) -> StepResult:
-        """The evaluation ladder at the executor's scale, in the sandbox of a Ray task."""
-        return self._run("evaluate", Path(path), Path(run_dir), seed, baseline, on_line, trusted)
+                 on_line: LineFn | None = None, trusted: bool = False,
+                 early_stop: float | None = None) -> StepResult:
+        """The evaluation ladder at the executor's scale, in the sandbox of a Ray task
+        (``early_stop``: see ``agents.engineer.Executor``)."""
+        return self._run("evaluate", Path(path), Path(run_dir), seed, baseline, on_line, trusted, early_stop)
 
     # -- internals -----------------------------------------------------------------------
     def _default_limits(self) -> dict[str, Any] | None:
@@ -388,7 +392,7 @@ class RayExecutor:
         return dataclasses.replace(Limits(), threads=max(1, int(self.num_cpus))).to_dict()
 
     def _run(self, kind: str, path: Path, run_dir: Path, seed: int, baseline: dict[str, Any] | None,
-             on_line: LineFn | None, trusted: bool = False) -> StepResult:
+             on_line: LineFn | None, trusted: bool = False, early_stop: float | None = None) -> StepResult:
         t0 = time.perf_counter()
         ray = self.connect()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -408,7 +412,7 @@ class RayExecutor:
             key = f"{base_key}-{attempt}"
             delivered = self._listen(key, say) if self._sink is not None else [0]
             ref = self._remote.remote(kind, code, spec, limits, seed, baseline, self.scratch_root,
-                                      self._sink, key, trusted, self.unsafe_no_sandbox)
+                                      self._sink, key, trusted, self.unsafe_no_sandbox, early_stop)
             try:
                 out = ray.get(ref, timeout=self.timeout_s)
                 self._drain()  # the task's last lines are in the sink by now

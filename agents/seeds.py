@@ -6,8 +6,9 @@ contract). :func:`combine` turns them into the design's metrics dict: the first 
 (loss curve, log details) with the headline numbers replaced by their means over seeds, plus
 
 * ``seeds``: ``[{seed, status, val_loss, val_bpb, train_loss, probe_mean, probes, tokens_per_s,
-  cpu_seconds, wall_seconds, mixer_params, stop_reason, error, leak_tolerance}, ...]`` in
-  evaluation order;
+  cpu_seconds, wall_seconds, mixer_params, stop_reason, error, leak_tolerance, checkpoint,
+  loss_curve}, ...]`` in evaluation order (``checkpoint``: the LM run's half-way checkpoint loss,
+  ``training.early_stop``; ``loss_curve`` only where there is one);
 * ``spread``: ``{metric: {n, mean, std, interval: [lo, hi], confidence, method}}`` for
   ``val_loss, val_bpb, probe_mean, tokens_per_s`` and each probe (``probes.<name>``);
 * ``n_seeds``.
@@ -29,7 +30,7 @@ __all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "sp
 
 #: Per-seed values kept in ``metrics.seeds``.
 SEED_KEYS = ("seed", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
-             "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error", "leak_tolerance")
+             "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error", "leak_tolerance", "checkpoint")
 #: kept per seed at a scale with lm-eval tasks (the benchmark term and the per-task scores)
 LM_EVAL_KEYS = ("benchmark_kind", "benchmark", "lm_eval")
 _MEAN_KEYS = ("val_loss", "val_bpb", "train_loss", "probe_mean", "benchmark", "tokens_per_s", "cpu_seconds", "wall_seconds",
@@ -40,6 +41,8 @@ _SPREAD_KEYS = ("val_loss", "val_bpb", "probe_mean", "benchmark", "tokens_per_s"
 def _entry(m: dict[str, Any]) -> dict[str, Any]:
     out = {k: m.get(k) for k in SEED_KEYS}
     out["probes"] = dict(m.get("probes") or {})
+    if m.get("loss_curve"):  # per seed: the seed design's curves are early stopping's fallback reference
+        out["loss_curve"] = m["loss_curve"]
     if m.get("benchmark_kind") == "lm_eval":
         out.update({k: m.get(k) for k in LM_EVAL_KEYS})
     return out

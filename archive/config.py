@@ -99,6 +99,11 @@ class LoopConfig(_Section):
     #: at least 1 (3 gives every design in the top an interval)
     seeds: int = Field(3, ge=1)
     top_k_seeds: int = Field(5, ge=1)
+    #: end a candidate's first-seed LM run at its half-way checkpoint when its loss there is
+    #: more than ``early_stop_spreads`` of the seed's seed-to-seed standard deviations above the
+    #: seed's (status ``stopped_early``; training.early_stop, docs/NOISE.md)
+    early_stop: bool = True
+    early_stop_spreads: float = Field(1.0, ge=0.0)
 
 
 class SamplingConfig(_Section):
@@ -301,6 +306,12 @@ seed = {loop.seed}
 # only when the promotion rule says it is better beyond noise (docs/NOISE.md). 1 = no intervals.
 seeds = {loop.seeds}
 top_k_seeds = {loop.top_k_seeds}
+# At scales with language-model training, a candidate's first-seed run is stopped at its
+# half-way checkpoint when its training loss there is more than early_stop_spreads of the seed
+# design's seed-to-seed standard deviations above the seed's at the same step (decided by the
+# sandbox harness; status stopped_early: partial, no fitness, never promoted).
+early_stop = {loop.early_stop}
+early_stop_spreads = {loop.early_stop_spreads}
 
 [sampling]
 # Parents are drawn (rank-weighted) from the top_k accepted experiments by fitness.

@@ -16,7 +16,9 @@ from typing import Any
 
 #: The statuses an experiment can have; all of them are committed, so nothing tried is lost.
 #: ``too_slow``: evaluated, but over the efficiency cap (a finding about the design's cost).
-STATUSES = ("accepted", "failed", "rejected", "too_slow")
+#: ``stopped_early``: its language-model run was stopped at the half-way checkpoint, behind the
+#: seed by more than the seed's spread (a rung of the evaluation, not a failure; partial metrics).
+STATUSES = ("accepted", "failed", "rejected", "too_slow", "stopped_early")
 
 #: The seed experiment's id.
 SEED_ID = "0000"
@@ -52,7 +54,8 @@ class ExperimentRecord:
     it, or a proposal rejected before evaluation); ``fitness`` is then ``None``. Fitness is
     derived data: ``yardstick`` is the version (a hash of the seed's metrics and scale) it was
     computed against, and ``archive.scores`` holds re-scored values when the yardstick changed.
-    Failed, too_slow and rejected experiments, and partial metrics, have no fitness (None).
+    Failed, too_slow, stopped_early and rejected experiments, and partial metrics, have no
+    fitness (None).
     """
 
     id: str

@@ -176,7 +176,8 @@ def _table(finished: list[Any]) -> Table:
         t.add_column(col, no_wrap=col != "name", overflow="ellipsis" if col == "name" else "fold")
     for ev in finished:
         m = ev.metrics or {}
-        style = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta"}.get(ev.status, "")
+        style = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta",
+                 "stopped_early": "blue"}.get(ev.status, "")
         t.add_row(ev.exp_id or "", ev.name[:40], Text(ev.status, style=style),
                   _fitness_text(ev) if ev.fitness is not None else "-",
                   f"{m['probe_mean']:.3f}" if isinstance(m.get("probe_mean"), (int, float)) else

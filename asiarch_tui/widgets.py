@@ -24,7 +24,10 @@ from textual.message import Message
 
 from archive.record import SEED_ID
 
-STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta", "running": "cyan"}
+STATUS_STYLE = {"accepted": "green", "failed": "red", "rejected": "yellow", "too_slow": "magenta",
+                "stopped_early": "blue", "running": "cyan"}
+#: How a status reads in the tree (the others as they are)
+STATUS_TEXT = {"stopped_early": "stopped early at half-way"}
 
 
 def fmt_fitness(value: float | None) -> str:
@@ -75,7 +78,7 @@ def node_label(rec: Mapping[str, Any], best_id: str | None, reached: Iterable[st
     for scale in reached:
         text.append(f" ⇡{scale}", style="magenta")
     if status != "accepted":
-        text.append(f" ({status})", style="dim " + STATUS_STYLE.get(status, ""))
+        text.append(f" ({STATUS_TEXT.get(status, status)})", style="dim " + STATUS_STYLE.get(status, ""))
     return text
 
 

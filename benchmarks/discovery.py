@@ -96,6 +96,7 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     exp_wall = sum(float((r.timings or {}).get("total", 0.0)) for r in exps)
     print(f"experiments: {n} ({sum(r.status == 'accepted' for r in exps)} accepted, "
           f"{sum(r.status == 'failed' for r in exps)} failed, {sum(r.status == 'too_slow' for r in exps)} too slow, "
+          f"{sum(r.status == 'stopped_early' for r in exps)} stopped early, "
           f"{sum(r.status == 'rejected' for r in exps)} rejected)")
     print(f"wall time this run: {wall/60:.1f} min (baselines {stage_t.get('baselines', 0)/60:.1f} min); "
           f"experiments per hour (experiment time only): {3600 * n / max(exp_wall, 1e-9):.1f}")

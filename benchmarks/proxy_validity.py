@@ -1,6 +1,6 @@
 """Proxy validity: do our cheap scales rank the reference mixers the way the literature does?
 
-    .venv/bin/python benchmarks/proxy_validity.py [--scales probe,explore] [--seeds 3]
+    .venv/bin/python benchmarks/proxy_validity.py [--scales probe,explore] [--seeds 3] [--lm-only]
         [--factor 1.0] [--threads 1] [--only a,b] [--json FILE]
 
 The six reference mixers (training/mixers) are evaluated at the probe and at the explore scale on
@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -112,6 +113,45 @@ def print_ranking(title: str, ranked: list[dict], reference: list[str]) -> dict:
     return {"tau": tau, "separated": sep, "ranking": ranked}
 
 
+def _run_summary(run: dict) -> dict:
+    """The figures of one evaluation kept in the JSON result."""
+    cp = run.get("checkpoint") or {}
+    return {k: run.get(k) for k in ("seed", "status", "probe_mean", "val_bpb", "val_loss", "cpu_seconds",
+                                    "wall_seconds", "train_seconds", "probes")} | {"checkpoint_loss": cp.get("loss"),
+                                                                                  "checkpoint_step": cp.get("step")}
+
+
+def early_stop_table(results: list[dict], spreads: float = 1.0) -> dict:
+    """What the half-way early-stopping rule (training.early_stop) would have said of every
+    reference mixer's runs against the seed design's (DeltaNet's) per-seed checkpoint losses, and
+    the LM training seconds a stop would have saved (half of that run's LM seconds)."""
+    from training.early_stop import decide, reference
+    from training.mixers import SEED_MIXER
+
+    seed = next((r for r in results if r["name"] == SEED_MIXER), None)
+    runs = [run for run in (seed or {}).get("runs", []) if run.get("status") == "ok"]
+    cp = next((run.get("checkpoint") for run in runs if run.get("checkpoint")), None)
+    if not runs or not cp:
+        return {"reference": None}
+    ref = reference({"scale": runs[0].get("scale"), "seeds": runs}, cp["step"], cp["batches"])
+    out: dict = {"reference": {"mean": ref.mean, "std": ref.std, "n": ref.n, "step": ref.step} if ref else None,
+                 "spreads": spreads, "mixers": {}}
+    print(f"  early stopping at step {cp['step']} vs {SEED_MIXER}"
+          + (f" {ref.mean:.4f} ± {ref.std:.4f} ({ref.n} seeds)" if ref and ref.std is not None else ": no spread"))
+    for r in results:
+        rows = []
+        for run in r.get("runs", []):
+            loss = (run.get("checkpoint") or {}).get("loss")
+            d = decide(loss, ref, spreads)
+            saved = 0.5 * float(run.get("train_seconds") or 0.0) if d.stop else 0.0
+            rows.append({"seed": run.get("seed"), "loss": loss, "outcome": d.outcome, "saved_lm_s": round(saved, 1),
+                         "val_bpb": run.get("val_bpb")})
+        out["mixers"][r["name"]] = rows
+        print(f"    {r['name']:18s} " + ", ".join(
+            f"seed {x['seed']}: {_fmt(x['loss'], 4)} {x['outcome']}" for x in rows))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluations and print the rankings; the last line is the JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,12 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="step multiplier for every probe and the LM (1 = the real scales; 0.1 = smoke test)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per evaluation")
     ap.add_argument("--only", default=None, help="comma-separated subset of the reference mixers")
+    ap.add_argument("--lm-only", action="store_true",
+                    help="at scales that train an LM, skip the probes: explore runs the probe scale's suite at "
+                         "the same probe model size and seeds, so its probe results are the probe scale's, "
+                         "bit for bit (the recall table is then the probe scale's)")
     ap.add_argument("--out", default=None, help="also write the whole result to this file")
     add_json_flag(ap)
     args = ap.parse_args(argv)
     with json_output("proxy_validity", args.json) as rec:
         rec.settings.update(scales=args.scales, seeds=args.seeds, first_seed=args.first_seed, factor=args.factor,
-                            threads=args.threads, only=args.only)
+                            threads=args.threads, only=args.only, lm_only=args.lm_only)
         return run(args, rec.figures)
 
 
@@ -139,8 +183,11 @@ def run(args: argparse.Namespace, figures: dict) -> int:
     t_all, c_all = time.perf_counter(), time.process_time()
     for scale_name in [s.strip() for s in args.scales.split(",") if s.strip()]:
         scale = get_scale(scale_name) if args.factor == 1.0 else scaled_down(scale_name, args.factor)
+        lm_only = bool(getattr(args, "lm_only", False)) and scale.has_lm
+        if lm_only:
+            scale = replace(scale, probes=())
         print(f"== {scale_name}{'' if args.factor == 1.0 else f' (steps x{args.factor:g})'}: seeds {seeds}, "
-              f"threads {args.threads}", flush=True)
+              f"threads {args.threads}{' (LM only: recall = the probe scale)' if lm_only else ''}", flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
 
         def on_result(name: str, seed: int, m: dict) -> None:
@@ -151,12 +198,16 @@ def run(args: argparse.Namespace, figures: dict) -> int:
 
         results = evaluate_references(scale, seeds=seeds, names=names, on_result=on_result,
                                       num_threads=args.threads)
-        entry = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
-        entry["recall"] = print_ranking("recall (mean probe accuracy)", rank(results, "probe_mean", True),
-                                        RECALL_ORDER)
+        entry = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+                 "runs": {r["name"]: [_run_summary(run) for run in r.get("runs", [])] for r in results}}
+        if not lm_only:
+            entry["recall"] = print_ranking("recall (mean probe accuracy)", rank(results, "probe_mean", True),
+                                            RECALL_ORDER)
         if any(r.get("val_bpb") is not None for r in results):
             entry["lm"] = print_ranking("language modelling (validation bits/byte)", rank(results, "val_bpb", False),
                                         LM_ORDER)
+        if any(r.get("val_bpb") is not None for r in results):
+            entry["early_stop"] = early_stop_table(results)
         print(f"  time: {entry['wall_s']:.0f} s wall, {entry['cpu_s']:.0f} s CPU", flush=True)
         out["scales"][scale_name] = entry
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
@@ -166,8 +217,9 @@ def run(args: argparse.Namespace, figures: dict) -> int:
         Path(args.out).write_text(json.dumps(out, indent=2))
     summary = {"wall_s": out["wall_s"], "cpu_s": out["cpu_s"], "factor": args.factor, "seeds": len(seeds)}
     for k, e in out["scales"].items():
-        summary[f"{k}_recall_tau"] = e["recall"]["tau"]
-        summary[f"{k}_recall_separated"] = e["recall"]["separated"]
+        if "recall" in e:
+            summary[f"{k}_recall_tau"] = e["recall"]["tau"]
+            summary[f"{k}_recall_separated"] = e["recall"]["separated"]
         if "lm" in e:
             summary[f"{k}_lm_tau"] = e["lm"]["tau"]
             summary[f"{k}_lm_separated"] = e["lm"]["separated"]

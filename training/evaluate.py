@@ -20,6 +20,7 @@ from training import probes as P
 from training.guards import GUARD_STATUSES, Guards
 from training.data import CorpusError, batches, load_corpus, validation_batches
 from training.leak_monitor import tolerance_of
+from training.early_stop import STOPPED_EARLY, checkpoint_step
 from training.lm_eval_bridge import LMEvalError
 from training.scales import Scale, get_scale
 from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
@@ -27,6 +28,8 @@ from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_
 LN2 = math.log(2.0)
 #: ``progress(fraction_done, description)``
 ProgressFn = Callable[[float, str], None]
+#: ``checkpoint(step, model) -> reason to stop, or None``: asked at the LM run's half-way checkpoint
+CheckpointFn = Callable[[int, torch.nn.Module], "str | None"]
 
 
 class EvaluationError(RuntimeError):
@@ -96,6 +99,9 @@ def _empty_metrics(scale: Scale, seed: int) -> dict:
         "partial": False, "lm_tokens": 0, "steps_done": 0, "steps_planned": _planned_steps(scale),
         "tokens_done": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0, "load_avg_start": None,
         "load_avg_end": None, "throughput_vs_seed": None, "guards": None,
+        # the LM run's half-way checkpoint (training.early_stop) and, when one was asked, the
+        # early-stopping verdict there
+        "checkpoint": None, "early_stop": None,
         # the benchmark term of fitness: "lm_eval" (mean lm-eval task score, probes are then
         # diagnostics) or "probes" (probe_mean); lm_eval holds the per-task scores
         "benchmark_kind": scale.benchmark, "benchmark": None,
@@ -151,6 +157,7 @@ def evaluate_class(
     keep_model: Callable[[str, torch.nn.Module], None] | None = None,
     lm_eval: str = "here",
     lm_eval_allow_hub: bool = False,
+    checkpoint: CheckpointFn | None = None,
 ) -> dict:
     """Evaluate ``mixer_cls`` at ``scale`` with ``seed``; returns the contract's metrics dict.
 
@@ -173,6 +180,13 @@ def evaluate_class(
     were). ``num_threads`` sets torch's intra-op threads (default: ``ASIARCH_TORCH_THREADS`` or
     torch's own). ``keep_model(label, model)`` is given each trained model (a probe's label, or
     ``"lm"``) once it is measured (the sandbox worker keeps them for the harness to verify).
+
+    At the LM run's half-way checkpoint (:func:`training.early_stop.checkpoint_step`) the model's
+    checkpoint loss on fixed training-split windows is recorded in ``checkpoint`` (``{step, loss,
+    batches, split, computed_by}``), and ``checkpoint(step, model)`` is asked, when given: a
+    reason it returns ends the run there with status ``stopped_early`` (probes and the loss curve
+    kept, no validation loss, partial). In the sandbox the harness answers it
+    (``training.sandbox_child``).
     """
     scale = get_scale(scale)
     if guards is None:
@@ -181,7 +195,8 @@ def evaluate_class(
         guards = Guards.from_dict(guards)
     with torch_threads(num_threads):
         return _evaluate_class(mixer_cls, scale, seed, on_log, baseline, progress, mixer_kwargs,
-                               corpus_paths, log_path, guards, keep_model, lm_eval, lm_eval_allow_hub)
+                               corpus_paths, log_path, guards, keep_model, lm_eval, lm_eval_allow_hub,
+                               checkpoint)
 
 
 class _GuardStop(Exception):
@@ -194,7 +209,7 @@ class _GuardStop(Exception):
 
 def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, mixer_kwargs, corpus_paths,
                     log_path, guards: Guards, keep_model=None, lm_eval: str = "here",
-                    lm_eval_allow_hub: bool = False) -> dict:
+                    lm_eval_allow_hub: bool = False, checkpoint: CheckpointFn | None = None) -> dict:
     if lm_eval not in ("here", "deferred"):
         raise ValueError(f"lm_eval must be 'here' or 'deferred', got {lm_eval!r}")
     device = _device(scale)
@@ -284,10 +299,19 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                               log_every=scale.log_every, seed=seed, leak_tolerance=tolerance)
             gen = torch.Generator().manual_seed(seed)
             w = weights[-1]
+            cstep = checkpoint_step(scale.lm_steps)
+            early: dict[str, tuple[str, str]] = {}
+
+            def lm_step(s: int, _loss: float) -> None:
+                report((s + 1) / scale.lm_steps, w, "language model")
+                if cstep is not None and s + 1 == cstep:
+                    why = _checkpoint(m, model, corpus, scale, cstep, checkpoint, log)
+                    if why:
+                        early["stop"] = (STOPPED_EARLY, why)
+
             res = train(model, batches(corpus.train, scale.batch_size, scale.seq_len, gen), cfg, on_log=log,
-                        log_path=log_path, baseline_curve=base_curve, label="lm",
-                        on_step=lambda s, _l: report((s + 1) / scale.lm_steps, w, "language model"),
-                        guard=lambda: verdict("in the language model"))
+                        log_path=log_path, baseline_curve=base_curve, label="lm", on_step=lm_step,
+                        guard=lambda: early.get("stop") or verdict("in the language model"))
             add_steps(res)
             m["train_loss"] = res.train_loss
             m["tokens_per_s"] = round(res.tokens_per_s, 1)
@@ -300,7 +324,9 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
                 m["leak_monitor"]["loss_rule"].update(fired=True, evidence=res.leak_evidence)
                 if keep_model is not None:  # the harness checks the stopped model's causality
                     keep_model("lm", model)
-            if res.status != "ok":
+            if res.status == STOPPED_EARLY:
+                m["status"], m["stop_reason"] = STOPPED_EARLY, str(res.stop_reason)
+            elif res.status != "ok":
                 m["status"], m["stop_reason"] = "stopped", f"language model: {res.stop_reason}"
             else:
                 val = validation_batches(corpus.val, scale.batch_size, scale.seq_len, scale.val_batches)
@@ -346,6 +372,28 @@ def _evaluate_class(mixer_cls, scale: Scale, seed, on_log, baseline, progress, m
     if m["partial"] and m["status"] == "ok":  # cannot happen by construction; never claim complete
         m["status"], m["stop_reason"] = "stopped", "incomplete evaluation"
     return m
+
+
+def checkpoint_batches(corpus, scale: Scale) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed windows of the training split the half-way checkpoint loss is measured on
+    (``scale.val_batches`` batches of ``scale.batch_size`` x ``scale.seq_len``, evenly spaced)."""
+    return validation_batches(corpus.train, scale.batch_size, scale.seq_len, scale.val_batches)
+
+
+def _checkpoint(m: dict, model: torch.nn.Module, corpus, scale: Scale, step: int,
+                checkpoint: CheckpointFn | None, log: Callable[[str], None]) -> str | None:
+    """Record the half-way checkpoint loss in ``m["checkpoint"]`` and ask ``checkpoint``; returns
+    its reason to stop (or None)."""
+    loss = evaluate_loss(model, checkpoint_batches(corpus, scale))
+    m["checkpoint"] = {"step": step, "loss": round(loss, 6) if math.isfinite(loss) else None,
+                       "batches": scale.val_batches, "split": "train", "computed_by": "evaluator"}
+    log(f"[lm] checkpoint at step {step}/{scale.lm_steps}: loss {loss:.4f} nats/byte on "
+        f"{scale.val_batches} fixed training batches")
+    if checkpoint is None:
+        return None
+    why = checkpoint(step, model)
+    torch.nn.Module.train(model, True)  # the harness's logits requests ran it in eval mode
+    return str(why) if why else None
 
 
 def add_lm_eval(m: dict, model: Callable[[torch.Tensor], torch.Tensor], scale: Scale, seed: int,

@@ -123,20 +123,31 @@ class WorkerClient:
     # ------------------------------------------------------------------ commands
     def call(self, op: str, args: dict[str, Any] | None = None, tensors: list[torch.Tensor] | tuple = (),
              n_out: int | None = None, on_progress: Any = None,
-             max_progress: int = 100000) -> tuple[dict[str, Any], list[torch.Tensor]]:
+             max_progress: int = 100000, on_checkpoint: Any = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
         """Run ``op`` in the worker; returns ``(values, tensors)``. ``n_out``: the exact number of
         tensors the reply must carry. ``on_progress(fraction, message)`` gets the worker's
         ``progress`` frames before the reply (at most ``max_progress``; more is a protocol
-        breach). Raises :class:`WorkerFailed`."""
+        breach). ``on_checkpoint(header) -> dict`` answers the worker's one ``checkpoint``
+        frame (the LM run's half-way checkpoint, ``training.early_stop``): while it runs the
+        worker waits and answers nested calls (``logits`` of the ``lm_checkpoint`` model); its
+        dict goes back as the ``resume`` command's arguments. A checkpoint frame without
+        ``on_checkpoint``, or a second one, is a protocol breach. Raises :class:`WorkerFailed`."""
         if self.status is not None:
             raise WorkerFailed("died", self.death_reason())
         self.calls += 1
         try:
             wire.send(self.sock, {"op": op, "args": args or {}}, list(tensors))
-            n_progress = 0
+            n_progress = n_checkpoints = 0
             while True:
                 header, out = wire.recv(self.sock, max_header=256 * 1024, max_tensor_bytes=self.max_reply,
                                         max_total_bytes=self.max_reply)
+                if header.get("event") == "checkpoint":
+                    n_checkpoints += 1
+                    if on_checkpoint is None or n_checkpoints > 1 or out:
+                        raise wire.WireError("an unexpected checkpoint message")
+                    answer = on_checkpoint(header)
+                    wire.send(self.sock, {"op": "resume", "args": dict(answer or {})})
+                    continue
                 if header.get("event") != "progress":
                     break
                 n_progress += 1

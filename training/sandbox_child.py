@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import signal
@@ -539,6 +540,97 @@ def _reject(metrics: dict[str, Any], reason: str) -> None:
     metrics["status"], metrics["stop_reason"], metrics["error"] = "rejected", reason, None
 
 
+class HalfwayCheckpoint:
+    """The harness's side of the LM run's half-way checkpoint (``training.early_stop``).
+
+    When the worker reaches step ``lm_steps // 2`` it waits; :meth:`answer` measures the
+    checkpoint loss here, from the logits the worker returns for the fixed training-split
+    windows (``training.evaluate.checkpoint_batches``), and, when the payload asks for early
+    stopping (``early_stop: {spreads}``), decides against the seed's per-seed values in the
+    payload's ``baseline`` (:func:`training.early_stop.reference` and ``decide``). :meth:`apply`
+    then writes the harness's ``checkpoint`` and ``early_stop`` into the metrics, whatever the
+    worker reported, and makes a stopped run ``stopped_early``."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        from training.early_stop import checkpoint_step
+
+        self.payload = payload
+        self.scale = payload_scale(payload)
+        self.step = checkpoint_step(self.scale.lm_steps) if self.scale.has_lm else None
+        self.client: Any = None
+        self.measured: dict[str, Any] | None = None
+        self.decision: Any = None
+
+    def _loss(self) -> tuple[float | None, str | None]:
+        from training.data import load_corpus
+        from training.evaluate import checkpoint_batches
+        from training.harness import WorkerFailed
+        from training.trainer import IGNORE, sequence_loss
+        from training.worker import CHECKPOINT_LABEL
+
+        corpus = load_corpus((self.payload.get("kwargs") or {}).get("corpus_paths"))
+        total, count = 0.0, 0
+        for x, y in checkpoint_batches(corpus, self.scale):
+            try:
+                _, (z,) = self.client.call("logits", {"label": CHECKPOINT_LABEL}, [x], n_out=1)
+            except WorkerFailed as exc:
+                if exc.kind in ("died", "protocol"):
+                    raise
+                return None, f"the half-trained model failed on the checkpoint batches: {exc.reason}"
+            if z.dim() != 3 or tuple(z.shape[:2]) != tuple(x.shape) or z.shape[-1] < 256:
+                raise WorkerFailed("protocol", f"checkpoint logits of shape {tuple(z.shape)} for tokens {tuple(x.shape)}")
+            n = int((y != IGNORE).sum())
+            total += float(sequence_loss(z, y)) * n
+            count += n
+        loss = total / max(count, 1)
+        return (loss, None) if math.isfinite(loss) else (None, "the checkpoint loss is not finite")
+
+    def answer(self, header: dict[str, Any]) -> dict[str, Any]:
+        """The worker's ``checkpoint`` frame: measure, decide, and say whether to stop."""
+        from training.early_stop import DEFAULT_SPREADS, decide, reference
+        from training.harness import WorkerFailed
+
+        if self.step is None or header.get("step") != self.step:
+            raise WorkerFailed("protocol", f"a checkpoint at step {header.get('step')!r}; the harness expects "
+                                           f"{self.step!r}")
+        loss, problem = self._loss()
+        self.measured = {"step": self.step, "loss": None if loss is None else round(loss, 6),
+                         "batches": self.scale.val_batches, "split": "train", "computed_by": "harness"}
+        if problem:
+            self.measured["problem"] = problem
+        es = self.payload.get("early_stop")
+        if not isinstance(es, dict):
+            return {"stop": False}
+        spreads = es.get("spreads", DEFAULT_SPREADS)
+        spreads = float(spreads) if isinstance(spreads, (int, float)) and math.isfinite(spreads) else DEFAULT_SPREADS
+        ref = reference(self.payload.get("baseline"), self.step, self.scale.val_batches, self.scale.name)
+        self.decision = decide(loss, ref, spreads, self.step, self.scale.lm_steps)
+        print(f"[early stop] {self.decision.text}", flush=True)
+        return {"stop": self.decision.stop, "reason": self.decision.text}
+
+    def apply(self, metrics: dict[str, Any]) -> str | None:
+        """Put the harness's checkpoint and verdict into ``metrics``; returns a problem (the run
+        stopped early, or skipped the checkpoint) or None."""
+        from training.early_stop import STOPPED_EARLY
+
+        said = metrics.get("checkpoint")
+        metrics["checkpoint"] = self.measured
+        metrics["early_stop"] = self.decision.to_dict() if self.decision is not None else None
+        if self.measured is not None and isinstance(said, dict) and isinstance(said.get("loss"), (int, float)):
+            self.measured["worker_loss"] = float(said["loss"])
+        if self.decision is not None and self.decision.stop:
+            metrics.update(status=STOPPED_EARLY, stop_reason=self.decision.text, error=None, val_loss=None,
+                           val_bpb=None, partial=True)
+            return self.decision.text
+        if metrics.get("status") == STOPPED_EARLY:
+            metrics.update(status="error", error="the worker stopped at the checkpoint without the harness's verdict")
+            return metrics["error"]
+        if self.step is not None and self.measured is None and metrics.get("status") == "ok":
+            metrics.update(status="error", error="the worker skipped the half-way checkpoint of the language model")
+            return metrics["error"]
+        return None
+
+
 def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The evaluate task: the worker trains and evaluates the candidate (``training.evaluate``)
     and reports the metrics over the socketpair; the harness bounds them, recomputes the probe
@@ -556,10 +648,13 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
     def progress(fraction: float, message: str) -> None:
         emit({"event": "progress", "fraction": fraction, "message": message})
 
+    checkpoint = HalfwayCheckpoint(payload)
     with WorkerClient(request) as client:
+        checkpoint.client = client
         try:
-            vals, _ = client.call("evaluate", {"payload": payload, "static": bool(payload.get("static_check", True))},
-                                  n_out=0, on_progress=progress)
+            vals, _ = client.call("evaluate", {"payload": payload, "static": bool(payload.get("static_check", True)),
+                                               "checkpoint": checkpoint.step is not None},
+                                  n_out=0, on_progress=progress, on_checkpoint=checkpoint.answer)
         except WorkerFailed as exc:
             return {"ok": False, "reason": mem_reason if exc.kind == "memory" else exc.reason,
                     "worker_cpu_s": round(client.cpu_seconds(), 3)}
@@ -584,6 +679,9 @@ def _evaluate_in_worker(request: dict[str, Any], emit: Callable[[dict[str, Any]]
                 problem = f"the harness could not verify the metrics: {exc.reason}"
             if problem:
                 ok, reason = False, problem
+            stop_problem = checkpoint.apply(metrics)  # the half-way rule, decided here
+            if stop_problem:
+                ok, reason = False, stop_problem
             try:  # every evaluation, whatever the verification found: a leak outranks a mismatch
                 violation, after = _causality_after_training(client, payload, kept, scored)
             except WorkerFailed as exc:

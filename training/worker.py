@@ -32,6 +32,12 @@ the socketpair (:mod:`training.wire` frames, nothing pickled):
 - ``select_trained`` {label, layer} -> values {n_layers}: the check ops act on that trained
   mixer (its trained state restored on every selection after the first);
 - ``status`` -> values {violations, changes}: what the diagnostic guard and the watch saw;
+- ``evaluate`` {payload, static, checkpoint} -> values {result, kept}: the whole evaluation;
+  with ``checkpoint``, at the LM run's half-way checkpoint the worker sends a ``{"event":
+  "checkpoint", "step"}`` frame, answers ``logits`` requests on the half-trained model (label
+  ``lm_checkpoint``) and goes on when the harness sends ``resume`` {stop, reason}: a stop ends
+  the run as ``stopped_early`` (the harness decides; ``training.early_stop``);
+- ``logits`` {label} + [tokens] -> [logits]: a trained model's logits, in eval mode;
 - ``quit``.
 
 Everything the worker says is untrusted: the harness computes each verdict from the tensors.
@@ -63,6 +69,8 @@ DENIED_SYSCALLS = (
     "personality", "mknod", "mknodat",
 )
 CLONE_THREAD = 0x00010000
+#: the label of the half-trained language model the harness reads at the checkpoint
+CHECKPOINT_LABEL = "lm_checkpoint"
 
 
 def install_seccomp() -> str | None:
@@ -298,9 +306,34 @@ class Worker:
                 wire.send(self.sock, {"event": "progress", "fraction": float(msg.get("fraction") or 0.0),
                                       "message": str(msg.get("message", ""))[:200]})
 
+        def checkpoint(step: int, model: Any) -> str | None:
+            self.trained[CHECKPOINT_LABEL] = model
+            try:
+                wire.send(self.sock, {"event": "checkpoint", "step": int(step)})
+                return self._serve_checkpoint()
+            finally:
+                self.trained.pop(CHECKPOINT_LABEL, None)
+
         result = run_evaluation(dict(args.get("payload") or {}), self.guard, self.watch, emit,
-                           bool(args.get("static", True)), keep_model=self.trained.__setitem__)
+                                bool(args.get("static", True)), keep_model=self.trained.__setitem__,
+                                checkpoint=checkpoint if args.get("checkpoint") else None)
         return {"result": result, "kept": sorted(self.trained)}, []
+
+    def _serve_checkpoint(self) -> str | None:
+        """At the half-way checkpoint: answer the harness's ``logits`` requests until it sends
+        ``resume``; returns its reason to stop (None: go on)."""
+        while True:
+            header, tensors = wire.recv(self.sock)
+            op = header.get("op")
+            if op == "resume":
+                args = header.get("args") or {}
+                return str(args.get("reason") or "stopped at the half-way checkpoint") if args.get("stop") else None
+            if op == "quit":
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            self._answer("logits" if op == "logits" else f"{op} (not at a checkpoint)",
+                         header.get("args") or {}, tensors)
 
     def op_logits(self, args: dict, tensors: list) -> tuple[dict, list]:
         """Logits of a trained model (``label``) for the harness's token batch, computed exactly as
@@ -349,13 +382,6 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
         """Answer commands until ``quit`` or until the harness goes away."""
-        from training.sandbox_guard import SandboxViolation
-        from training.sandbox_guard import memory_message as _memory_message
-
-        ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
-               "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
-               "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
-               "logits": self.op_logits, "select_trained": self.op_select_trained}
         while True:
             try:
                 header, tensors = wire.recv(self.sock)
@@ -364,35 +390,49 @@ class Worker:
             op = header.get("op")
             if op == "quit":
                 return
-            fn = ops.get(op)
+            if not self._answer(op, header.get("args") or {}, tensors):
+                return
+
+    def _answer(self, op: Any, args: dict, tensors: list) -> bool:
+        """Run one command and send its reply; False when no reply could be sent."""
+        from training.sandbox_guard import SandboxViolation
+        from training.sandbox_guard import memory_message as _memory_message
+
+        ops = {"build": self.op_build, "forward": self.op_forward, "timed": self.op_timed,
+               "saved_bytes": self.op_saved_bytes, "forward_many": self.op_forward_many,
+               "redraw": self.op_redraw, "trace": self.op_trace, "status": self.op_status, "evaluate": self.op_evaluate,
+               "logits": self.op_logits, "select_trained": self.op_select_trained}
+        fn = ops.get(op)
+        try:
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            values, out = fn(args, tensors)
+            reply: dict[str, Any] = {"ok": True, "values": values}
+        except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+            out = []
             try:
-                if fn is None:
-                    raise ValueError(f"unknown op {op!r}")
-                values, out = fn(header.get("args") or {}, tensors)
-                reply: dict[str, Any] = {"ok": True, "values": values}
-            except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
-                out = []
-                try:
-                    text = str(exc)
-                except BaseException:  # noqa: BLE001
-                    text = "<unprintable>"
-                memory = isinstance(exc, MemoryError) or _memory_message(exc)
-                kind = "violation" if isinstance(exc, SandboxViolation) else ("memory" if memory else "error")
-                reply = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {text[:300]}"
-                         if kind == "error" else text[:300]}
-                if kind == "error":
-                    print(traceback.format_exc(limit=6), file=sys.stderr, flush=True)
+                text = str(exc)
+            except BaseException:  # noqa: BLE001
+                text = "<unprintable>"
+            memory = isinstance(exc, MemoryError) or _memory_message(exc)
+            kind = "violation" if isinstance(exc, SandboxViolation) else ("memory" if memory else "error")
+            reply = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {text[:300]}"
+                     if kind == "error" else text[:300]}
+            if kind == "error":
+                print(traceback.format_exc(limit=6), file=sys.stderr, flush=True)
+        try:
+            wire.send(self.sock, reply, out)
+        except (wire.WireError, OSError, MemoryError):
             try:
-                wire.send(self.sock, reply, out)
-            except (wire.WireError, OSError, MemoryError):
-                try:
-                    wire.send(self.sock, {"ok": False, "kind": "error", "error": "could not send the reply"})
-                except (wire.WireError, OSError):
-                    return
+                wire.send(self.sock, {"ok": False, "kind": "error", "error": "could not send the reply"})
+            except (wire.WireError, OSError):
+                return False
+        return True
 
 
 def run_evaluation(payload: dict[str, Any], guard: Any, watch: Any,
-                        emit: Callable[[dict[str, Any]], None], static: bool, keep_model: Any = None) -> dict[str, Any]:
+                   emit: Callable[[dict[str, Any]], None], static: bool, keep_model: Any = None,
+                   checkpoint: Any = None) -> dict[str, Any]:
     """The evaluate op's body, in the worker: evaluate the candidate with ``training.evaluate``
     (the class loaded under the guard).
 
@@ -400,7 +440,9 @@ def run_evaluation(payload: dict[str, Any], guard: Any, watch: Any,
     (a cheaper copy via ``training.scales.scaled_down``, for tests and smoke runs), ``seed``,
     ``baseline``, ``guards`` (``training.guards.Guards`` as a dict; default: derived from the
     baseline), ``kwargs`` (passed on, e.g. ``mixer_kwargs``). Log lines go to stdout (streamed
-    by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``."""
+    by the parent); progress calls become ``{"event": "progress", "fraction", "message"}``.
+    ``checkpoint``: the worker's channel to the harness at the LM run's half-way checkpoint
+    (``training.evaluate.evaluate_class``'s ``checkpoint``)."""
     import training.evaluate as ev
     from training.sandbox_guard import load_candidate
     from training.scales import payload_scale
@@ -419,21 +461,17 @@ def run_evaluation(payload: dict[str, Any], guard: Any, watch: Any,
     kwargs = dict(payload.get("kwargs") or {})
     kwargs.pop("lm_eval", None)
     kwargs.pop("lm_eval_allow_hub", None)
+    kwargs.pop("checkpoint", None)
+    if checkpoint is not None:
+        kwargs["checkpoint"] = checkpoint
     if keep_model is not None:
         kwargs["keep_model"] = keep_model
         # the harness scores the lm-eval tasks itself from the trained model's logits
         kwargs["lm_eval"] = "deferred"
     if payload.get("guards") is not None:
         kwargs["guards"] = payload["guards"]
-    if hasattr(ev, "evaluate_class"):
-        metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
-                                    progress=progress, **kwargs)
-    else:  # older evaluator: make its loader return the guarded class
-        import training.loader as loader
-
-        loader.load_mixer_class = lambda *a, **k: cls  # type: ignore[assignment]
-        metrics = ev.evaluate_file(path, scale=scale, seed=seed, on_log=on_log, baseline=payload.get("baseline"),
-                                   progress=progress, **kwargs)
+    metrics = ev.evaluate_class(cls, scale, seed, on_log=on_log, baseline=payload.get("baseline"),
+                                progress=progress, **kwargs)
     changed = watch.changes()
     if changed:
         return {"ok": False, "reason": f"candidate modified {', '.join(changed[:5])} (monkeypatching is not allowed)"}

@@ -151,7 +151,7 @@ def collect(lab: Any) -> ReportData:
             if "promotion" in r.fitness_components:
                 r.promotion = {**(r.promotion or {}), "outcome": r.fitness_components.get("promotion"),
                                "promoted": r.fitness_components.get("promotion") == "promoted"}
-        if r.status != "accepted":  # failed / too_slow / rejected have no fitness (older archives: 0.48)
+        if r.status != "accepted":  # failed / too_slow / stopped_early / rejected: no fitness (older archives: 0.48)
             r.fitness = None
     scales = Counter(r.scale for r in records if r.metrics and r.scale)
     scale = scales.most_common(1)[0][0] if scales else str(lab.config.loop.scale)

@@ -11,7 +11,8 @@ from typing import Any
 
 from asiarch_tui.report.data import TOP_N, ReportData, influences, is_num, top_rows
 
-_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5"}
+_STATUS_COLOURS = {"accepted": "#2a9d8f", "failed": "#e76f51", "rejected": "#e9c46a", "too_slow": "#9b5de5",
+                   "stopped_early": "#457b9d"}
 
 
 def _plt() -> Any:
@@ -55,7 +56,7 @@ def figure_discovery(data: ReportData, path: Path) -> Path:
                        zorder=3)
         # experiments without a fitness (failed, too slow, rejected, unmeasured) are no points of
         # the fitness line: ticks in the lower panel, by status
-        for status in ("failed", "too_slow", "rejected", "accepted"):
+        for status in ("failed", "too_slow", "stopped_early", "rejected", "accepted"):
             ticks = [order[r.id] for r in recs if r.status == status and not is_num(r.fitness)]
             if ticks:
                 ax2.scatter(ticks, [0.0] * len(ticks), marker="|", s=80, color=_STATUS_COLOURS.get(status, "#999999"),
