@@ -28,6 +28,7 @@ marked ``tokens_estimated``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import httpx
+import jsonschema
 
 from agents.events import AgentMessage, AgentStep, Event, Warning
 
@@ -61,6 +63,7 @@ __all__ = [
     "CallRecorder",
     "estimate_tokens",
     "extract_json",
+    "schema_error",
     "chat_json",
 ]
 
@@ -872,11 +875,113 @@ class CallRecorder:
                                 attempt=attempt))
 
 
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)  # a broken schema is our bug: SchemaError, not a model's fault
+    return cls(schema)
+
+
+def _field(path: Any) -> str:
+    """A JSON path as ``code``, ``items[0].name``; ``the reply`` for the top level."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "the reply"
+
+
+def _shown(value: Any, n: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _one_line(text, n)
+
+
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "object": "an object",
+               "array": "an array", "boolean": "true or false", "null": "null"}
+
+
+def _allowed(values: list[Any]) -> str:
+    nums = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if nums and values == list(range(min(values), max(values) + 1)):
+        return f"an integer from {min(values)} to {max(values)}"
+    return "one of " + _shown(values, 80)
+
+
+def _problem(err: Any) -> str:
+    where, kw, want, got = _field(err.absolute_path), err.validator, err.validator_value, err.instance
+    sub = err.schema if isinstance(err.schema, dict) else {}
+    if kw == "type":
+        if isinstance(sub.get("enum"), list):  # say what is allowed, not only the type
+            return f"{where} must be {_allowed(sub['enum'])} (got {_shown(got)})"
+        kinds = [want] if isinstance(want, str) else list(want)
+        return f"{where} must be {' or '.join(_TYPE_WORDS.get(k, k) for k in kinds)} (got {_shown(got)})"
+    if kw == "enum":
+        return f"{where} must be {_allowed(list(want))} (got {_shown(got)})"
+    if kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+                 "exclusiveMaximum": "less than"}[kw]
+        return f"{where} must be {words} {want} (got {_shown(got)})"
+    if kw == "minLength" and want == 1:
+        return f"{where} is empty"
+    return f"{where}: {_one_line(err.message, 160)}"
+
+
+def schema_error(obj: Any, schema: dict[str, Any], limit: int = 3) -> str | None:
+    """None when ``obj`` matches the JSON ``schema`` (validated with ``jsonschema``, the schema's
+    own draft or 2020-12), else one line naming each problem by its field path, e.g.
+    ``the reply misses the required field(s) motivation, code`` or ``performance must be an
+    integer from 1 to 10 (got 11)``: missing fields first, then one problem for each of the
+    first ``limit`` other fields in field order (``(and N more)`` for the rest). Raises ``jsonschema.SchemaError``
+    for a schema that is itself invalid."""
+    errors = list(_validator(json.dumps(schema, sort_keys=True)).iter_errors(obj))
+    if not errors:
+        return None
+    missing: list[str] = []
+    others: list[Any] = []
+    for e in errors:
+        if e.validator == "required" and isinstance(e.instance, dict):
+            base = _field(e.absolute_path)
+            prefix = "" if base == "the reply" else base + "."
+            missing += [prefix + k for k in e.validator_value if k not in e.instance]
+        else:
+            others.append(e)
+    # one problem per field: its type first, then its allowed values, then the rest
+    rank = {"type": 0, "enum": 1, "const": 1}
+    others.sort(key=lambda e: ([str(p) for p in e.absolute_path], rank.get(e.validator, 2)))
+    first: dict[str, Any] = {}
+    for e in others:
+        first.setdefault(_field(e.absolute_path), e)
+    shown = list(first.values())
+    missing = list(dict.fromkeys(missing))  # jsonschema reports each missing field once per check
+    parts = [f"the reply misses the required field(s) {', '.join(missing)}"] if missing else []
+    parts += [_problem(e) for e in shown[:limit]]
+    if len(shown) > limit:
+        parts.append(f"(and {len(shown) - limit} more)")
+    return "; ".join(parts)
+
+
 _FENCE = re.compile(r"^```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.S)
 
 
+def _loads(text: str) -> Any:
+    """``json.loads``, then again with ``strict=False``: raw control characters (newlines, tabs)
+    inside strings are invalid JSON, but small models put them in code fields all the time and
+    the meaning is unambiguous. Raises the strict parse's ``JSONDecodeError`` if both fail."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as strict:
+        try:
+            return json.loads(text, strict=False)
+        except json.JSONDecodeError:
+            raise strict from None
+
+
 def extract_json(text: str) -> dict[str, Any]:
-    """The JSON object in a reply (plain, fenced, or the outermost ``{...}``); ``ValueError`` if none."""
+    """The JSON object in a reply (plain, fenced, or the outermost ``{...}``), raw control
+    characters inside its strings accepted; ``ValueError`` if none."""
     t = (text or "").strip()
     m = _FENCE.match(t)
     if m:
@@ -884,13 +989,13 @@ def extract_json(text: str) -> dict[str, Any]:
     # drop a leading <think>...</think> block some reasoning models emit
     t = re.sub(r"^<think>.*?</think>\s*", "", t, flags=re.S)
     try:
-        obj = json.loads(t)
+        obj = _loads(t)
     except json.JSONDecodeError as first:
         i, j = t.find("{"), t.rfind("}")
         if i < 0 or j <= i:
             raise ValueError(f"the reply is not JSON ({first.msg} at position {first.pos})") from None
         try:
-            obj = json.loads(t[i : j + 1])
+            obj = _loads(t[i : j + 1])
         except json.JSONDecodeError as exc:
             raise ValueError(f"the reply is not JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(obj, dict):
@@ -962,7 +1067,8 @@ def chat_json(
     entry's ``trimmed``). Transport failures are retried ``retries`` times with exponential
     backoff, then ``LLMUnavailable`` is raised (a wall-clock timeout is not retried: the next
     try would be as slow). A prompt the server finds too long is re-fitted to the context the
-    server names (twice at most). A reply that is not JSON, misses a required field or fails
+    server names (twice at most). A reply that is not JSON, does not match ``schema``
+    (:func:`schema_error`: missing fields, wrong types, values out of range) or fails
     ``validate`` (which returns an error message or None) gets one correction round: the
     fitted prompt plus the error and the schema (never the unusable reply), at the policy's
     correction temperature; if that reply is bad too, ``MalformedReply`` is raised. Every call,
@@ -971,7 +1077,6 @@ def chat_json(
     """
     rec = recorder or CallRecorder()
     pol = policy or CallPolicy()
-    required = list(schema.get("required", []))
     max_tokens = pol.reply_room()
     last_error = ""
     correction: list[dict[str, str]] | None = None
@@ -1042,10 +1147,8 @@ def chat_json(
         obj: dict[str, Any] = {}
         try:
             obj = extract_json(reply.text)
-            missing = [k for k in required if k not in obj or obj[k] in (None, "")]
-            if missing:
-                error = f"the reply misses the required field(s) {', '.join(missing)}"
-            elif validate is not None:
+            error = schema_error(obj, schema)
+            if error is None and validate is not None:
                 error = validate(obj)
         except ValueError as exc:
             error = str(exc)
