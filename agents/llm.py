@@ -89,11 +89,19 @@ class LLMError(Exception):
 
 
 class LLMUnavailable(LLMError):
-    """The server could not be reached, failed (5xx), or died mid-reply."""
+    """The server could not be reached, failed (5xx), or died mid-reply.
+
+    ``partial`` is the text streamed before the failure ("" when nothing came): the transcript
+    keeps it as the model's attempt."""
+
+    def __init__(self, message: str, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class LLMTimeout(LLMUnavailable):
-    """The call did not finish within its wall-clock limit (slow prompt or slow token stream)."""
+    """The call did not finish within its wall-clock limit (slow prompt or slow token stream);
+    ``partial`` holds what the stream had delivered by then."""
 
 
 class ContextOverflow(LLMError):
@@ -450,7 +458,7 @@ class OllamaBackend(ChatBackend):
                     if close is not None:
                         close()
                     raise LLMTimeout(f"Ollama at {self.host} did not finish within {wall_timeout_s:.0f} s "
-                                     f"({len(''.join(pieces))} characters received)")
+                                     f"({len(''.join(pieces))} characters received)", "".join(pieces))
         except ollama.ResponseError as exc:
             if exc.status_code == 404 and "model" in str(exc.error).lower():
                 raise ModelMissing(self._missing_message([])) from None
@@ -458,11 +466,13 @@ class OllamaBackend(ChatBackend):
         except ConnectionError as exc:
             raise LLMUnavailable(f"cannot reach Ollama at {self.host}: {exc}") from None
         except httpx.TimeoutException:
-            raise LLMTimeout(f"Ollama at {self.host} did not answer in time") from None
+            raise LLMTimeout(f"Ollama at {self.host} did not answer in time", "".join(pieces)) from None
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise LLMUnavailable(f"Ollama at {self.host} failed mid-reply: {type(exc).__name__}: {exc}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} failed mid-reply: {type(exc).__name__}: {exc}",
+                                 "".join(pieces)) from None
         if not done:
-            raise LLMUnavailable(f"Ollama at {self.host} closed the stream before the reply was complete")
+            raise LLMUnavailable(f"Ollama at {self.host} closed the stream before the reply was complete",
+                                 "".join(pieces))
         return ChatReply("".join(pieces), self.model, time.perf_counter() - t0, tokens_in, tokens_out, finish)
 
     def close(self) -> None:
@@ -646,6 +656,7 @@ class OpenAIBackend(ChatBackend):
         url = self.base_url + "/chat/completions"
         t0 = time.perf_counter()
         timeout = _timeout(min(self.timeout_s, wall) if wall else self.timeout_s)
+        pieces: list[str] = []  # what the stream delivered (kept by a timeout or a broken stream)
         try:
             if not body.get("stream"):
                 r = self._client.post(url, json=body, timeout=timeout)
@@ -658,7 +669,6 @@ class OpenAIBackend(ChatBackend):
                 usage = data.get("usage") or {}
                 return ChatReply(text, self.model, time.perf_counter() - t0, usage.get("prompt_tokens"),
                                  usage.get("completion_tokens"), choice.get("finish_reason"))
-            pieces: list[str] = []
             usage: dict[str, Any] = {}
             finished = False
             finish = None
@@ -670,7 +680,7 @@ class OpenAIBackend(ChatBackend):
                 for line in r.iter_lines():
                     if deadline is not None and time.monotonic() > deadline:
                         raise LLMTimeout(f"{self.base_url} did not finish within {wall:.0f} s "
-                                         f"({len(''.join(pieces))} characters received)")
+                                         f"({len(''.join(pieces))} characters received)", "".join(pieces))
                     line = line.strip()
                     if not line.startswith("data:"):
                         continue
@@ -696,16 +706,19 @@ class OpenAIBackend(ChatBackend):
             if not finished and data_lines == 0:
                 raise _EmptyStream()
             if not finished:
-                raise LLMUnavailable(f"{self.base_url} closed the stream before the reply was complete")
+                raise LLMUnavailable(f"{self.base_url} closed the stream before the reply was complete",
+                                     "".join(pieces))
             return ChatReply("".join(pieces), self.model, time.perf_counter() - t0,
                              usage.get("prompt_tokens"), usage.get("completion_tokens"), finish)
         except httpx.TimeoutException:
             raise LLMTimeout(f"{self.base_url} did not answer within "
-                             f"{(min(self.timeout_s, wall) if wall else self.timeout_s):.0f} s") from None
+                             f"{(min(self.timeout_s, wall) if wall else self.timeout_s):.0f} s",
+                             "".join(pieces)) from None
         except httpx.ConnectError as exc:
             raise LLMUnavailable(f"cannot reach {self.base_url}: {exc}") from None
         except (httpx.HTTPError, json.JSONDecodeError, KeyError, IndexError, AttributeError) as exc:
-            raise LLMUnavailable(f"{self.base_url} failed mid-reply: {type(exc).__name__}: {exc}") from None
+            raise LLMUnavailable(f"{self.base_url} failed mid-reply: {type(exc).__name__}: {exc}",
+                                 "".join(pieces)) from None
 
     def _raise_for(self, r: httpx.Response) -> None:
         if r.status_code < 400:
@@ -826,10 +839,11 @@ class CallRecorder:
     """Keeps the transcript of one experiment and streams its calls as events.
 
     ``transcript`` entries: {role, model, prompt, reply, duration_s, tokens_in, tokens_out,
-    tokens_estimated, ok, error, attempt, finish_reason, trimmed}. ``steps``: one entry per agent
-    step, ``{role, by, spec, reason}`` where ``by`` is ``llm`` (the model's answer was used),
-    ``fallback`` (the built-in agent answered after the model could not) or ``builtin`` (the
-    role is configured built-in). ``emit`` receives ``AgentMessage``, ``AgentStep`` and
+    tokens_estimated, ok, error, attempt, finish_reason, trimmed, partial}; a failed call's
+    ``reply`` is what the model streamed before the failure (``partial`` true when any).
+    ``steps``: one entry per agent step, ``{role, by, spec, reason}`` where ``by`` is ``llm``
+    (the model's answer was used), ``fallback`` (the built-in agent answered after the model
+    could not) or ``builtin`` (the role is configured built-in). ``emit`` receives ``AgentMessage``, ``AgentStep`` and
     ``Warning`` events.
     """
 
@@ -1111,8 +1125,10 @@ def chat_json(
                 overflow = exc
                 break
             except LLMUnavailable as exc:
-                rec.record(role, backend.spec, prompt, "", time.perf_counter() - t0, None, None, ok=False,
-                           error=str(exc), attempt=attempt, prompt_in_event=False, trimmed=trimmed or None)
+                # what the model streamed before the failure is its attempt: kept in the transcript
+                rec.record(role, backend.spec, prompt, exc.partial, time.perf_counter() - t0, None, None,
+                           ok=False, error=str(exc), attempt=attempt, prompt_in_event=False,
+                           trimmed=trimmed or None, partial=True if exc.partial else None)
                 if i < retries and not isinstance(exc, LLMTimeout):
                     sleep(backoff_s * (2**i))
                     continue

@@ -219,6 +219,8 @@ def test_server_that_dies_mid_stream_is_retried(kind):
         assert sleeps == [1.0]
         assert [t["ok"] for t in rec.transcript] == [False, True]
         assert "mid-reply" in rec.transcript[0]["error"] or "before the reply" in rec.transcript[0]["error"]
+        # the two chunks that came before the connection broke are kept as the attempt
+        assert rec.transcript[0]["reply"] == json.dumps(GOOD)[:8] and rec.transcript[0]["partial"]
 
 
 def test_unreachable_server_backs_off_exponentially():
