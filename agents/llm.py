@@ -92,11 +92,13 @@ class LLMUnavailable(LLMError):
     """The server could not be reached, failed (5xx), or died mid-reply.
 
     ``partial`` is the text streamed before the failure ("" when nothing came): the transcript
-    keeps it as the model's attempt."""
+    keeps it as the model's attempt. ``status`` is the HTTP status of the server's error answer
+    (None when there was no answer: refused connection, broken stream, timeout)."""
 
-    def __init__(self, message: str, partial: str = "") -> None:
+    def __init__(self, message: str, partial: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.partial = partial
+        self.status = status
 
 
 class LLMTimeout(LLMUnavailable):
@@ -269,7 +271,9 @@ class ChatBackend(ABC):
         except LLMError:
             caps.tokenizer = False
         if probe:
-            self._probe_json(caps)
+            if not self._probe_json(caps):
+                caps.probe_s = round(time.perf_counter() - t0, 3)
+                return caps  # the server stopped answering: not remembered, tried again later
         else:
             caps.json_mode = self.json_mode
         caps.probe_s = round(time.perf_counter() - t0, 3)
@@ -279,8 +283,12 @@ class ChatBackend(ABC):
     def _modes(self) -> tuple[str, ...]:
         return JSON_MODES
 
-    def _probe_json(self, caps: Capabilities) -> None:
+    def _probe_json(self, caps: Capabilities) -> bool:
+        """Find the structured-output form (sets ``caps.json_mode``). False when the server
+        stopped answering during the probe (a refused connection, a broken stream, a timeout:
+        not a refusal of the form); ``caps`` then says so and the form stays unknown."""
         last = ""
+        initial = self.json_mode
         for mode in self._modes():
             self.json_mode = mode
             try:
@@ -292,6 +300,13 @@ class ChatBackend(ABC):
                 last = str(exc)
                 if _model_missing_text(last):
                     raise ModelMissing(self._missing_message([])) from None
+                if isinstance(exc, LLMUnavailable) and exc.status is None:
+                    # no answer at all (e.g. the server crashed on its first generation): the
+                    # next form would fail the same way; say what happened instead of "plain"
+                    self.json_mode = initial
+                    caps.reachable = False
+                    caps.error = f"the server stopped answering during the JSON probe ({mode}): {last}"
+                    return False
                 caps.notes.append(f"{mode}: refused ({last[:200]})")
                 continue
             if caps.model_present is False:
@@ -310,11 +325,12 @@ class ChatBackend(ABC):
             self.json_mode = "plain"
             if last:
                 caps.error = last
-            return
+            return True
         caps.json_mode = self.json_mode
         caps.notes.extend(getattr(self, "format_notes", []))
         if caps.model_present is False:
             raise ModelMissing(self._missing_message([]))
+        return True
 
     def _missing_message(self, models: list[str]) -> str:
         return f"{self.url} does not serve the model {self.model!r}"
@@ -375,7 +391,8 @@ class OllamaBackend(ChatBackend):
         try:
             return [m.model for m in self._client.list().models if m.model]
         except ollama.ResponseError as exc:
-            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}",
+                                 status=exc.status_code) from None
         except (ConnectionError, httpx.HTTPError) as exc:
             raise LLMUnavailable(f"cannot reach Ollama at {self.host}: {exc}") from None
 
@@ -462,7 +479,8 @@ class OllamaBackend(ChatBackend):
         except ollama.ResponseError as exc:
             if exc.status_code == 404 and "model" in str(exc.error).lower():
                 raise ModelMissing(self._missing_message([])) from None
-            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}",
+                                 status=exc.status_code) from None
         except ConnectionError as exc:
             raise LLMUnavailable(f"cannot reach Ollama at {self.host}: {exc}") from None
         except httpx.TimeoutException:
@@ -526,7 +544,8 @@ class OpenAIBackend(ChatBackend):
         """Model ids from ``/v1/models`` (empty when the server has no such endpoint)."""
         r = self._get(self.base_url + "/models")
         if r.status_code >= 500:
-            raise LLMUnavailable(f"{self.base_url}/models answered {r.status_code}: {r.text}")
+            raise LLMUnavailable(f"{self.base_url}/models answered {r.status_code}: {r.text}",
+                                 status=r.status_code)
         if r.status_code >= 400:
             return []
         try:
@@ -640,7 +659,7 @@ class OpenAIBackend(ChatBackend):
                 modes = list(JSON_MODES)
                 i = modes.index(self.json_mode) if self.json_mode in modes else len(modes) - 1
                 if schema is None or i >= len(modes) - 1:
-                    raise LLMUnavailable(str(exc)) from None
+                    raise LLMUnavailable(str(exc), status=exc.status) from None
                 self.json_mode = modes[i + 1]
                 self.format_notes.append(f"{modes[i]}: refused ({_one_line(str(exc), 300)})")
                 if self.caps is not None:
@@ -731,8 +750,8 @@ class OpenAIBackend(ChatBackend):
         low = text.lower()
         if r.status_code in (400, 422, 500) and ("response_format" in low or "json_schema" in low
                                                  or "json_object" in low):
-            raise _FormatRefused(f"{self.base_url} answered {r.status_code}: {text}")
-        raise LLMUnavailable(f"{self.base_url} answered {r.status_code}: {text}")
+            raise _FormatRefused(f"{self.base_url} answered {r.status_code}: {text}", r.status_code)
+        raise LLMUnavailable(f"{self.base_url} answered {r.status_code}: {text}", status=r.status_code)
 
     def close(self) -> None:
         self._client.close()
@@ -743,14 +762,18 @@ class _EmptyStream(Exception):
 
 
 class _FormatRefused(Exception):
-    """The server refused the request's ``response_format``."""
+    """The server refused the request's ``response_format`` (HTTP ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _stream_error(base_url: str, err: Any, payload: str) -> LLMError:
     msg = err.get("message") if isinstance(err, dict) else str(err)
     if _is_context_error(400, payload):
         return ContextOverflow(f"{base_url} sent an error in the stream: {payload}", _context_from_error(payload))
-    return LLMUnavailable(f"{base_url} sent an error in the stream: {msg} ({payload})")
+    return LLMUnavailable(f"{base_url} sent an error in the stream: {msg} ({payload})", status=200)
 
 
 @dataclass(frozen=True)
@@ -1134,7 +1157,7 @@ def chat_json(
                     continue
                 if isinstance(exc, LLMTimeout):
                     raise
-                raise LLMUnavailable(f"{exc} (after {retries + 1} tries)") from None
+                raise LLMUnavailable(f"{exc} (after {retries + 1} tries)", exc.partial, exc.status) from None
         if overflow is not None:
             refits += 1
             known = overflow.context_length

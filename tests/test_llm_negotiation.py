@@ -95,6 +95,20 @@ def test_openai_context_from_props_config_and_ollama_v1():
         assert (caps.context_length, caps.context_source) == (3000, "config")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_that_stops_answering_during_the_probe_is_unreachable_not_plain(kind):
+    # e.g. a llama.cpp build whose first generation crashes the server: the probe's connection
+    # breaks; that is no verdict on the JSON form, so negotiation stops and says what happened
+    dies = Reply(content={"ok": True}, chunk_chars=4, die_after=1)
+    with _server(kind, probe_reply=dies) as srv:
+        be = _backend(kind, srv)
+        caps = be.negotiate()
+        assert srv.probes == ["json_schema"]  # no walk down the other forms
+    assert not caps.reachable and "stopped answering during the JSON probe (json_schema)" in caps.error
+    assert "unreachable" in caps.describe() and "JSON via" not in caps.describe()
+    assert be.caps is None and be.json_mode == "json_schema"  # not remembered: tried again later
+
+
 def test_unreachable_server_is_reported_not_remembered():
     with FakeLLMServer() as srv:
         url = srv.url
