@@ -85,7 +85,7 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         """The server's command line (the README's recipe, on a free port)."""
-        return [PY, "-m", "llama_cpp.server", "--model", gguf_path(), "--model_alias", MODEL,
+        return [PY, "-X", "faulthandler", "-m", "llama_cpp.server", "--model", gguf_path(), "--model_alias", MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", THREADS, "--n_threads_batch", THREADS]
 
@@ -100,12 +100,37 @@ class LlamaServer:
             try:
                 if httpx.get(self.url + "/models", timeout=2).status_code == 200:
                     self.started_s = time.monotonic() - t0
+                    self._warm_up(max(30.0, timeout - self.started_s))
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         self.kill()
         raise RuntimeError(f"the llama.cpp server did not come up in {timeout:.0f} s:\n{self.tail()}")
+
+    def _warm_up(self, timeout: float) -> None:
+        """One short generation: a build that cannot run on this CPU fails here, clearly, and
+        not as a mysterious 'server stopped answering' in the test itself."""
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello to the lighthouse keeper."}],
+                "max_tokens": 2, "stream": False}
+        try:
+            r = httpx.post(self.url + "/chat/completions", json=body, timeout=timeout)
+            if r.status_code == 200:
+                return
+            problem = f"answered {r.status_code}: {r.text[:500]}"
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+        code = self.proc.poll() if self.proc is not None else None
+        self.kill()
+        hint = ""
+        if code is not None and code < 0:
+            hint = (f"\nThe server died of signal {-code} on its first generation. A llama.cpp built for this "
+                    "CPU (-march=native) uses AMX when the CPU lists it; a VM that lists AMX without "
+                    "allowing it kills the process at the first tile instruction. Rebuild without AMX: "
+                    "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' pip install "
+                    "--no-cache-dir --force-reinstall --no-deps llama-cpp-python (see the README).")
+        raise RuntimeError(f"the llama.cpp server failed its first generation ({problem}):\n{self.tail()}{hint}")
 
     def alive(self) -> bool:
         """True while the process runs."""
