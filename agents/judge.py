@@ -39,10 +39,6 @@ __all__ = ["BuiltinJudge", "LLMJudge", "genome_distance", "code_trace", "trace_d
 INNOVATION_SPAN = 0.3
 
 
-def _clamp(v: float) -> int:
-    return int(max(1, min(10, round(v))))
-
-
 def _clamp1(v: float) -> float:
     """Clip to 1–10, one decimal (the rubric is continuous: a rounding step would hide ±0.5)."""
     return round(max(1.0, min(10.0, float(v))), 1)
@@ -237,20 +233,14 @@ class LLMJudge:
         rec = recorder or CallRecorder()
         pr = prompts.judge_prompt(record, parent, baselines or ({"seed": baseline} if baseline else {}), nearest)
 
-        def validate(obj: dict[str, Any]) -> str | None:
-            for k in ("performance", "innovation", "complexity"):
-                v = obj.get(k)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 10:
-                    return f"{k} must be a number from 1 to 10 (got {v!r})"
-            return None
-
         try:
-            obj = self.session.ask(rec, pr, prompts.JUDGE_SCHEMA, validate=validate)
+            # the schema holds each score to an integer from 1 to 10 (checked by chat_json)
+            obj = self.session.ask(rec, pr, prompts.JUDGE_SCHEMA)
         except LLMError as exc:
             fallback(rec, "judge", self.spec, exc, "built-in rubric")
             return self.fallback.judge(record, parent, baseline, nearest, param_budget, rec, history=history)
         rec.step("judge", "llm", self.spec)
-        out = {k: _clamp(float(obj[k])) for k in ("performance", "innovation", "complexity")}
+        out = {k: int(obj[k]) for k in ("performance", "innovation", "complexity")}
         out["reason"] = str(obj.get("reason", ""))
         out["judge"] = self.spec
         out["s_judge"] = round(s_judge(out["performance"], out["innovation"], out["complexity"]), 6)

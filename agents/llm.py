@@ -28,6 +28,7 @@ marked ``tokens_estimated``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import httpx
+import jsonschema
 
 from agents.events import AgentMessage, AgentStep, Event, Warning
 
@@ -61,6 +63,7 @@ __all__ = [
     "CallRecorder",
     "estimate_tokens",
     "extract_json",
+    "schema_error",
     "chat_json",
 ]
 
@@ -86,11 +89,21 @@ class LLMError(Exception):
 
 
 class LLMUnavailable(LLMError):
-    """The server could not be reached, failed (5xx), or died mid-reply."""
+    """The server could not be reached, failed (5xx), or died mid-reply.
+
+    ``partial`` is the text streamed before the failure ("" when nothing came): the transcript
+    keeps it as the model's attempt. ``status`` is the HTTP status of the server's error answer
+    (None when there was no answer: refused connection, broken stream, timeout)."""
+
+    def __init__(self, message: str, partial: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.status = status
 
 
 class LLMTimeout(LLMUnavailable):
-    """The call did not finish within its wall-clock limit (slow prompt or slow token stream)."""
+    """The call did not finish within its wall-clock limit (slow prompt or slow token stream);
+    ``partial`` holds what the stream had delivered by then."""
 
 
 class ContextOverflow(LLMError):
@@ -258,7 +271,9 @@ class ChatBackend(ABC):
         except LLMError:
             caps.tokenizer = False
         if probe:
-            self._probe_json(caps)
+            if not self._probe_json(caps):
+                caps.probe_s = round(time.perf_counter() - t0, 3)
+                return caps  # the server stopped answering: not remembered, tried again later
         else:
             caps.json_mode = self.json_mode
         caps.probe_s = round(time.perf_counter() - t0, 3)
@@ -268,8 +283,12 @@ class ChatBackend(ABC):
     def _modes(self) -> tuple[str, ...]:
         return JSON_MODES
 
-    def _probe_json(self, caps: Capabilities) -> None:
+    def _probe_json(self, caps: Capabilities) -> bool:
+        """Find the structured-output form (sets ``caps.json_mode``). False when the server
+        stopped answering during the probe (a refused connection, a broken stream, a timeout:
+        not a refusal of the form); ``caps`` then says so and the form stays unknown."""
         last = ""
+        initial = self.json_mode
         for mode in self._modes():
             self.json_mode = mode
             try:
@@ -281,6 +300,13 @@ class ChatBackend(ABC):
                 last = str(exc)
                 if _model_missing_text(last):
                     raise ModelMissing(self._missing_message([])) from None
+                if isinstance(exc, LLMUnavailable) and exc.status is None:
+                    # no answer at all (e.g. the server crashed on its first generation): the
+                    # next form would fail the same way; say what happened instead of "plain"
+                    self.json_mode = initial
+                    caps.reachable = False
+                    caps.error = f"the server stopped answering during the JSON probe ({mode}): {last}"
+                    return False
                 caps.notes.append(f"{mode}: refused ({last[:200]})")
                 continue
             if caps.model_present is False:
@@ -299,11 +325,12 @@ class ChatBackend(ABC):
             self.json_mode = "plain"
             if last:
                 caps.error = last
-            return
+            return True
         caps.json_mode = self.json_mode
         caps.notes.extend(getattr(self, "format_notes", []))
         if caps.model_present is False:
             raise ModelMissing(self._missing_message([]))
+        return True
 
     def _missing_message(self, models: list[str]) -> str:
         return f"{self.url} does not serve the model {self.model!r}"
@@ -364,7 +391,8 @@ class OllamaBackend(ChatBackend):
         try:
             return [m.model for m in self._client.list().models if m.model]
         except ollama.ResponseError as exc:
-            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}",
+                                 status=exc.status_code) from None
         except (ConnectionError, httpx.HTTPError) as exc:
             raise LLMUnavailable(f"cannot reach Ollama at {self.host}: {exc}") from None
 
@@ -447,19 +475,22 @@ class OllamaBackend(ChatBackend):
                     if close is not None:
                         close()
                     raise LLMTimeout(f"Ollama at {self.host} did not finish within {wall_timeout_s:.0f} s "
-                                     f"({len(''.join(pieces))} characters received)")
+                                     f"({len(''.join(pieces))} characters received)", "".join(pieces))
         except ollama.ResponseError as exc:
             if exc.status_code == 404 and "model" in str(exc.error).lower():
                 raise ModelMissing(self._missing_message([])) from None
-            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} answered {exc.status_code}: {exc.error}",
+                                 status=exc.status_code) from None
         except ConnectionError as exc:
             raise LLMUnavailable(f"cannot reach Ollama at {self.host}: {exc}") from None
         except httpx.TimeoutException:
-            raise LLMTimeout(f"Ollama at {self.host} did not answer in time") from None
+            raise LLMTimeout(f"Ollama at {self.host} did not answer in time", "".join(pieces)) from None
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise LLMUnavailable(f"Ollama at {self.host} failed mid-reply: {type(exc).__name__}: {exc}") from None
+            raise LLMUnavailable(f"Ollama at {self.host} failed mid-reply: {type(exc).__name__}: {exc}",
+                                 "".join(pieces)) from None
         if not done:
-            raise LLMUnavailable(f"Ollama at {self.host} closed the stream before the reply was complete")
+            raise LLMUnavailable(f"Ollama at {self.host} closed the stream before the reply was complete",
+                                 "".join(pieces))
         return ChatReply("".join(pieces), self.model, time.perf_counter() - t0, tokens_in, tokens_out, finish)
 
     def close(self) -> None:
@@ -513,7 +544,8 @@ class OpenAIBackend(ChatBackend):
         """Model ids from ``/v1/models`` (empty when the server has no such endpoint)."""
         r = self._get(self.base_url + "/models")
         if r.status_code >= 500:
-            raise LLMUnavailable(f"{self.base_url}/models answered {r.status_code}: {r.text}")
+            raise LLMUnavailable(f"{self.base_url}/models answered {r.status_code}: {r.text}",
+                                 status=r.status_code)
         if r.status_code >= 400:
             return []
         try:
@@ -627,7 +659,7 @@ class OpenAIBackend(ChatBackend):
                 modes = list(JSON_MODES)
                 i = modes.index(self.json_mode) if self.json_mode in modes else len(modes) - 1
                 if schema is None or i >= len(modes) - 1:
-                    raise LLMUnavailable(str(exc)) from None
+                    raise LLMUnavailable(str(exc), status=exc.status) from None
                 self.json_mode = modes[i + 1]
                 self.format_notes.append(f"{modes[i]}: refused ({_one_line(str(exc), 300)})")
                 if self.caps is not None:
@@ -643,6 +675,7 @@ class OpenAIBackend(ChatBackend):
         url = self.base_url + "/chat/completions"
         t0 = time.perf_counter()
         timeout = _timeout(min(self.timeout_s, wall) if wall else self.timeout_s)
+        pieces: list[str] = []  # what the stream delivered (kept by a timeout or a broken stream)
         try:
             if not body.get("stream"):
                 r = self._client.post(url, json=body, timeout=timeout)
@@ -655,7 +688,6 @@ class OpenAIBackend(ChatBackend):
                 usage = data.get("usage") or {}
                 return ChatReply(text, self.model, time.perf_counter() - t0, usage.get("prompt_tokens"),
                                  usage.get("completion_tokens"), choice.get("finish_reason"))
-            pieces: list[str] = []
             usage: dict[str, Any] = {}
             finished = False
             finish = None
@@ -667,7 +699,7 @@ class OpenAIBackend(ChatBackend):
                 for line in r.iter_lines():
                     if deadline is not None and time.monotonic() > deadline:
                         raise LLMTimeout(f"{self.base_url} did not finish within {wall:.0f} s "
-                                         f"({len(''.join(pieces))} characters received)")
+                                         f"({len(''.join(pieces))} characters received)", "".join(pieces))
                     line = line.strip()
                     if not line.startswith("data:"):
                         continue
@@ -693,16 +725,19 @@ class OpenAIBackend(ChatBackend):
             if not finished and data_lines == 0:
                 raise _EmptyStream()
             if not finished:
-                raise LLMUnavailable(f"{self.base_url} closed the stream before the reply was complete")
+                raise LLMUnavailable(f"{self.base_url} closed the stream before the reply was complete",
+                                     "".join(pieces))
             return ChatReply("".join(pieces), self.model, time.perf_counter() - t0,
                              usage.get("prompt_tokens"), usage.get("completion_tokens"), finish)
         except httpx.TimeoutException:
             raise LLMTimeout(f"{self.base_url} did not answer within "
-                             f"{(min(self.timeout_s, wall) if wall else self.timeout_s):.0f} s") from None
+                             f"{(min(self.timeout_s, wall) if wall else self.timeout_s):.0f} s",
+                             "".join(pieces)) from None
         except httpx.ConnectError as exc:
             raise LLMUnavailable(f"cannot reach {self.base_url}: {exc}") from None
         except (httpx.HTTPError, json.JSONDecodeError, KeyError, IndexError, AttributeError) as exc:
-            raise LLMUnavailable(f"{self.base_url} failed mid-reply: {type(exc).__name__}: {exc}") from None
+            raise LLMUnavailable(f"{self.base_url} failed mid-reply: {type(exc).__name__}: {exc}",
+                                 "".join(pieces)) from None
 
     def _raise_for(self, r: httpx.Response) -> None:
         if r.status_code < 400:
@@ -715,8 +750,8 @@ class OpenAIBackend(ChatBackend):
         low = text.lower()
         if r.status_code in (400, 422, 500) and ("response_format" in low or "json_schema" in low
                                                  or "json_object" in low):
-            raise _FormatRefused(f"{self.base_url} answered {r.status_code}: {text}")
-        raise LLMUnavailable(f"{self.base_url} answered {r.status_code}: {text}")
+            raise _FormatRefused(f"{self.base_url} answered {r.status_code}: {text}", r.status_code)
+        raise LLMUnavailable(f"{self.base_url} answered {r.status_code}: {text}", status=r.status_code)
 
     def close(self) -> None:
         self._client.close()
@@ -727,14 +762,18 @@ class _EmptyStream(Exception):
 
 
 class _FormatRefused(Exception):
-    """The server refused the request's ``response_format``."""
+    """The server refused the request's ``response_format`` (HTTP ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _stream_error(base_url: str, err: Any, payload: str) -> LLMError:
     msg = err.get("message") if isinstance(err, dict) else str(err)
     if _is_context_error(400, payload):
         return ContextOverflow(f"{base_url} sent an error in the stream: {payload}", _context_from_error(payload))
-    return LLMUnavailable(f"{base_url} sent an error in the stream: {msg} ({payload})")
+    return LLMUnavailable(f"{base_url} sent an error in the stream: {msg} ({payload})", status=200)
 
 
 @dataclass(frozen=True)
@@ -823,10 +862,11 @@ class CallRecorder:
     """Keeps the transcript of one experiment and streams its calls as events.
 
     ``transcript`` entries: {role, model, prompt, reply, duration_s, tokens_in, tokens_out,
-    tokens_estimated, ok, error, attempt, finish_reason, trimmed}. ``steps``: one entry per agent
-    step, ``{role, by, spec, reason}`` where ``by`` is ``llm`` (the model's answer was used),
-    ``fallback`` (the built-in agent answered after the model could not) or ``builtin`` (the
-    role is configured built-in). ``emit`` receives ``AgentMessage``, ``AgentStep`` and
+    tokens_estimated, ok, error, attempt, finish_reason, trimmed, partial}; a failed call's
+    ``reply`` is what the model streamed before the failure (``partial`` true when any).
+    ``steps``: one entry per agent step, ``{role, by, spec, reason}`` where ``by`` is ``llm``
+    (the model's answer was used), ``fallback`` (the built-in agent answered after the model
+    could not) or ``builtin`` (the role is configured built-in). ``emit`` receives ``AgentMessage``, ``AgentStep`` and
     ``Warning`` events.
     """
 
@@ -872,11 +912,113 @@ class CallRecorder:
                                 attempt=attempt))
 
 
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)  # a broken schema is our bug: SchemaError, not a model's fault
+    return cls(schema)
+
+
+def _field(path: Any) -> str:
+    """A JSON path as ``code``, ``items[0].name``; ``the reply`` for the top level."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "the reply"
+
+
+def _shown(value: Any, n: int = 60) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _one_line(text, n)
+
+
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "object": "an object",
+               "array": "an array", "boolean": "true or false", "null": "null"}
+
+
+def _allowed(values: list[Any]) -> str:
+    nums = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if nums and values == list(range(min(values), max(values) + 1)):
+        return f"an integer from {min(values)} to {max(values)}"
+    return "one of " + _shown(values, 80)
+
+
+def _problem(err: Any) -> str:
+    where, kw, want, got = _field(err.absolute_path), err.validator, err.validator_value, err.instance
+    sub = err.schema if isinstance(err.schema, dict) else {}
+    if kw == "type":
+        if isinstance(sub.get("enum"), list):  # say what is allowed, not only the type
+            return f"{where} must be {_allowed(sub['enum'])} (got {_shown(got)})"
+        kinds = [want] if isinstance(want, str) else list(want)
+        return f"{where} must be {' or '.join(_TYPE_WORDS.get(k, k) for k in kinds)} (got {_shown(got)})"
+    if kw == "enum":
+        return f"{where} must be {_allowed(list(want))} (got {_shown(got)})"
+    if kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+                 "exclusiveMaximum": "less than"}[kw]
+        return f"{where} must be {words} {want} (got {_shown(got)})"
+    if kw == "minLength" and want == 1:
+        return f"{where} is empty"
+    return f"{where}: {_one_line(err.message, 160)}"
+
+
+def schema_error(obj: Any, schema: dict[str, Any], limit: int = 3) -> str | None:
+    """None when ``obj`` matches the JSON ``schema`` (validated with ``jsonschema``, the schema's
+    own draft or 2020-12), else one line naming each problem by its field path, e.g.
+    ``the reply misses the required field(s) motivation, code`` or ``performance must be an
+    integer from 1 to 10 (got 11)``: missing fields first, then one problem for each of the
+    first ``limit`` other fields in field order (``(and N more)`` for the rest). Raises ``jsonschema.SchemaError``
+    for a schema that is itself invalid."""
+    errors = list(_validator(json.dumps(schema, sort_keys=True)).iter_errors(obj))
+    if not errors:
+        return None
+    missing: list[str] = []
+    others: list[Any] = []
+    for e in errors:
+        if e.validator == "required" and isinstance(e.instance, dict):
+            base = _field(e.absolute_path)
+            prefix = "" if base == "the reply" else base + "."
+            missing += [prefix + k for k in e.validator_value if k not in e.instance]
+        else:
+            others.append(e)
+    # one problem per field: its type first, then its allowed values, then the rest
+    rank = {"type": 0, "enum": 1, "const": 1}
+    others.sort(key=lambda e: ([str(p) for p in e.absolute_path], rank.get(e.validator, 2)))
+    first: dict[str, Any] = {}
+    for e in others:
+        first.setdefault(_field(e.absolute_path), e)
+    shown = list(first.values())
+    missing = list(dict.fromkeys(missing))  # jsonschema reports each missing field once per check
+    parts = [f"the reply misses the required field(s) {', '.join(missing)}"] if missing else []
+    parts += [_problem(e) for e in shown[:limit]]
+    if len(shown) > limit:
+        parts.append(f"(and {len(shown) - limit} more)")
+    return "; ".join(parts)
+
+
 _FENCE = re.compile(r"^```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.S)
 
 
+def _loads(text: str) -> Any:
+    """``json.loads``, then again with ``strict=False``: raw control characters (newlines, tabs)
+    inside strings are invalid JSON, but small models put them in code fields all the time and
+    the meaning is unambiguous. Raises the strict parse's ``JSONDecodeError`` if both fail."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as strict:
+        try:
+            return json.loads(text, strict=False)
+        except json.JSONDecodeError:
+            raise strict from None
+
+
 def extract_json(text: str) -> dict[str, Any]:
-    """The JSON object in a reply (plain, fenced, or the outermost ``{...}``); ``ValueError`` if none."""
+    """The JSON object in a reply (plain, fenced, or the outermost ``{...}``), raw control
+    characters inside its strings accepted; ``ValueError`` if none."""
     t = (text or "").strip()
     m = _FENCE.match(t)
     if m:
@@ -884,13 +1026,13 @@ def extract_json(text: str) -> dict[str, Any]:
     # drop a leading <think>...</think> block some reasoning models emit
     t = re.sub(r"^<think>.*?</think>\s*", "", t, flags=re.S)
     try:
-        obj = json.loads(t)
+        obj = _loads(t)
     except json.JSONDecodeError as first:
         i, j = t.find("{"), t.rfind("}")
         if i < 0 or j <= i:
             raise ValueError(f"the reply is not JSON ({first.msg} at position {first.pos})") from None
         try:
-            obj = json.loads(t[i : j + 1])
+            obj = _loads(t[i : j + 1])
         except json.JSONDecodeError as exc:
             raise ValueError(f"the reply is not JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(obj, dict):
@@ -962,7 +1104,8 @@ def chat_json(
     entry's ``trimmed``). Transport failures are retried ``retries`` times with exponential
     backoff, then ``LLMUnavailable`` is raised (a wall-clock timeout is not retried: the next
     try would be as slow). A prompt the server finds too long is re-fitted to the context the
-    server names (twice at most). A reply that is not JSON, misses a required field or fails
+    server names (twice at most). A reply that is not JSON, does not match ``schema``
+    (:func:`schema_error`: missing fields, wrong types, values out of range) or fails
     ``validate`` (which returns an error message or None) gets one correction round: the
     fitted prompt plus the error and the schema (never the unusable reply), at the policy's
     correction temperature; if that reply is bad too, ``MalformedReply`` is raised. Every call,
@@ -971,7 +1114,6 @@ def chat_json(
     """
     rec = recorder or CallRecorder()
     pol = policy or CallPolicy()
-    required = list(schema.get("required", []))
     max_tokens = pol.reply_room()
     last_error = ""
     correction: list[dict[str, str]] | None = None
@@ -1006,14 +1148,16 @@ def chat_json(
                 overflow = exc
                 break
             except LLMUnavailable as exc:
-                rec.record(role, backend.spec, prompt, "", time.perf_counter() - t0, None, None, ok=False,
-                           error=str(exc), attempt=attempt, prompt_in_event=False, trimmed=trimmed or None)
+                # what the model streamed before the failure is its attempt: kept in the transcript
+                rec.record(role, backend.spec, prompt, exc.partial, time.perf_counter() - t0, None, None,
+                           ok=False, error=str(exc), attempt=attempt, prompt_in_event=False,
+                           trimmed=trimmed or None, partial=True if exc.partial else None)
                 if i < retries and not isinstance(exc, LLMTimeout):
                     sleep(backoff_s * (2**i))
                     continue
                 if isinstance(exc, LLMTimeout):
                     raise
-                raise LLMUnavailable(f"{exc} (after {retries + 1} tries)") from None
+                raise LLMUnavailable(f"{exc} (after {retries + 1} tries)", exc.partial, exc.status) from None
         if overflow is not None:
             refits += 1
             known = overflow.context_length
@@ -1042,10 +1186,8 @@ def chat_json(
         obj: dict[str, Any] = {}
         try:
             obj = extract_json(reply.text)
-            missing = [k for k in required if k not in obj or obj[k] in (None, "")]
-            if missing:
-                error = f"the reply misses the required field(s) {', '.join(missing)}"
-            elif validate is not None:
+            error = schema_error(obj, schema)
+            if error is None and validate is not None:
                 error = validate(obj)
         except ValueError as exc:
             error = str(exc)

@@ -31,12 +31,21 @@ __all__ = [
     "summarize_metrics",
 ]
 
+def _text(description: str = "") -> dict[str, Any]:
+    """A required text field: a non-empty string (an empty one is as unusable as a missing one)."""
+    return {"type": "string", "minLength": 1, **({"description": description} if description else {})}
+
+
+#: A judge score: an integer from 1 to 10. The enum lets a grammar-constrained server (llama.cpp's
+#: ``json_object`` + schema) emit nothing else; the range says the same to validators and readers.
+_SCORE: dict[str, Any] = {"type": "integer", "enum": list(range(1, 11)), "minimum": 1, "maximum": 10}
+
 RESEARCHER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "description": "short CamelCase name of the design"},
-        "motivation": {"type": "string", "description": "what changes, why, and what it should improve"},
-        "code": {"type": "string", "description": "the complete mixer file"},
+        "name": _text("short CamelCase name of the design"),
+        "motivation": _text("what changes, why, and what it should improve"),
+        "code": _text("the complete mixer file"),
     },
     "required": ["name", "motivation", "code"],
 }
@@ -44,8 +53,8 @@ RESEARCHER_SCHEMA: dict[str, Any] = {
 DEBUGGER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "explanation": {"type": "string", "description": "what was wrong and what you changed"},
-        "code": {"type": "string", "description": "the complete repaired mixer file"},
+        "explanation": _text("what was wrong and what you changed"),
+        "code": _text("the complete repaired mixer file"),
     },
     "required": ["explanation", "code"],
 }
@@ -53,12 +62,12 @@ DEBUGGER_SCHEMA: dict[str, Any] = {
 ANALYST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "design_evaluation": {"type": "string"},
-        "results": {"type": "string"},
-        "expectation_vs_reality": {"type": "string"},
-        "explanation": {"type": "string"},
-        "insights": {"type": "string"},
-        "problem": {"type": "string", "description": "one line: the main remaining problem, as symptoms"},
+        "design_evaluation": _text(),
+        "results": _text(),
+        "expectation_vs_reality": _text(),
+        "explanation": _text(),
+        "insights": _text(),
+        "problem": _text("one line: the main remaining problem, as symptoms"),
     },
     "required": ["design_evaluation", "results", "expectation_vs_reality", "explanation", "insights", "problem"],
 }
@@ -66,10 +75,10 @@ ANALYST_SCHEMA: dict[str, Any] = {
 JUDGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "performance": {"type": "integer", "minimum": 1, "maximum": 10},
-        "innovation": {"type": "integer", "minimum": 1, "maximum": 10},
-        "complexity": {"type": "integer", "minimum": 1, "maximum": 10},
-        "reason": {"type": "string"},
+        "performance": _SCORE,
+        "innovation": _SCORE,
+        "complexity": _SCORE,
+        "reason": _text(),
     },
     "required": ["performance", "innovation", "complexity", "reason"],
 }

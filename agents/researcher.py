@@ -112,13 +112,6 @@ def validate_code(code: str) -> str | None:
     return None
 
 
-def _validate_proposal(obj: dict[str, Any]) -> str | None:
-    for key in ("name", "motivation", "code"):
-        if not isinstance(obj.get(key), str):
-            return f"the field {key!r} must be a string"
-    return validate_code(obj["code"])
-
-
 class LLMResearcher:
     """A researcher backed by a chat model (Ollama or OpenAI-compatible)."""
 
@@ -133,7 +126,7 @@ class LLMResearcher:
         correction round). Raises ``LLMError`` when the model cannot answer this step (the loop
         then asks the built-in researcher)."""
         obj = self.session.ask(ctx.recorder, prompts.researcher_prompt(ctx), prompts.RESEARCHER_SCHEMA,
-                               validate=_validate_proposal)
+                               validate=lambda o: validate_code(o["code"]))
         ctx.recorder.step("researcher", "llm", self.spec)
         name = " ".join(str(obj["name"]).split())[:80] or "unnamed"
         cited = [str(e.id) for e, _ in ctx.cognition]

@@ -6,7 +6,7 @@ bag-of-words vectors), ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE st
 ``GET /props`` (llama.cpp style, when ``props`` is set).
 
 Negotiation probes (the tiny ``{"ok": true}`` request of ``ChatBackend.negotiate``) are answered
-by the server itself; ``formats`` lists the structured-output forms it accepts (others get
+by the server itself (with ``probe_reply`` when given, e.g. one that dies mid-stream); ``formats`` lists the structured-output forms it accepts (others get
 ``refuse_status`` with a pydantic-like body, as llama-cpp-python answers ``json_schema``).
 ``flavour="ollama"`` makes ``/v1`` answer like Ollama's OpenAI-compatible mode (error bodies
 ``{"error": {"message", "type"}}``). Replies come from a *responder*: a function ``(request_json, path) ->
@@ -166,7 +166,9 @@ class FakeLLMServer:
         flavour: str = "openai",
         usage: bool = True,
         tokenizer: bool = False,
+        probe_reply: Reply | None = None,
     ) -> None:
+        self.probe_reply = probe_reply
         self.usage = usage
         self.tokenizer = tokenizer
         self.formats = formats
@@ -271,7 +273,7 @@ class FakeLLMServer:
                     return
                 if _is_probe(body):
                     server.probes.append(form or "plain")
-                    reply = Reply(content={"ok": True})
+                    reply = server.probe_reply or Reply(content={"ok": True})
                 else:
                     reply = _as_reply(server.responder(body, self.path))
                 if reply.hang_s:

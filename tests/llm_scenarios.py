@@ -104,17 +104,9 @@ def judge_call(be: ChatBackend) -> dict[str, Any]:
     be.negotiate(context_length=N_CTX)
     rec = CallRecorder()
     pol = CallPolicy(max_tokens=128, temperature=0.7, correction_temperature=0.2, context_length=N_CTX)
-
-    def validate(obj: dict[str, Any]) -> str | None:
-        for k in ("performance", "innovation", "complexity"):
-            v = obj.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 10:
-                return f"{k} must be a number from 1 to 10 (got {v!r})"
-        return None
-
     out: dict[str, Any] = {"transcript": rec.transcript}
     try:
-        out["obj"] = chat_json(be, "judge", judge_prompt(), prompts.JUDGE_SCHEMA, rec, validate=validate, policy=pol)
+        out["obj"] = chat_json(be, "judge", judge_prompt(), prompts.JUDGE_SCHEMA, rec, policy=pol)
     except LLMError as exc:
         out["error"] = exc
     return out

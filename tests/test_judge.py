@@ -71,3 +71,35 @@ def test_performance_is_run_health_and_spread():
     shaky = _rec("0009", g, spread={"probe_mean": {"n": 3, "std": 0.16}})
     assert j.judge(steady, None, base, history=[seed])["performance"] > 5.5
     assert j.judge(shaky, None, base, history=[seed])["performance"] < 5.5
+
+
+def test_llm_judge_scores_held_to_the_schema_range_without_hand_checks():
+    """A score outside 1-10 is caught by the schema (no check of the judge's own): one correction
+    round naming the field, then the model's integer scores are used as they are; twice out of
+    range and the rubric answers the step."""
+    import json
+
+    from agents.judge import LLMJudge
+    from agents.llm import CallRecorder, OpenAIBackend
+    from tests.fake_llm_server import FakeLLMServer, ScriptedResponder
+
+    good = {"performance": 7, "innovation": 3, "complexity": 9, "reason": "clean"}
+    resp = ScriptedResponder().add("judge", {**good, "performance": 11}, good,
+                                   {**good, "innovation": 0}, {**good, "complexity": 7.5})
+    seed = _rec("0000", SEED_GENOME.to_dict())
+    rec = _rec("0002", SEED_GENOME.with_(output_gate="swish").to_dict())
+    with FakeLLMServer(resp) as srv:
+        judge = LLMJudge(OpenAIBackend("scripted", srv.url, timeout_s=5), backoff_s=0)
+        cr = CallRecorder()
+        v = judge.judge(rec, seed, BASE, None, recorder=cr, history=[seed])
+        assert (v["performance"], v["innovation"], v["complexity"]) == (7, 3, 9) and v["judge"] == judge.spec
+        correction = srv.chat_requests()[1]["messages"][-1]["content"]
+        assert "performance must be an integer from 1 to 10 (got 11)" in correction
+        assert json.dumps(list(range(1, 11)), separators=(",", ":")) in correction  # the schema's enum
+        cr2 = CallRecorder()
+        v2 = judge.judge(rec, seed, BASE, None, recorder=cr2, history=[seed])
+    assert v2["judge"] == "builtin"  # the rubric answered this step
+    assert [s["by"] for s in cr2.steps] == ["fallback"]
+    errors = [t["error"] for t in cr2.transcript if t["model"] != "builtin"]
+    assert errors == ["innovation must be an integer from 1 to 10 (got 0)",
+                      "complexity must be an integer from 1 to 10 (got 7.5)"]

@@ -20,6 +20,7 @@ from agents.llm import (
     extract_json,
     make_backend,
     parse_llm_spec,
+    schema_error,
 )
 from tests.fake_llm_server import GOOD, SCHEMA, SYS, FakeLLMServer, Reply, ScriptedResponder, hashed_embedding
 
@@ -116,6 +117,45 @@ def test_extract_json_variants():
         extract_json("[1, 2]")
 
 
+def test_extract_json_accepts_raw_control_characters_in_strings():
+    # small models put the code's newlines and indentation into the string as they are
+    raw = '{"name": "Tabs", "motivation": "a\tb", "code": "class Mixer:\n\tpass\n"}'.replace("\\n", "\n")
+    raw = raw.replace("\\t", "\t")
+    assert "\n" in raw and "\t" in raw  # real control characters, not escapes
+    obj = extract_json(raw)
+    assert obj["code"] == "class Mixer:\n\tpass\n" and obj["motivation"] == "a\tb"
+    assert extract_json("Here it is:\n" + raw + "\nDone.") == obj  # also inside surrounding text
+    assert extract_json("```json\n" + raw + "\n```") == obj
+    with pytest.raises(ValueError, match="not JSON"):
+        extract_json('{"code": "unterminated\n')
+
+
+def test_schema_error_names_the_field_and_the_rule():
+    from agents import prompts
+
+    j = prompts.JUDGE_SCHEMA
+    assert schema_error({"performance": 7, "innovation": 1, "complexity": 10, "reason": "ok"}, j) is None
+    assert schema_error({"performance": 11, "innovation": 5, "complexity": 5, "reason": "r"}, j) == (
+        "performance must be an integer from 1 to 10 (got 11)")
+    assert schema_error({"performance": 7.5, "innovation": 5, "complexity": 5, "reason": "r"}, j).startswith(
+        "performance must be an integer")
+    assert schema_error({"performance": True, "innovation": 5, "complexity": 5, "reason": "r"}, j).startswith(
+        "performance must be an integer")
+    err = schema_error({"performance": "7", "innovation": 0}, j)
+    assert err.startswith("the reply misses the required field(s) complexity, reason; ")
+    assert "innovation must be an integer from 1 to 10 (got 0)" in err and "performance must be an integer" in err
+    assert "\n" not in err
+    r = prompts.RESEARCHER_SCHEMA
+    assert schema_error({"name": "", "motivation": None, "code": "x"}, r) == (
+        "motivation must be a string (got null); name is empty")
+    nested = {"type": "object", "properties": {"items": {"type": "array", "items": {
+        "type": "object", "properties": {"k": {"type": "integer"}}, "required": ["k", "v"]}}}}
+    assert schema_error({"items": [{"k": 1, "v": 2}, {"k": "x"}]}, nested) == (
+        "the reply misses the required field(s) items[1].v; items[1].k must be an integer (got \"x\")")
+    many = {"type": "object", "properties": {c: {"type": "string"} for c in "abcde"}}
+    assert schema_error({c: 1 for c in "abcde"}, many).endswith("; (and 2 more)")
+
+
 def test_malformed_reply_is_sent_back_once_then_accepted():
     resp = ScriptedResponder().add("researcher", "this is not json", GOOD)
     events = []
@@ -179,6 +219,8 @@ def test_server_that_dies_mid_stream_is_retried(kind):
         assert sleeps == [1.0]
         assert [t["ok"] for t in rec.transcript] == [False, True]
         assert "mid-reply" in rec.transcript[0]["error"] or "before the reply" in rec.transcript[0]["error"]
+        # the two chunks that came before the connection broke are kept as the attempt
+        assert rec.transcript[0]["reply"] == json.dumps(GOOD)[:8] and rec.transcript[0]["partial"]
 
 
 def test_unreachable_server_backs_off_exponentially():

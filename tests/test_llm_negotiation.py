@@ -95,6 +95,20 @@ def test_openai_context_from_props_config_and_ollama_v1():
         assert (caps.context_length, caps.context_source) == (3000, "config")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_that_stops_answering_during_the_probe_is_unreachable_not_plain(kind):
+    # e.g. a llama.cpp build whose first generation crashes the server: the probe's connection
+    # breaks; that is no verdict on the JSON form, so negotiation stops and says what happened
+    dies = Reply(content={"ok": True}, chunk_chars=4, die_after=1)
+    with _server(kind, probe_reply=dies) as srv:
+        be = _backend(kind, srv)
+        caps = be.negotiate()
+        assert srv.probes == ["json_schema"]  # no walk down the other forms
+    assert not caps.reachable and "stopped answering during the JSON probe (json_schema)" in caps.error
+    assert "unreachable" in caps.describe() and "JSON via" not in caps.describe()
+    assert be.caps is None and be.json_mode == "json_schema"  # not remembered: tried again later
+
+
 def test_unreachable_server_is_reported_not_remembered():
     with FakeLLMServer() as srv:
         url = srv.url
@@ -176,15 +190,24 @@ def test_context_overflow_from_the_server_refits_to_its_number():
     assert rec.transcript[1]["ok"] and rec.transcript[1]["trimmed"] == ["cognition a"]
 
 
-@pytest.mark.parametrize("kind", ["ollama", "openai"])
-def test_wall_timeout_covers_a_slow_stream(kind):
+@pytest.mark.parametrize("kind", KINDS)
+def test_wall_timeout_covers_a_slow_stream_and_keeps_what_came(kind):
     slow = Reply(content=GOOD, chunk_chars=2, chunk_delay_s=0.1)  # ~40 chunks: 4 s, each within the read timeout
     resp = ScriptedResponder().add("researcher", slow)
-    with FakeLLMServer(resp, lifetime_s=30) as srv:
-        rec = CallRecorder()
-        with pytest.raises(LLMTimeout, match="did not finish within 1 s"):
+    events = []
+    with _server(kind, resp, lifetime_s=30) as srv:
+        rec = CallRecorder(emit=events.append)
+        with pytest.raises(LLMTimeout, match="did not finish within 1 s") as info:
             chat_json(_backend(kind, srv), "researcher", SYS, SCHEMA, rec, policy=CallPolicy(wall_timeout_s=1.0))
-    assert rec.transcript[0]["ok"] is False and 0.9 <= rec.transcript[0]["duration_s"] < 3.5
+    full = json.dumps(GOOD)
+    partial = info.value.partial
+    # the stream was cut by the wall limit, not by its end, and what came is kept as the attempt
+    assert partial and len(partial) < len(full) and full.startswith(partial)
+    streamed = "".join(e.text for e in events if getattr(e, "message", "") == "delta")
+    assert streamed == partial
+    t = rec.transcript[0]
+    assert t["ok"] is False and t["reply"] == partial and t["partial"] is True
+    assert "characters received" in t["error"] and t["duration_s"] >= 0.9
 
 
 def test_tokens_from_tokenizer_endpoint_else_estimated():

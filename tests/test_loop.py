@@ -247,14 +247,17 @@ def test_supervised_approve_reject_edit_fork_pause_via_commands(tmp_path):
     assert loop2.in_flight() is None
 
 
-def test_openai_backend_failures_fed_back_and_training_error_repaired(tmp_path):
+@pytest.mark.parametrize("flavour", ["openai", "ollama"])
+def test_openai_backend_failures_fed_back_and_training_error_repaired(tmp_path, flavour):
+    """An OpenAI-compatible server (also Ollama's own ``/v1`` mode): unusable replies, a
+    correction round, a training error repaired by the debugger."""
     from tests.loop_helpers import EvalFailingExecutor
 
     good = proposal("Conv2", "Use a causal convolution of width 2 on q, k and v.", conv_size=2)
     failing = dict(good, code=good["code"] + "\n# EVALFAIL\n")
     resp = _responder("garbage", "more garbage", failing)
     resp.add("debugger", {"explanation": "fixed the size mismatch in the output projection", "code": good["code"]})
-    with FakeLLMServer(resp) as srv:
+    with FakeLLMServer(resp, flavour=flavour) as srv:
         lab = make_lab(tmp_path / "lab")
         ex = EvalFailingExecutor()
         loop = Loop(lab, llm=f"openai:scripted@{srv.url}/v1", executor=ex, experiments=2, backoff_s=0,
