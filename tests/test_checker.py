@@ -198,7 +198,7 @@ def test_a_failure_names_its_configuration(tmp_path):
     c = _by_name(report)["causality"]
     assert _by_name(report)["forward_backward"].passed and not c.passed
     assert c.reason.startswith("raised RuntimeError") and "is invalid for input" in c.reason, c.reason
-    assert re.search(r"\(at L=(77|259), batch \d+, (train|eval) mode, grad (on|off)\)", c.reason), c.reason
+    assert re.search(r"\(at L=(77|259), batch \d+, (train|eval) mode, grad (on|off)\)$", c.reason), c.reason
 
 
 def test_a_child_killed_mid_check_names_the_call_in_flight(tmp_path, monkeypatch):

@@ -316,7 +316,7 @@ class _Stage:
             if exc.kind == "error" and not reason.startswith("raised "):
                 reason = f"raised {reason}"
             config = self.where.get("config")
-            if config and config not in reason:
+            if config and config not in reason and "(at " not in reason:  # the worker may have named it
                 reason = f"{reason} (at {config})"
             res = CheckResult(name, False, None, reason)
             if exc.kind in ("died", "protocol"):
