@@ -122,6 +122,7 @@ def _preimport(task: str) -> None:
     import training.worker  # noqa: F401
     if task == "evaluate":
         import training.evaluate  # noqa: F401
+        import training.leak_monitor  # noqa: F401
     del torch
 
 
