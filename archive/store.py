@@ -33,6 +33,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,35 @@ class Entry:
     parent_commit: str | None
 
 
+def _death_signal() -> Any:
+    """A ``preexec_fn`` (Linux) that gives a git child SIGKILL when the writer that started it
+    dies, so a killed run leaves no ``git repack`` writing into the archive after the next holder
+    of the lab lock has cleaned up; None elsewhere. libc's ``prctl`` is looked up here, in the
+    parent: the child between fork and exec only calls it (no import, no lock)."""
+    global _PRCTL
+    if _PRCTL is None:
+        _PRCTL = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+            except Exception:  # noqa: BLE001 - no prctl: the child may outlive its parent
+                _PRCTL = False
+    if not _PRCTL:
+        return None
+    prctl = _PRCTL
+    return lambda: prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+_PRCTL: Any = None
+
+
 def _run_git(git_dir: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(
         ["git", f"--git-dir={git_dir}", *args],
         capture_output=True, text=True, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        preexec_fn=_death_signal(),
     )
     if check and proc.returncode != 0:
         raise ArchiveError(f"git {' '.join(args)} failed in {git_dir}: {proc.stderr.strip()}")
