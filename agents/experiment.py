@@ -57,7 +57,7 @@ class ExperimentRun:
     proposal: Proposal | None = None
     #: what the evaluation is measured against (``Loop.evaluation_baseline``)
     baseline: dict[str, Any] | None = None
-    #: the Engineer's outcome (``agents.engineer.DevelopResult``)
+    #: the Engineer's outcome (``agents.engineer.DevelopOutcome``)
     out: Any = None
     on_line: Callable[[str, str], None] | None = None
 
@@ -78,13 +78,16 @@ class ExperimentMixin:
                 return done
             self._proposals[exp_id] = run.proposal
         self.poll()
-        done = self._develop(run) or self._seeds(run)
+        done = self._develop(run)  # check, approval, evaluate
+        if done is None:
+            done = self._seeds(run)
         if done is not None:
             return done
         self._analyse(run)
         return self._judge_and_score(run)
 
     def _stage(self, run: ExperimentRun, name: str) -> "_Stage":
+        """A stage of ``run``: its StageChanged events and wall time (``with self._stage(...)``)."""
         return _Stage(self, run.exp_id, name, run.timings)
 
     # -- 1. sample
