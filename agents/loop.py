@@ -1,5 +1,18 @@
-"""The research loop: sample → research → novelty → check → (approve) → evaluate → analyse →
-judge → score → commit (docs/ARCHITECTURE.md, "One experiment, step by step").
+"""The research loop: the ``Loop`` class coordinates one lab's experiments (docs/ARCHITECTURE.md,
+"One experiment, step by step"). It is composed of:
+
+- ``agents.experiment``: one experiment's stages, top to bottom (sample → research → novelty →
+  check → approve → evaluate → seeds → analyse → judge → score → commit);
+- ``agents.proposals``: what research draws on and the novelty check;
+- ``agents.control``: the command queue (pause, resume, stop, mode, fork, budget) and approvals;
+- ``agents.baselines``: the baselines and the seed (the yardstick), seed scheduling, scoring;
+- ``agents.journal``: the crash journal (``runs/<id>/state.json``) an interrupted experiment is
+  redone from;
+- ``agents.roles``: the agents and the executor built from the lab's config.
+
+This module keeps what ties them together: the constructor, the event bus, the scheduling of
+experiments over worker threads, and the commits (made by the coordinating thread, the one
+holding the lab lock).
 
 ``Loop`` runs in one worker thread (``start()``) or in the caller's thread (``run()``). It talks
 to the outside only through typed events (``agents.events``; ``subscribe``/``events``, also
@@ -15,12 +28,8 @@ committed is lost or duplicated.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import queue
 import random
-import re
-import shutil
 import threading
 import time
 import traceback
@@ -28,68 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agents.analyst import BuiltinAnalyst, LLMAnalyst
-from agents.engineer import BuiltinDebugger, Decision, Engineer, Executor, LLMDebugger, SandboxExecutor, with_trust
-from agents.events import (
-    ApprovalRequested,
-    BaselineProgress,
-    Event,
-    EventBus,
-    ExperimentFinished,
-    ExperimentStarted,
-    LogLine,
-    LoopStateChanged,
-    MetricPoint,
-    StageChanged,
-    Warning,
-)
-from agents.seeds import combine as combine_seeds
-from agents.yardstick import (
-    Yardstick,
-    baseline_key,
-    baselines_path,
-    is_complete,
-    load_baselines,
-    make_yardstick,
-    missing_reason,
-    needs_rescore,
-    rescore_lab,
-    score,
-)
-from agents.judge import BuiltinJudge, LLMJudge
-from agents.llm import CallRecorder, LLMError, LLMSpec, parse_llm_spec
-from agents.llm_session import LLMSession, fallback, tally
-from agents.researcher import (
-    LLMResearcher,
-    Proposal,
-    Rejection,
-    ResearchContext,
-    ResearchError,
-    Researcher,
-)
-from agents.builtin.researcher import builtin_researcher
+from agents import journal, roles
+from agents.baselines import BaselinesMixin
+from agents.control import Command, ControlMixin, LoopStopped
+from agents.engineer import Engineer, Executor
+from agents.events import Event, EventBus, Warning
+from agents.experiment import STAGES, ExperimentMixin
+from agents.llm import LLMSpec
+from agents.llm_session import LLMSession, tally
+from agents.proposals import ProposalsMixin
+from agents.researcher import Proposal, Researcher
+from agents.yardstick import baseline_key
 
 __all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
-
-STAGES = ("sample", "research", "novelty", "check", "debug", "approval", "evaluate", "seeds", "analyse",
-          "judge", "score", "commit")
-
-_METRIC_RE = re.compile(r"^\[(?P<label>[\w\-]+)\]\s+step\s+(?P<step>\d+).*?loss\s+(?P<loss>[-+0-9.eE]+|nan|inf)")
-
-
-class LoopStopped(Exception):
-    """Raised inside the worker when a stop command is read (the experiment in flight stays
-    in its run folder and is redone at the next start)."""
-
-
-@dataclass
-class Command:
-    """One command for the worker: ``kind`` in pause, resume, stop, fork, approve, reject, edit,
-    budget; ``arg`` its argument (fork: experiment id; reject: reason; edit: code; budget:
-    ``{"experiments": n | None, "hours": h | None}``)."""
-
-    kind: str
-    arg: Any = None
 
 
 @dataclass
@@ -104,11 +64,7 @@ class LoopSummary:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _scale_name(scale: Any) -> str:
-    return scale if isinstance(scale, str) else scale.name
-
-
-class Loop:
+class Loop(ControlMixin, BaselinesMixin, ProposalsMixin, ExperimentMixin):
     """The research loop over one lab.
 
     Args:
@@ -176,10 +132,7 @@ class Loop:
         self.baseline_names = baselines
         self.rng = random.Random(self.seed)
         self.bus = EventBus(self.path / "events.jsonl")
-        self.commands: "queue.Queue[Command]" = queue.Queue()
-        self.state = "idle"
-        self.done = 0
-        self._fork: str | None = None
+        self._init_control()  # commands, state, the locks shared by worker threads
         self._thread: threading.Thread | None = None
         self._t_start = time.monotonic()
         self._cognition = cognition
@@ -187,18 +140,11 @@ class Loop:
         self._baselines: dict[str, dict[str, Any]] | None = None
         self._baselines_tried: set[str] = set()
         self.executor = executor or self._make_executor()
-        self._stop_after_experiment = False
         self.summary = LoopSummary()
         ex_cfg = getattr(cfg, "executor", None)
         self.concurrency = max(1, int(concurrency if concurrency is not None
                                       else getattr(ex_cfg, "concurrency", 1) or 1))
         # shared between worker threads (concurrency > 1)
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._approvals: "queue.Queue[Command]" = queue.Queue()
-        self._approval_lock = threading.Lock()
-        self._paused = False
-        self._stopping = False
         self._started = 0
         self._reserved: set[str] = set()
         self._coordinator: int | None = None
@@ -218,61 +164,22 @@ class Loop:
         self.judge_agent = self._make_role("judge")
         self.engineer = Engineer(self.executor, self._make_role("debugger"), self.debug_rounds)
 
-    # ------------------------------------------------------------------ configuration
+    # ------------------------------------------------------------------ configuration (agents.roles)
     def _ollama_host(self) -> str | None:
         """The lab's ``[llm] ollama_host``, unless it is the default and OLLAMA_HOST is set."""
-        import os
-
-        from archive.config import LLMConfig
-
-        host = self.lab.config.llm.ollama_host
-        if host == LLMConfig().ollama_host and os.environ.get("OLLAMA_HOST"):
-            return None  # the client reads OLLAMA_HOST
-        return host
+        return roles.ollama_host(self.lab.config)
 
     def _role_specs(self, llm: str | None) -> dict[str, LLMSpec]:
-        if llm is not None:
-            s = parse_llm_spec(llm)
-            if s.backend == "ollama" and not s.url:
-                s = LLMSpec("ollama", s.model, self._ollama_host())
-            return {r: s for r in ("researcher", "analyst", "judge", "debugger")}
-        c = self.lab.config.llm
-        out = {}
-        for role in ("researcher", "analyst", "judge", "debugger"):
-            backend = getattr(c, role)
-            model = getattr(c, f"{role}_model")
-            if backend == "builtin":
-                out[role] = LLMSpec("builtin")
-            elif backend == "ollama":
-                out[role] = LLMSpec("ollama", model, self._ollama_host())
-            else:
-                out[role] = LLMSpec("openai", model, c.openai_base_url)
-        return out
+        return roles.role_specs(self.lab.config, llm)
 
     def _make_executor(self) -> Executor:
-        ex_cfg = getattr(self.lab.config, "executor", None)
-        if ex_cfg is not None and getattr(ex_cfg, "kind", "local") != "local":
-            from agents.ray_executor import make_executor
-
-            # connected now: a missing Ray or an unreachable cluster is a clear error (a
-            # ValueError) before the loop starts, not a crash in its first evaluation
-            return make_executor(ex_cfg, self.scale, connect=True)
-        return SandboxExecutor(self.scale, guards=getattr(self.lab.config, "guards", None),
-                               unsafe_no_sandbox=bool(getattr(ex_cfg, "unsafe_no_sandbox", False)))
+        return roles.make_executor(self.lab.config, self.scale)
 
     def _make_researcher(self, spec: LLMSpec) -> Researcher:
-        rs = self.llm.session("researcher")
-        if rs is None:
-            return builtin_researcher(seed=self.seed)
-        return LLMResearcher(rs.backend, session=rs)
+        return roles.make_researcher(self.llm, self.seed)
 
     def _make_role(self, role: str) -> Any:
-        rs = self.llm.session(role)
-        if role == "analyst":
-            return BuiltinAnalyst() if rs is None else LLMAnalyst(rs.backend, session=rs)
-        if role == "judge":
-            return BuiltinJudge() if rs is None else LLMJudge(rs.backend, session=rs)
-        return BuiltinDebugger() if rs is None else LLMDebugger(rs.backend, session=rs)
+        return roles.make_role(self.llm, role)
 
     def negotiate_llms(self) -> list[str]:
         """Negotiate every configured LLM backend once (reachability, model, context, JSON form;
@@ -294,54 +201,6 @@ class Loop:
         """A thread-safe queue of every later event (``None`` when the loop has ended)."""
         return self.bus.queue()
 
-    def pause(self) -> None:
-        """Pause after the current stage."""
-        self.commands.put(Command("pause"))
-
-    def resume(self) -> None:
-        """Resume a paused loop."""
-        self.commands.put(Command("resume"))
-
-    def stop(self, after: str = "stage") -> None:
-        """Stop after the current stage (``after="stage"``: the experiment in flight is redone at
-        the next start) or after the experiment in flight is committed (``after="experiment"``)."""
-        if after not in ("stage", "experiment"):
-            raise ValueError("after must be 'stage' or 'experiment'")
-        self.commands.put(Command("stop" if after == "stage" else "stop_after_experiment"))
-
-    def set_mode(self, mode: str) -> None:
-        """Switch between ``autonomous`` and ``supervised`` (from the next approval point on)."""
-        if mode not in ("autonomous", "supervised"):
-            raise ValueError(f"mode {mode!r} is not autonomous or supervised")
-        self.commands.put(Command("mode", mode))
-
-    def shutdown(self, timeout: float = 5.0) -> bool:
-        """Stop after the current stage and wait up to ``timeout`` s for the worker (a daemon
-        thread: a process may exit while it is still inside a sandboxed run). True if it ended."""
-        self.stop()
-        return self.join(timeout)
-
-    def fork(self, exp_id: str) -> None:
-        """Make ``exp_id`` the parent of the next experiment."""
-        self.commands.put(Command("fork", str(exp_id)))
-
-    def approve(self, code: str | None = None) -> None:
-        """Supervised mode: evaluate the proposal waiting for approval (with ``code``: the same
-        as ``edit(code)``)."""
-        self._approvals.put(Command("approve") if code is None else Command("edit", code))
-
-    def reject(self, reason: str = "") -> None:
-        """Supervised mode: reject the waiting proposal (committed as rejected)."""
-        self._approvals.put(Command("reject", reason))
-
-    def edit(self, code: str) -> None:
-        """Supervised mode: replace the waiting proposal's code (re-checked, then evaluated)."""
-        self._approvals.put(Command("edit", code))
-
-    def set_budget(self, experiments: int | None = None, hours: float | None = None) -> None:
-        """Change the budget (0 = no limit; None = unchanged)."""
-        self.commands.put(Command("budget", {"experiments": experiments, "hours": hours}))
-
     def start(self) -> threading.Thread:
         """Run the loop in a background (daemon) thread and return it."""
         if self._thread is not None and self._thread.is_alive():
@@ -357,153 +216,22 @@ class Loop:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    # ------------------------------------------------------------------ events and commands
     def emit(self, event: Event) -> None:
         """Publish an event."""
         self.bus.emit(event)
 
-    def _set_state(self, state: str, detail: str = "") -> None:
-        self.state = state
-        self.emit(LoopStateChanged(state=state, detail=detail, experiments_done=self.done,
-                                   budget_experiments=self.budget_experiments or None,
-                                   budget_hours=self.budget_hours or None))
-
-    def _handle(self, cmd: Command) -> None:
-        """Apply one command (called with ``self._lock`` held)."""
-        if cmd.kind == "pause":
-            if not self._paused:
-                self._paused = True
-                self._state_before_pause = self.state
-                self._set_state("paused")
-        elif cmd.kind == "resume":
-            if self._paused:
-                self._paused = False
-                self._set_state(getattr(self, "_state_before_pause", "running"))
-                self._cond.notify_all()
-        elif cmd.kind == "stop":
-            if not self._stopping:
-                self._stopping = True
-                self._set_state("stopping")
-            self._cond.notify_all()
-        elif cmd.kind == "stop_after_experiment":
-            self._stop_after_experiment = True
-            self._set_state(self.state, "stopping after the experiment in flight")
-        elif cmd.kind == "mode":
-            self.mode = cmd.arg
-            self._set_state(self.state, f"mode {cmd.arg}")
-        elif cmd.kind == "fork":
-            if cmd.arg not in self.lab.store:
-                self.emit(Warning(message=f"fork: there is no experiment {cmd.arg}", source="loop"))
-            else:
-                self._fork = cmd.arg
-                self.emit(LogLine(source="loop", line=f"next parent: {cmd.arg}"))
-        elif cmd.kind == "budget":
-            a = cmd.arg or {}
-            if a.get("experiments") is not None:
-                self.budget_experiments = int(a["experiments"])
-            if a.get("hours") is not None:
-                self.budget_hours = float(a["hours"])
-            self._set_state(self.state, "budget changed")
-        else:
-            self.emit(Warning(message=f"unknown command {cmd.kind!r}", source="loop"))
-
-    def _drain(self) -> None:
-        with self._lock:
-            while True:
-                try:
-                    cmd = self.commands.get_nowait()
-                except queue.Empty:
-                    return
-                self._handle(cmd)
-
-    def poll(self) -> None:
-        """Apply pending commands (called by the workers between stages): blocks while paused,
-        raises ``LoopStopped`` after a stop command."""
-        self._drain()
-        with self._cond:
-            while self._paused and not self._stopping:
-                self._cond.wait(0.1)
-                self._drain()
-            if self._stopping:
-                raise LoopStopped()
-
-    def _await_approval(self, exp_id: str, name: str, motivation: str, code: str,
-                        checks: list[dict[str, Any]]) -> Decision:
-        with self._approval_lock:  # one proposal waits at a time
-            while True:  # answers given while nothing waited are stale
-                try:
-                    stale = self._approvals.get_nowait()
-                except queue.Empty:
-                    break
-                self.emit(Warning(message=f"{stale.kind}: no proposal was waiting for approval", source="loop"))
-            t0 = time.perf_counter()
-            self.emit(StageChanged(exp_id=exp_id, stage="approval", status="started"))
-            self.emit(ApprovalRequested(exp_id=exp_id, name=name, motivation=motivation, code=code, checks=checks))
-            with self._lock:
-                self._set_state("waiting_approval", f"{exp_id} {name}")
-            while True:
-                self.poll()
-                try:
-                    cmd = self._approvals.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if cmd.kind == "approve":
-                    dec = Decision("approve")
-                elif cmd.kind == "reject":
-                    dec = Decision("reject", reason=cmd.arg or "rejected by the user")
-                else:
-                    dec = Decision("edit", code=cmd.arg)
-                with self._lock:
-                    self._set_state("running")
-                self.emit(StageChanged(exp_id=exp_id, stage="approval", status="finished", detail=dec.action,
-                                       duration_s=time.perf_counter() - t0))
-                return dec
-
-    # ------------------------------------------------------------------ lab helpers
+    # ------------------------------------------------------------------ the journal (agents.journal)
     def _runs(self) -> Path:
-        p = self.path / "runs"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return journal.runs_dir(self.path)
 
     def _save_state(self, run_dir: Path, state: dict[str, Any]) -> None:
-        from archive.config import atomic_write_text
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1, default=str))
+        journal.save_state(run_dir, state)
 
     def in_flight(self) -> dict[str, Any] | None:
         """The saved state of an experiment that was started but never committed, if any."""
-        found = []
-        for st in sorted(self._runs().glob("*/state.json")):
-            try:
-                state = json.loads(st.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            exp_id = state.get("id")
-            if not exp_id:
-                continue
-            if exp_id in self.lab.store:
-                st.unlink(missing_ok=True)  # committed before the kill: nothing to redo
-                continue
-            if exp_id in self._reserved:  # being run by another worker
-                continue
-            found.append(state)
-        return found[0] if found else None
+        return journal.in_flight(self._runs(), self.lab.store, self._reserved)
 
-    def cognition_base(self) -> Any:
-        """The cognition base (loaded once; None if it cannot be loaded)."""
-        if not self._cognition_loaded:
-            self._cognition_loaded = True
-            try:
-                from corpus.retrieval import CognitionBase
-
-                emb = getattr(getattr(self.lab, "novelty", None), "embedder", None)
-                self._cognition = CognitionBase.load(embedder=emb)
-            except Exception as exc:  # a missing corpus never stops the loop
-                self.emit(Warning(message=f"cognition base unavailable: {exc}", source="loop"))
-                self._cognition = None
-        return self._cognition
-
+    # ------------------------------------------------------------------ commits
     def _commit(self, record: Any) -> str:
         """Commit to the archive, then the derived stores (index, novelty, candidates). From a
         worker thread the commit is handed to the coordinating thread (which holds the lab lock)."""
@@ -535,242 +263,7 @@ class Loop:
         self.lab.novelty.add(record.id, record.motivation or record.name, state=state)
         return sha
 
-    # ------------------------------------------------------------------ baselines and seed
-    def _baseline_file(self) -> Path:
-        return baselines_path(self.path, self.scale)
-
-    def _baseline_names(self) -> list[str]:
-        """The seed first, then the configured reference mixers."""
-        from training.mixers import REFERENCE_MIXERS, SEED_MIXER
-
-        names = list(self.baseline_names) if self.baseline_names is not None else list(REFERENCE_MIXERS)
-        names = [n for n in names if n != SEED_MIXER]
-        return [SEED_MIXER, *names]
-
-    def _cached_baselines(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            if self._baselines is None:
-                self._baselines = load_baselines(self.path, self.scale)
-            return self._baselines
-
-    def _all_seeds(self, metrics: dict[str, Any] | None) -> bool:
-        """A complete measurement on every seed of the schedule (``[loop] seeds``)."""
-        if not is_complete(metrics):
-            return False
-        got = {e.get("seed") for e in ((metrics or {}).get("seeds") or [metrics]) if e.get("status") == "ok"}
-        return set(self._seed_list()) <= got
-
-    def baselines(self) -> dict[str, dict[str, Any]]:
-        """The reference baselines measured so far at the loop's scale (complete measurements on
-        every seed of the schedule only; cached in ``lab/baselines/<scale>.json``). Measures
-        nothing: the seed is measured by :meth:`measure_seed` before any experiment, the others
-        between experiments (:meth:`measure_pending_baselines`)."""
-        return {n: m for n, m in self._cached_baselines().items() if self._all_seeds(m)}
-
-    def measure_baseline(self, name: str, index: int = 0, total: int = 0) -> dict[str, Any]:
-        """Evaluate one reference mixer at the loop's scale, store and return its metrics."""
-        from archive.config import atomic_write_text
-        from training.mixers import REFERENCE_MIXERS, SEED_MIXER
-
-        self.poll()
-        is_seed = name == SEED_MIXER
-        t0 = time.perf_counter()
-        self.emit(BaselineProgress(name=name, status="started", seed=is_seed, index=index, total=total))
-        self.emit(StageChanged(stage="baseline", status="started", detail=name))
-        rd = self._runs() / "baselines" / baseline_key(self.scale) / name
-        seeds = self._seed_list()
-        before = self._cached_baselines().get(name) or {}
-        # runs of this reference already measured on seeds of the schedule are kept
-        runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
-                if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
-        error = ""
-        # the same seeds as every design in the top, so the yardstick has a spread. All of them
-        # at once (see _seed_width: 3 fixed-work runs time-sliced on 2 cores end after 1.5 run
-        # times, where the first alone and then two side by side take 2): the seed blocks the
-        # first result, and a reference is our own code, which does not fail for its design.
-        # Where they cannot all run at once, the first runs alone (a failure costs one run).
-        todo = [sd for sd in seeds if sd not in runs]
-        waves = [todo] if self._seed_width(len(todo)) >= len(todo) or runs else [todo[:1], todo[1:]]
-        for wave in (w for w in waves if w):
-            results = self._evaluate_seeds(Path(REFERENCE_MIXERS[name]), wave, lambda sd: rd / f"seed-{sd}", None,
-                                           lambda l: self.emit(LogLine(source="train", line=l)),
-                                           trusted=True)  # our own code
-            for sd in wave:
-                res = results[sd]
-                runs[sd] = res.metrics or {"status": "error", "error": res.error, "partial": True, "seed": sd}
-                runs[sd].setdefault("seed", sd)
-                error = error or res.error
-            if not all(is_complete(runs[sd]) for sd in wave):
-                break
-        metrics = combine_seeds([runs[sd] for sd in seeds if sd in runs])
-        with self._lock:
-            cached = self._cached_baselines()
-            cached[name] = metrics
-            path = self._baseline_file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(cached, indent=1, default=str))
-        ok = is_complete(metrics)
-        pm = metrics.get("probe_mean")
-        detail = (f"{name}: probe mean {pm:.3f}" if isinstance(pm, (int, float)) else f"{name}: {metrics.get('status')}")
-        if not ok:
-            detail += f" ({metrics.get('stop_reason') or metrics.get('error') or error or 'incomplete'})"
-        detail += f" ({metrics.get('n_seeds')} seeds)"
-        self.emit(StageChanged(stage="baseline", status="finished" if ok else "failed", detail=detail[:500],
-                               duration_s=time.perf_counter() - t0))
-        self.emit(BaselineProgress(name=name, status="finished", seed=is_seed, index=index, total=total,
-                                   result=str(metrics.get("status")), detail=detail[:500]))
-        return metrics
-
-    def yardstick(self) -> Yardstick | None:
-        """The yardstick (the seed's complete metrics at the loop's scale), or None."""
-        from training.mixers import SEED_MIXER
-
-        seed = self._cached_baselines().get(SEED_MIXER)
-        if not self._all_seeds(seed):
-            return None
-        return make_yardstick(seed, self.scale)
-
-    def yardstick_missing(self) -> str | None:
-        """Why there is no yardstick (None when there is one)."""
-        from training.mixers import SEED_MIXER
-
-        seed = self._cached_baselines().get(SEED_MIXER)
-        why = missing_reason(seed, self.scale)
-        if why is None and not self._all_seeds(seed):
-            return f"the seed has not been measured on all {self.n_seeds} seeds yet"
-        return why
-
-    def measure_seed(self, attempts: int = 2) -> Yardstick | None:
-        """Measure the seed at the loop's scale unless a complete measurement is cached (up to
-        ``attempts`` tries); experiments wait for it. Returns the yardstick, or None."""
-        from training.mixers import SEED_MIXER
-
-        for _ in range(max(1, attempts)):
-            ys = self.yardstick()
-            if ys is not None:
-                return ys
-            with self._lock:
-                self._set_state("running", f"measuring the seed ({SEED_MIXER}) at scale "
-                                           f"{baseline_key(self.scale)}: experiments wait for it")
-            self.measure_baseline(SEED_MIXER)
-        return self.yardstick()
-
-    def pending_baselines(self) -> list[str]:
-        """Reference baselines (not the seed) without a complete measurement that this run has
-        not tried yet."""
-        cached = self._cached_baselines()
-        return [n for n in self._baseline_names()[1:]
-                if not self._all_seeds(cached.get(n)) and n not in self._baselines_tried]
-
-    def measure_pending_baselines(self, limit: int | None = None) -> int:
-        """Measure up to ``limit`` (None: all) pending reference baselines, one at a time per
-        caller (several workers may each take one); returns how many were measured."""
-        done = 0
-        while limit is None or done < limit:
-            with self._lock:
-                pending = self.pending_baselines()
-                if not pending:
-                    return done
-                name = pending[0]
-                self._baselines_tried.add(name)
-                others = self._baseline_names()[1:]
-                index = len([n for n in others if n in self._baselines_tried])
-            self.measure_baseline(name, index=index, total=len(others))
-            done += 1
-        return done
-
-    def _measure_remaining_baselines(self) -> None:
-        """Every pending comparison, as many at once as experiments may be in flight."""
-        if self.concurrency > 1 and len(self.pending_baselines()) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asiarch-baseline") as pool:
-                for fut in [pool.submit(self.measure_pending_baselines) for _ in range(self.concurrency)]:
-                    fut.result()  # LoopStopped or an executor error propagates
-        else:
-            self.measure_pending_baselines()
-
-    def seed_baseline(self) -> dict[str, Any] | None:
-        """The seed mixer's complete metrics at this scale (the yardstick), or None."""
-        ys = self.yardstick()
-        return ys.metrics if ys is not None else None
-
-    def evaluation_baseline(self) -> dict[str, Any] | None:
-        """What an experiment's evaluation is measured against: the seed's metrics (the guards,
-        the loss rule's curve) with ``leak_reference``, the leak monitor's references condensed
-        from the complete baselines measured so far (``training.leak_monitor.leak_reference``:
-        softmax attention's per-probe means and spreads, the loss rule's calibrated tolerance)."""
-        from training.leak_monitor import leak_reference
-        from training.mixers import SEED_MIXER
-
-        seed = self.seed_baseline()
-        if seed is None:
-            return None
-        return {**seed, "leak_reference": leak_reference(self.baselines(), SEED_MIXER)}
-
-    def rescore_if_needed(self) -> dict[str, Any] | None:
-        """Re-score the archive when its fitness was computed against another yardstick (a
-        re-measured seed, another scale, an upgrade); returns the re-score report or None."""
-        ys = self.yardstick()
-        if not hasattr(self.lab, "apply_scores") or not needs_rescore(self.lab, ys):
-            return None
-        with self._novelty_lock:
-            report = rescore_lab(self.lab, self.scale)
-        self.emit(LogLine(source="loop", line=(
-            f"re-scored {report['rescored']} experiments against yardstick {report['yardstick']}"
-            + (f"; best moved {report['best_before']} -> {report['best']}" if report["best_moved"] else ""))))
-        return report
-
-    def ensure_seed_measured(self) -> None:
-        """A new lab's seed (committed unmeasured) gets its metrics from the seed baseline
-        (the same file evaluated at the same scale and seed) and is committed as measured,
-        once per scale."""
-        store = self.lab.store
-        from archive.record import SEED_ID
-
-        if SEED_ID not in store:
-            return
-        ys = self.yardstick()
-        if ys is None:
-            return
-        seed = store.get(SEED_ID)
-        measured = [r for r in store.all() if r.extra.get("measures") == SEED_ID
-                    and (r.metrics or {}).get("scale") == ys.scale_name]
-        if measured or ((seed.metrics or {}).get("scale") == ys.scale_name and is_complete(seed.metrics)):
-            return
-        base = ys.metrics
-        rec = dataclasses.replace(
-            seed, id=store.next_id(), parent=SEED_ID, references=[], metrics=base,
-            yardstick=ys.version, scale=_scale_name(self.scale), created=_utc(),
-            analysis="The seed design measured at this scale: the yardstick of every fitness.",
-            problem=seed.problem or "recall probes and loss of the seed at this scale",
-            extra={**seed.extra, "measures": SEED_ID}, transcript=[], timings={})
-        rec.slug = ""
-        rec.__post_init__()
-        rec.reproduce = self._reproduce_info(rec)
-        # the seed is judged by the same judge as every candidate (not a flat 0.5)
-        seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
-        verdict = self._judge_record(rec, None, base, seed_recorder)
-        rec.transcript = seed_recorder.transcript
-        self._score(rec, verdict, ys)
-        fitness, comps = rec.fitness, rec.fitness_components
-        sha = self._commit(rec)
-        self.emit(ExperimentFinished(exp_id=rec.id, name=rec.name, status="accepted", fitness=fitness,
-                                     fitness_components=comps, metrics=_summary(base), sha=sha,
-                                     reason="seed measured",
-                                     promotion=str((rec.promotion or {}).get("outcome") or "")))
-
-    # ------------------------------------------------------------------ the loop
-    def budget_left(self) -> bool:
-        """Whether another experiment may start."""
-        if self._stop_after_experiment:
-            return False
-        if self.budget_experiments and self._started >= self.budget_experiments:
-            return False
-        if self.budget_hours and (time.monotonic() - self._t_start) >= self.budget_hours * 3600:
-            return False
-        return True
-
+    # ------------------------------------------------------------------ scheduling
     def run(self) -> LoopSummary:
         """Run until the budget is spent or a stop command (blocking; ``start()`` runs it in a
         thread). Never raises for an experiment's failure; returns a summary."""
@@ -924,544 +417,6 @@ class Loop:
                 self._reserved.discard(exp_id)
                 self._proposals.pop(exp_id, None)
 
-    def _run_experiment(self, exp_id: str, saved: dict[str, Any] | None, fork: str | None) -> Any:
-        from archive.record import ExperimentRecord
-
-        store = self.lab.store
-        timings: dict[str, float] = {}
-        t_exp = time.perf_counter()
-
-        def stage(name: str) -> "_Stage":
-            return _Stage(self, exp_id, name, timings)
-
-        with self._research_lock:  # sampling, research, novelty: one experiment at a time
-            # -- 1. sample
-            if saved is not None:
-                run_dir = self._runs() / exp_id
-                with stage("sample"):
-                    parent = store.get(saved["parent"])
-                    references = [store.get(r) for r in saved.get("references", []) if r in store]
-                self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
-                                            scale=_scale_name(self.scale), mode=self.mode, redo=True))
-            else:
-                run_dir = self._runs() / exp_id
-                if run_dir.exists():
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                with stage("sample"):
-                    if fork is not None:
-                        parent = store.get(fork)
-                    else:
-                        parent = self._measured(self.lab.candidates.sample_parent(self.rng))
-                    references = [self._measured(r) for r in
-                                  self.lab.candidates.sample_references(self.rng, exclude={parent.id})]
-                    references = [r for r in references if r.id != parent.id]
-                self.emit(ExperimentStarted(exp_id=exp_id, parent=parent.id, references=[r.id for r in references],
-                                            scale=_scale_name(self.scale), mode=self.mode))
-                saved = {"id": exp_id, "parent": parent.id, "references": [r.id for r in references],
-                         "stage": "research", "started": _utc()}
-                self._save_state(run_dir, saved)
-            recorder = CallRecorder(exp_id=exp_id, emit=self.emit)
-            record = ExperimentRecord(id=exp_id, name="unnamed", parent=parent.id,
-                                      references=[r.id for r in references], scale=_scale_name(self.scale),
-                                      seed=self.seed, transcript=recorder.transcript, timings=timings)
-            record.extra["agent_steps"] = recorder.steps  # who answered each agent step
-            record.versions = _versions()
-            self.poll()
-
-            # -- 2/3. research and novelty
-            proposal: Proposal | None = None
-            researcher_spec = getattr(self.researcher, "spec", "none")
-            failure = ""
-            if saved.get("proposal"):
-                p = saved["proposal"]
-                proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {},
-                                    trusted=bool(p.get("trusted", False)))
-                researcher_spec = saved.get("researcher", researcher_spec)
-                recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
-                record.extra["redone_after_crash"] = True
-                self.emit(LogLine(exp_id=exp_id, source="loop", line="redoing the saved proposal"))
-            else:
-                cog_hits = self._cognition_for(parent)
-                ctx = ResearchContext(
-                    exp_id=exp_id, parent=parent, references=references, cognition=cog_hits,
-                    failures=self._recent_failures(), history=self._history(), baselines=self.baselines(),
-                    scale=_scale_name(self.scale), param_budget=_param_budget(self.scale),
-                    rng=random.Random(f"{self.seed}-{exp_id}"), recorder=recorder, lab=self.lab)
-                rounds = 0
-                while True:
-                    with stage("research") as st:
-                        try:
-                            proposal, researcher_spec = self._propose(ctx)
-                        except (LLMError, ResearchError) as exc:
-                            failure = f"research failed: {exc}"
-                            st.fail(str(exc))
-                            proposal = None
-                        except Exception as exc:  # a researcher's bug fails the step, not the loop
-                            failure = f"research failed: {type(exc).__name__}: {exc}"
-                            record.extra["traceback"] = traceback.format_exc()[-4000:]
-                            st.fail(f"{type(exc).__name__}: {exc}")
-                            proposal = None
-                    if proposal is None:
-                        break
-                    self.poll()
-                    with stage("novelty") as st:
-                        novel, near = self._novelty(proposal)
-                        if not novel and near is not None:
-                            st.fail(f"too close to {near[0]} (similarity {near[1]:.2f})")
-                    if novel or near is None:
-                        break
-                    nrec = self._neighbour(near[0])
-                    ctx.rejections.append(Rejection(proposal, "not novel", near[0], nrec.name, nrec.motivation,
-                                                    float(near[1])))
-                    rounds += 1
-                    if rounds > self.novelty_rounds:
-                        failure = (f"not novel after {rounds} proposals: the last was too close to experiment "
-                                   f"{near[0]} ({near[1]:.2f})")
-                        break
-                    self.poll()
-                record.extra["novelty_rejections"] = [
-                    {"name": r.proposal.name, "motivation": r.proposal.motivation, "neighbour": r.neighbour_id,
-                     "similarity": r.similarity} for r in ctx.rejections]
-                record.cognition = [str(e.id) for e, _ in cog_hits]
-                if proposal is not None and not failure:
-                    saved.update({"proposal": dataclasses.asdict(proposal), "researcher": researcher_spec,
-                                  "stage": "check", "novelty_rejections": record.extra["novelty_rejections"],
-                                  "cognition": record.cognition, "transcript": list(recorder.transcript)})
-                    self._save_state(run_dir, saved)
-            record.extra.setdefault("novelty_rejections", saved.get("novelty_rejections", []))
-            if saved.get("cognition"):
-                record.cognition = list(saved["cognition"])
-            record.researcher = researcher_spec
-            if proposal is not None:
-                record.name = proposal.name
-                record.slug = ""
-                record.__post_init__()
-                record.motivation = proposal.motivation
-                record.code = proposal.code
-                self._apply_extra(record, proposal.extra)
-            if proposal is None or failure:
-                status = "rejected" if failure.startswith("not novel") else "failed"
-                if proposal is None:
-                    record.name = "research-failed"
-                    record.slug = ""
-                    record.__post_init__()
-                return self._finish(record, status, failure, run_dir, t_exp)
-            self._proposals[exp_id] = proposal
-        self.poll()
-
-        # -- 4–6. check, approval, evaluate (Engineer + Debugger)
-        baseline = self.evaluation_baseline()
-        def approval(code: str, checks: list[dict[str, Any]]) -> Decision:
-            self.poll()  # a mode switch may have just arrived
-            if self.mode != "supervised":
-                return Decision("approve")
-            return self._await_approval(exp_id, proposal.name, proposal.motivation, code, checks)
-
-        def on_stage(name: str, status: str, detail: str) -> None:
-            self.emit(StageChanged(exp_id=exp_id, stage=name, status=status, detail=detail[:500]))
-            if status in ("finished", "failed"):
-                self.poll()
-
-        def on_line(source: str, line: str) -> None:
-            self.emit(LogLine(exp_id=exp_id, source=source, line=line))
-            m = _METRIC_RE.match(line)
-            if m:
-                try:
-                    self.emit(MetricPoint(exp_id=exp_id, name=f"{m['label']}_loss", step=int(m["step"]),
-                                          value=float(m["loss"])))
-                except ValueError:
-                    pass
-
-        t0 = time.perf_counter()
-        side = self._side_seeds()
-        out = self.engineer.develop(proposal.code, run_dir, motivation=proposal.motivation, seed=self.seed,
-                                    baseline=baseline, recorder=recorder, approval=approval,
-                                    on_stage=on_stage, on_line=on_line, trusted=proposal.trusted,
-                                    side_seeds=side, early_stop=self.early_stop)
-        eng_time = time.perf_counter() - t0
-        for k, v in out.timings.items():
-            timings[k] = round(timings.get(k, 0.0) + v, 4)
-        timings["engineer_overhead"] = round(max(0.0, eng_time - sum(out.timings.values())), 4)
-        record.code = out.code
-        record.checks = out.checks
-        record.metrics = out.metrics or {}
-        record.train_log = out.log_tail[-4000:]
-        record.extra["debug_rounds"] = out.rounds
-        record.extra["edited_by_user"] = out.edited
-        if out.status == "rejected":
-            return self._finish(record, "rejected", out.error, run_dir, t_exp)
-        if out.status == "check_failed":
-            return self._finish(record, "failed", f"check failed: {out.error}", run_dir, t_exp)
-        self.poll()
-
-        # -- 6b. successive halving: a rung-0 result that would enter the top earns more seeds
-        if record.metrics:
-            with stage("seeds") as st:
-                self._more_seeds(record, run_dir, baseline, on_line, st,
-                                 trusted=proposal.trusted and out.code == proposal.code, ready=out.side_seeds)
-            self.poll()
-            # a further seed's trained model found non-causal by the harness rejects the design
-            bad = next((e for e in record.metrics.get("seeds") or [] if e.get("status") == "rejected"), None)
-            if bad is not None:
-                why = str(bad.get("stop_reason") or bad.get("error") or "non-causal (found after training)")
-                return self._finish(record, "rejected", f"seed {bad.get('seed')}: {why}", run_dir, t_exp)
-
-        # -- 7. analyse
-        siblings = [store.get(c) for c in store.children(parent.id)]
-        with stage("analyse") as st:
-            try:
-                if isinstance(self.analyst, BuiltinAnalyst):
-                    recorder.step("analyst", "builtin", "builtin")
-                analysis = self.analyst.analyse(record, parent, siblings, self.baselines(), recorder)
-            except Exception as exc:  # malformed twice (LLMError) or an analyst bug: rule-based
-                st.fail(str(exc))
-                analysis = BuiltinAnalyst().analyse(record, parent, siblings, self.baselines(), recorder)
-                record.extra["analyst_failure"] = str(exc)
-        record.analysis = analysis.text()
-        record.problem = analysis.problem
-        record.extra["ablations"] = analysis.ablations
-        self.poll()
-
-        # -- 8. judge and score
-        with stage("judge") as st:
-            verdict = self._judge_record(record, parent, baseline, recorder, st)
-        status = {"ok": "accepted", "too_slow": "too_slow", "stopped_early": "stopped_early"}.get(out.status, "failed")
-        with stage("score"):
-            ys = self.yardstick()
-            comps = self._score(record, verdict, ys, status)
-            if comps.get("leak_suspected"):
-                self.emit(Warning(exp_id=exp_id, source="score", message=(
-                    f"{exp_id}: validation loss more than {float(comps.get('leak_fraction') or 0.1):.0%} below the "
-                    "seed baseline's: suspected leak of future tokens, not counted as a win")))
-            if ys is None and status == "accepted":
-                self.emit(Warning(exp_id=exp_id, source="score", message=(
-                    f"{exp_id}: not scored: {comps.get('unscored')}")))
-        reason = ""
-        if status == "too_slow":
-            tp = (record.metrics or {}).get("throughput_vs_seed")
-            reason = f"too slow: {out.error}" + (f" (throughput {tp:.2f}x the seed's)" if isinstance(tp, (int, float)) else "")
-        elif status == "stopped_early":
-            reason = out.error if out.error.startswith("stopped early") else f"stopped early: {out.error}"
-        elif status == "failed":
-            reason = f"evaluation failed: {out.error}"
-        return self._finish(record, status, reason, run_dir, t_exp)
-
-    # ------------------------------------------------------------------ seeds and promotion
-    def _seed_list(self) -> list[int]:
-        """The seeds of a design measured in full (and of the yardstick): seed, seed+1, ..."""
-        from agents.stats import design_seeds
-
-        return design_seeds(self.seed, self.n_seeds)
-
-    def seed_parallelism(self) -> int:
-        """How many evaluations of one design's seeds run at once: the machine's cores shared by
-        the loop's workers (each sandboxed evaluation uses one thread; see ``Limits``)."""
-        import os
-
-        return max(1, (os.cpu_count() or 1) // max(1, self.concurrency))
-
-    def _seed_width(self, n: int) -> int:
-        """How many of ``n`` seed evaluations run at once: :meth:`seed_parallelism`, or all ``n``
-        when that is at most twice as many (a fixed-work run time-sliced with others takes longer
-        but does the same work, so 3 runs on 2 cores end after 1.5 run times instead of 2)."""
-        par = self.seed_parallelism()
-        return n if 2 <= par and n <= 2 * par else min(n, par)
-
-    def _evaluate_seeds(self, code_path: Path, seeds: list[int], run_dir: Callable[[int], Path],
-                        baseline: dict[str, Any] | None, on_line: Callable[[str], None],
-                        trusted: bool) -> dict[int, Any]:
-        """Evaluate ``code_path`` on each of ``seeds`` (``run_dir(seed)`` each), up to
-        :meth:`seed_parallelism` at once; returns ``{seed: ExecResult}``. The runs are independent
-        fixed-work evaluations (one thread each), so running them side by side changes their wall
-        time only, never their metrics."""
-        def one(sd: int) -> Any:
-            self.poll()
-            return with_trust(self.executor.evaluate, code_path, run_dir(sd), sd, baseline,
-                              on_line=on_line, trusted=trusted)
-
-        width = self._seed_width(len(seeds))
-        if width <= 1:
-            return {sd: one(sd) for sd in seeds}
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="asiarch-seed") as pool:
-            futures = {sd: pool.submit(one, sd) for sd in seeds}
-            return {sd: fut.result() for sd, fut in futures.items()}
-
-    def _side_seeds(self) -> tuple[int, ...]:
-        """The seeds to evaluate beside rung 0: all the others while the lab's top holds fewer
-        than ``top_k_seeds`` designs measured on several seeds (then any finite rung-0 result
-        earns them, see ``agents.stats.needs_more_seeds``) and they all fit the cores at once
-        (:meth:`_seed_width`); else none (successive halving decides after rung 0)."""
-        others = tuple(sd for sd in self._seed_list() if sd != self.seed)
-        if not others or self._seed_width(1 + len(others)) < 1 + len(others):
-            return ()
-        top = [d for d in self.lab.index.all() if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
-        return others if len(top) < self.top_k_seeds else ()
-
-    def _more_seeds(self, record: Any, run_dir: Path, baseline: dict[str, Any] | None,
-                    on_line: Callable[[str, str], None], st: "_Stage", trusted: bool = False,
-                    ready: dict[int, Any] | None = None) -> None:
-        """Successive halving (agents.stats): ``record.metrics`` (rung 0, one seed) become the
-        multi-seed metrics when the rung-0 result would enter the top ``top_k_seeds`` designs
-        measured on several seeds, else the one-seed form (``seeds`` with one entry).
-        ``ready``: {seed: result} already evaluated beside rung 0 (:meth:`_side_seeds`)."""
-        from agents.seeds import screen, screen_of
-        from agents.stats import needs_more_seeds
-
-        rung0 = dict(record.metrics)
-        rung0.setdefault("seed", self.seed)
-        seeds = [sd for sd in self._seed_list() if sd != rung0.get("seed")]
-        runs = [rung0]
-        value = screen(rung0, baseline)
-        top = [screen_of(d.get("fitness_components")) for d in self.lab.index.all()
-               if d.get("status") == "accepted" and int(d.get("n_seeds") or 0) >= 2]
-        if seeds and rung0.get("status") == "ok" and needs_more_seeds(value, top, self.top_k_seeds):
-            ready = {sd: r for sd, r in (ready or {}).items() if sd in seeds}
-            todo = [sd for sd in seeds if sd not in ready]
-            how = (f"evaluating seeds {', '.join(map(str, todo))} ({self._seed_width(len(todo))} at once)" if todo
-                   else f"seeds {', '.join(map(str, seeds))} were evaluated beside it")
-            self.emit(LogLine(exp_id=record.id, source="loop",
-                              line=f"rung 0 would enter the top {self.top_k_seeds}: {how}"))
-            results = dict(ready)
-            if todo:
-                results.update(self._evaluate_seeds(run_dir / "mixer.py", todo, lambda sd: run_dir / f"eval_seed{sd}",
-                                                    baseline, lambda l: on_line("train", l), trusted))
-            for sd in seeds:
-                res = results[sd]
-                m = res.metrics or {"status": "error", "error": res.error, "seed": sd}
-                m.setdefault("seed", sd)
-                runs.append(m)
-        elif seeds and rung0.get("status") == "stopped_early":
-            st.fail("stopped early at the half-way checkpoint: stays at one seed")
-        elif seeds:
-            st.fail(f"rung 0 stays at one seed (measured terms {value if value is None else round(value, 4)} "
-                    f"below the top {self.top_k_seeds})")
-        record.metrics = combine_seeds(runs)
-        record.extra["rung"] = 0 if len(runs) == 1 else 1
-
-    def _score(self, record: Any, verdict: dict[str, Any] | None, ys: Yardstick | None,
-               status: str = "accepted") -> dict[str, Any]:
-        """Score ``record`` against the yardstick (agents.yardstick.score): the fitness is the
-        mean of its per-seed fitness values, with ``fitness_interval`` and ``fitness_seeds``;
-        None (with ``components["unscored"]``) without a yardstick or complete metrics."""
-        fitness, comps = score(record.metrics, verdict, ys, status, None if ys is not None else self.yardstick_missing())
-        record.fitness = fitness
-        record.fitness_components = comps
-        record.fitness_interval = comps.get("fitness_interval")
-        record.fitness_seeds = dict(comps.get("fitness_seeds") or {})
-        record.yardstick = ys.version if ys is not None else ""
-        return comps
-
-    def _decide_promotion(self, record: Any) -> None:
-        """The promotion rule against the current ``best`` (run in the committing thread, so
-        concurrent experiments are compared with the best that is current at their commit)."""
-        from agents.stats import promote
-
-        if record.status != "accepted" or record.fitness is None:
-            record.promotion = {"promoted": False, "outcome": "unmeasured", "rule": "", "text": "not measured",
-                                "incumbent": None}
-            return
-        inc = self.lab.store.best()
-        inc_seeds = None
-        if inc is not None:
-            book = getattr(self.lab, "scores", None)
-            rescored = book.get(inc.id) if book is not None else None
-            fs = inc.fitness_seeds
-            fit = inc.fitness
-            if rescored is not None:  # the incumbent as re-scored against the current yardstick
-                fs = (rescored.get("fitness_components") or {}).get("fitness_seeds") or {}
-                fit = rescored.get("fitness")
-            inc_seeds = ({int(k): v for k, v in fs.items()} if fs
-                         else ({int(inc.seed): fit} if fit is not None else None))
-        verdict = promote({int(k): v for k, v in record.fitness_seeds.items()}, inc_seeds)
-        record.promotion = {**verdict.to_dict(), "incumbent": inc.id if inc is not None else None}
-
-    def _reproduce_info(self, record: Any) -> dict[str, Any]:
-        """``record.reproduce`` (agents.repro.environment) for an evaluated record."""
-        from agents.repro import environment
-        from agents.seeds import per_seed
-
-        limits = getattr(self.executor, "limits", None)
-        seeds = [int(e["seed"]) for e in per_seed(record.metrics) if isinstance(e.get("seed"), int)]
-        try:
-            return environment(self.scale, seeds or [self.seed], self.seed, self.lab.config,
-                               threads=getattr(limits, "threads", None))
-        except Exception as exc:  # never lose the experiment over its environment record
-            return {"error": f"{type(exc).__name__}: {exc}"}
-
-    # ------------------------------------------------------------------ steps
-    def _judge_record(self, record: Any, parent: Any, baseline: dict[str, Any] | None,
-                      recorder: CallRecorder | None, st: "_Stage | None" = None) -> dict[str, Any] | None:
-        """The judge's verdict on ``record`` (candidates and the seed alike); None (s_judge
-        unmeasured, 0.5) when the judge fails twice, with the failure in ``record.extra``."""
-        nearest = None
-        try:
-            with self._novelty_lock:
-                near = [n for n in self.lab.novelty.nearest(record.motivation, 2) if n[0] != record.id]
-            nearest = near[0] if near else None
-        except Exception:
-            nearest = None
-        history = [r for r in self._history() if r.id != record.id]
-        try:
-            if isinstance(self.judge_agent, LLMJudge):
-                return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                              recorder, baselines=self.baselines(), history=history)
-            if isinstance(self.judge_agent, BuiltinJudge) and recorder is not None:
-                recorder.step("judge", "builtin", "builtin")
-            return self.judge_agent.judge(record, parent, baseline, nearest, _param_budget(self.scale),
-                                          recorder, history=history)
-        except Exception as exc:  # malformed twice: s_judge stays unmeasured (0.5, marked)
-            if st is not None:
-                st.fail(str(exc))
-            record.extra["judge_failure"] = str(exc)
-            return None
-
-    def _propose(self, ctx: ResearchContext) -> tuple[Proposal, str]:
-        if self.researcher is None:
-            fb = self.fallback_researcher
-            if fb is None:
-                raise ResearchError("no researcher: the built-in researcher is not installed and no LLM is set")
-            ctx.recorder.step("researcher", "builtin", getattr(fb, "spec", "fallback"))
-            return fb.propose(ctx), getattr(fb, "spec", "fallback")
-        if not isinstance(self.researcher, LLMResearcher):
-            ctx.recorder.step("researcher", "builtin", getattr(self.researcher, "spec", "builtin"))
-            return self.researcher.propose(ctx), self.researcher.spec
-        try:
-            return self.researcher.propose(ctx), self.researcher.spec
-        except LLMError as exc:
-            # unreachable, unusable after its correction round, or its circuit open: the
-            # built-in researcher answers this step (the model's attempt stays in the transcript)
-            fb = builtin_researcher(seed=self.seed)
-            fallback(ctx.recorder, "researcher", self.researcher.spec, exc,
-                     f"{getattr(fb, 'spec', 'builtin')} researcher")
-            return fb.propose(ctx), getattr(fb, "spec", "builtin")
-
-    def _measured(self, rec: Any) -> Any:
-        """An unmeasured seed stands for its measured copy (committed by ensure_seed_measured)."""
-        if rec.metrics:
-            return rec
-        for other in self.lab.store.all():
-            if other.extra.get("measures") == rec.id and other.metrics:
-                return other
-        return rec
-
-    def _apply_extra(self, record: Any, extra: dict[str, Any]) -> None:
-        extra = dict(extra or {})
-        if "genome" in extra:
-            record.genome = extra.pop("genome")
-        if "operators" in extra:
-            record.operators = list(extra.pop("operators") or [])
-        if "cognition" in extra:
-            # what the researcher says it drew on; everything retrieved for it stays in extra
-            cited = [str(c) for c in (extra.pop("cognition") or [])]
-            record.extra["retrieved"] = list(record.cognition)
-            record.cognition = list(dict.fromkeys(cited))
-        record.extra.update(extra)
-
-    def _cognition_for(self, parent: Any) -> list[tuple[Any, float]]:
-        cb = self.cognition_base()
-        query = (parent.problem or "").strip() or (parent.analysis or "").strip()[:2000]
-        if cb is None or not query:
-            return []
-        try:
-            return list(cb.search(query, k=3))
-        except Exception as exc:
-            self.emit(Warning(message=f"cognition search failed: {exc}", source="loop"))
-            return []
-
-    def _history(self) -> list[Any]:
-        return list(self.lab.store.all())
-
-    def _novelty(self, proposal: Proposal) -> tuple[bool, tuple[str, float] | None]:
-        """docs/ARCHITECTURE.md step 3. A proposal that carries a genome (the built-in researcher's) is a
-        structured design: it is a rehash exactly when an earlier experiment has the same genome.
-        Its motivation is written from a template, so embedding similarity between two different
-        genomes' motivations runs at 0.7-0.96 and would reject genuinely new designs. Free-text
-        proposals (LLM researchers) are judged by motivation similarity against the threshold.
-        Proposals in flight (not in the archive yet; ``concurrency`` > 1) count as earlier ones."""
-        genome = (proposal.extra or {}).get("genome")
-        in_flight = list(self._proposals.items())
-        if genome:
-            for rec in self.lab.store.all():
-                if rec.genome == genome:
-                    return False, (rec.id, 1.0)
-            for other, p in in_flight:
-                if (p.extra or {}).get("genome") == genome:
-                    return False, (other, 1.0)
-            return True, None
-        with self._novelty_lock:
-            novel, near = self.lab.novelty.check(proposal.motivation)
-            others = [(i, p.motivation) for i, p in in_flight if p.motivation]
-            if not novel or not others:
-                return novel, near
-            nov = self.lab.novelty
-            vecs = nov.embedder.embed([proposal.motivation] + [m for _, m in others])
-        sims = [float(vecs[0] @ v) for v in vecs[1:]]
-        k = max(range(len(sims)), key=sims.__getitem__)
-        if sims[k] >= nov.threshold:
-            return False, (others[k][0], sims[k])
-        return novel, near
-
-    def _neighbour(self, exp_id: str) -> Any:
-        """The experiment a proposal was too close to: an archived record, or a proposal in
-        flight (both have ``name`` and ``motivation``)."""
-        p = self._proposals.get(exp_id)
-        if exp_id not in self.lab.store and p is not None:
-            return p
-        return self.lab.store.get(exp_id)
-
-    def _recent_failures(self, n: int = 3) -> list[Any]:
-        fails = [r for r in self.lab.store.all() if r.status in ("failed", "too_slow", "stopped_early")]
-        return fails[-n:]
-
-    def _finish(self, record: Any, status: str, reason: str, run_dir: Path, t_exp: float) -> Any:
-        record.status = status
-        if record.metrics and not record.reproduce:
-            record.reproduce = self._reproduce_info(record)
-        if reason:
-            record.extra["failure"] = reason
-        if not record.analysis and reason:
-            record.analysis = f"## Outcome\n{status}: {reason}\n"
-        t0 = time.perf_counter()
-        self.emit(StageChanged(exp_id=record.id, stage="commit", status="started"))
-        record.timings["total"] = round(time.perf_counter() - t_exp, 4)
-        sha = self._commit(record)
-        self.emit(StageChanged(exp_id=record.id, stage="commit", status="finished",
-                               duration_s=time.perf_counter() - t0))
-        (run_dir / "state.json").unlink(missing_ok=True)
-        self.emit(ExperimentFinished(exp_id=record.id, name=record.name, status=status, fitness=record.fitness,
-                                     fitness_components=record.fitness_components,
-                                     metrics=_summary(record.metrics), sha=sha,
-                                     duration_s=time.perf_counter() - t_exp, reason=reason,
-                                     promotion=str((record.promotion or {}).get("outcome") or "")))
-        return record
-
-
-class _Stage:
-    """Context manager: StageChanged events and the stage's wall time into ``timings``."""
-
-    def __init__(self, loop: Loop, exp_id: str, name: str, timings: dict[str, float]) -> None:
-        self.loop, self.exp_id, self.name, self.timings = loop, exp_id, name, timings
-        self.failed: str | None = None
-
-    def fail(self, detail: str) -> None:
-        self.failed = detail
-
-    def __enter__(self) -> "_Stage":
-        self.t0 = time.perf_counter()
-        self.loop.emit(StageChanged(exp_id=self.exp_id, stage=self.name, status="started"))
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        dt = time.perf_counter() - self.t0
-        self.timings[self.name] = round(self.timings.get(self.name, 0.0) + dt, 4)
-        status = "failed" if (et is not None or self.failed) else "finished"
-        detail = self.failed or ("" if ev is None else f"{type(ev).__name__}: {ev}")
-        self.loop.emit(StageChanged(exp_id=self.exp_id, stage=self.name, status=status, detail=detail[:500],
-                                    duration_s=dt))
-
-
 class _NullCtx:
     def __enter__(self) -> None:
         return None
@@ -1469,43 +424,3 @@ class _NullCtx:
     def __exit__(self, *a: Any) -> None:
         return None
 
-
-def _utc() -> str:
-    from archive.record import utc_now
-
-    return utc_now()
-
-
-def _summary(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    m = metrics or {}
-    return {k: m.get(k) for k in ("status", "val_loss", "val_bpb", "probe_mean", "probe_mean_partial", "partial",
-                                  "tokens_per_s", "mixer_params", "cpu_seconds", "throughput_vs_seed")
-            if k in m}
-
-
-def _param_budget(scale: Any) -> int | None:
-    try:
-        from training.scales import get_scale
-
-        return int(get_scale(scale).mixer_param_budget)
-    except Exception:
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    out = {"python": platform.python_version()}
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except Exception:
-        pass
-    try:
-        from importlib.metadata import version
-
-        out["asiarch"] = version("asiarch")
-    except Exception:
-        pass
-    return out
