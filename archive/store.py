@@ -380,7 +380,8 @@ class ArchiveStore:
     def stale_files(self) -> list[Path]:
         """Lock files and temporary object files that a writer leaves only if it dies."""
         out: list[Path] = []
-        for name in ("HEAD.lock", "index.lock", "packed-refs.lock", "config.lock", "shallow.lock"):
+        # packed-refs.new: git pack-refs' temporary file beside its lock (left when it is killed)
+        for name in ("HEAD.lock", "index.lock", "packed-refs.lock", "packed-refs.new", "config.lock", "shallow.lock"):
             if (self.path / name).exists():
                 out.append(self.path / name)
         out.extend(p for p in (self.path / "refs").rglob("*.lock"))

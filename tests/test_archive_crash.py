@@ -121,7 +121,7 @@ def test_stale_git_locks_of_a_dead_writer_are_removed(tmp_path: Path) -> None:
         from archive.lock import LabLock
         l = LabLock(os.path.join(sys.argv[1], ".lock")); l.acquire()
         repo = os.path.join(sys.argv[1], "archive")
-        for p in ("refs/heads/main.lock", "packed-refs.lock", "index.lock", "objects/obj_tmp123"):
+        for p in ("refs/heads/main.lock", "packed-refs.lock", "packed-refs.new", "index.lock", "objects/obj_tmp123"):
             open(os.path.join(repo, p), "w").write("x")
         os.kill(os.getpid(), 9)
     """)
@@ -130,6 +130,8 @@ def test_stale_git_locks_of_a_dead_writer_are_removed(tmp_path: Path) -> None:
     lab = Lab.open(lab_path, embedder=HashEmbedder())
     assert any("main.lock" in r for r in lab.recovered)
     assert not (lab_path / "archive" / "refs/heads/main.lock").exists()
+    assert not lab.store.stale_files()  # packed-refs.new of a killed pack-refs too
+    lab.store.maintenance()  # pack-refs is not blocked by it
     grow(lab, 2, random.Random(0))  # the next commit is not blocked
     assert len(lab.store) == 3
     lab.close()
