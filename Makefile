@@ -15,6 +15,7 @@ test: install
 # fresh server per test. RECORD=1 re-records the HTTP exchanges the default suite replays
 # (tests/cassettes/); without it the cassettes are left alone. PYTHON is the project's
 # interpreter, LLM_VENV the server's venv (e.g. make test-llm LLM_VENV=/opt/llm PYTHON=/x/bin/python).
+# CMAKE_ARGS in the environment reaches pip's build (the README's llama.cpp recipe: VMs listing AMX).
 PYTHON ?= .venv/bin/python
 LLM_VENV ?= .llm-venv
 RECORD ?=

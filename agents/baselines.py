@@ -256,6 +256,7 @@ class BaselinesMixin:
         seed_recorder = CallRecorder(exp_id=rec.id, emit=self.emit)
         verdict = self._judge_record(rec, None, base, seed_recorder)
         rec.transcript = seed_recorder.transcript
+        rec.extra["agent_steps"] = seed_recorder.steps  # its judge step counts like any other
         self._score(rec, verdict, ys)
         fitness, comps = rec.fitness, rec.fitness_components
         sha = self._commit(rec)

@@ -38,8 +38,9 @@ class ProposalsMixin:
             # unreachable, unusable after its correction round, or its circuit open: the
             # built-in researcher answers this step (the model's attempt stays in the transcript)
             fb = builtin_researcher(seed=self.seed)
+            fb_spec = getattr(fb, "spec", "builtin")
             fallback(ctx.recorder, "researcher", self.researcher.spec, exc,
-                     f"{getattr(fb, 'spec', 'builtin')} researcher")
+                     "built-in researcher" if fb_spec == "builtin" else f"{fb_spec} researcher")
             return fb.propose(ctx), getattr(fb, "spec", "builtin")
 
     def _measured(self, rec: Any) -> Any:

@@ -81,6 +81,9 @@ def test_cycle_with_near_duplicate_and_debugger(tmp_path):
     assert rec.status == "accepted" and rec.name == "WideKeys" and rec.researcher == "ollama:scripted"
     # the measured seed was committed first
     assert lab.store.get("0001").extra["measures"] == "0000" and lab.store.get("0001").metrics["status"] == "ok"
+    # its judge step is counted with its call (status and the report agree on steps and calls)
+    assert [(s["role"], s["by"]) for s in lab.store.get("0001").extra["agent_steps"]] == [("judge", "llm")]
+    assert [t["role"] for t in lab.store.get("0001").transcript] == ["judge"]
     # near-duplicate sent back with its neighbour
     rej = rec.extra["novelty_rejections"]
     assert len(rej) == 1 and rej[0]["neighbour"] in ("0000", "0001") and rej[0]["similarity"] >= 0.9

@@ -128,8 +128,9 @@ class LlamaServer:
             hint = (f"\nThe server died of signal {-code} on its first generation. A llama.cpp built for this "
                     "CPU (-march=native) uses AMX when the CPU lists it; a VM that lists AMX without "
                     "allowing it kills the process at the first tile instruction. Rebuild without AMX: "
-                    "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' pip install "
-                    "--no-cache-dir --force-reinstall --no-deps llama-cpp-python (see the README).")
+                    "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ...' pip "
+                    "install --no-cache-dir --force-reinstall --no-deps llama-cpp-python (the README's "
+                    "llama.cpp recipe has the whole line).")
         raise RuntimeError(f"the llama.cpp server failed its first generation ({problem}):\n{self.tail()}{hint}")
 
     def alive(self) -> bool:

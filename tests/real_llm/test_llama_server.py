@@ -73,7 +73,11 @@ def test_loop_two_experiments(llama_server, tmp_path, config):
         assert model_calls and any(t["reply"] for t in model_calls)  # the model's real replies are kept
         assert all(t["duration_s"] > 0 for t in model_calls)
     for role in roles:
-        t = summary.agents[role]
+        t = summary.agents.get(role)
+        if t is None:  # a role with no step: only the debugger (no check failed)
+            assert role == "debugger", summary.agents
+            print(f"{config}/{role}: no step (every check passed)")
+            continue
         steps = t["llm"] + t["fallback"]
         assert steps >= (2 if role != "debugger" else 0)
         assert t["calls"] >= (1 if steps else 0)  # an open circuit answers without a call
