@@ -58,8 +58,11 @@ class BaselinesMixin:
             return self._baselines
 
     def _all_seeds(self, metrics: dict[str, Any] | None) -> bool:
-        """A complete measurement on every seed of the schedule (``[loop] seeds``)."""
-        if not is_complete(metrics):
+        """A complete measurement on every seed of the schedule (``[loop] seeds``), made under
+        this version's evaluation protocol (``training.evaluate.EVAL_VERSION``)."""
+        from training.evaluate import EVAL_VERSION, eval_version
+
+        if not is_complete(metrics) or eval_version(metrics) != EVAL_VERSION:
             return False
         got = {e.get("seed") for e in ((metrics or {}).get("seeds") or [metrics]) if e.get("status") == "ok"}
         return set(self._seed_list()) <= got
@@ -84,9 +87,13 @@ class BaselinesMixin:
         rd = self._runs() / "baselines" / baseline_key(self.scale) / name
         seeds = self._seed_list()
         before = self._cached_baselines().get(name) or {}
-        # runs of this reference already measured on seeds of the schedule are kept
+        # runs of this reference already measured on seeds of the schedule (under this evaluation
+        # protocol) are kept
+        from training.evaluate import EVAL_VERSION, eval_version
+
         runs = {r.get("seed"): r for r in (before.get("seeds") or [before])
-                if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")}
+                if r.get("status") == "ok" and r.get("seed") in seeds and not r.get("partial")
+                and eval_version(r) == EVAL_VERSION}
         error = ""
         # the same seeds as every design in the top, so the yardstick has a spread. All of them
         # at once (see _seed_width: 3 fixed-work runs time-sliced on 2 cores end after 1.5 run

@@ -29,7 +29,7 @@ from agents import stats
 __all__ = ["SEED_KEYS", "combine", "per_seed", "seed_fitness", "fitness_of", "spread_of", "screen", "screen_of", "values_by_seed", "versus"]
 
 #: Per-seed values kept in ``metrics.seeds``.
-SEED_KEYS = ("seed", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
+SEED_KEYS = ("seed", "eval_version", "status", "val_loss", "val_bpb", "train_loss", "probe_mean", "probes", "tokens_per_s",
              "cpu_seconds", "wall_seconds", "mixer_params", "stop_reason", "error", "leak_tolerance", "checkpoint")
 #: kept per seed at a scale with lm-eval tasks (the benchmark term and the per-task scores)
 LM_EVAL_KEYS = ("benchmark_kind", "benchmark", "lm_eval")

@@ -115,6 +115,12 @@ def missing_reason(seed_metrics: dict[str, Any] | None, scale: Any) -> str | Non
         return f"the seed's measurement at scale {key} is partial"
     if seed_metrics.get("scale") not in (None, _scale_name(scale)):
         return f"the seed was measured at scale {seed_metrics.get('scale')}, not {key}"
+    from training.evaluate import EVAL_VERSION, eval_version
+
+    if eval_version(seed_metrics) != EVAL_VERSION:
+        return (f"the seed's measurement at scale {key} was made under evaluation protocol "
+                f"{eval_version(seed_metrics)}; this version evaluates under protocol {EVAL_VERSION} "
+                "(training.evaluate.EVAL_VERSION): it is measured again")
     return None
 
 
@@ -158,6 +164,11 @@ def score(metrics: dict[str, Any] | None, judge: dict[str, Any] | None, yardstic
         return None, {**base, "unscored": f"metrics are {'partial' if st == 'ok' else st}"}
     if m.get("scale") not in (None, yardstick.scale_name):
         return None, {**base, "unscored": f"measured at scale {m.get('scale')}; the yardstick is at {yardstick.scale}"}
+    from training.evaluate import eval_version
+
+    if eval_version(m) != eval_version(yardstick.metrics):
+        return None, {**base, "unscored": (f"measured under evaluation protocol {eval_version(m)}; the yardstick "
+                                           f"under {eval_version(yardstick.metrics)}")}
     from agents.seeds import fitness_of
 
     # a design measured on several seeds: the mean of its per-seed fitness values, with the

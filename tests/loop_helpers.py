@@ -10,6 +10,7 @@ from typing import Any
 
 from agents.engineer import StepResult
 from agents.standin import set_default
+from training.evaluate import EVAL_VERSION
 
 DELTANET = (Path(__file__).resolve().parent.parent / "training" / "mixers" / "deltanet.py").read_text()
 
@@ -98,7 +99,7 @@ class FakeExecutor:
         probes = {"mqar": round(0.3 + 0.4 * h, 4), "noisy_recall": round(0.2 + 0.2 * h, 4)}
         if on_line:
             on_line("[mqar] step 5 loss 2.5000")
-        metrics = {"scale": "probe", "seed": seed, "status": "ok", "probes": probes,
+        metrics = {"scale": "probe", "seed": seed, "eval_version": EVAL_VERSION, "status": "ok", "probes": probes,
                    "probe_mean": sum(probes.values()) / 2, "val_loss": None, "mixer_params": 17000,
                    "loss_curve": [], "stop_reason": None, "error": None}
         return StepResult(True, [], metrics, seconds=0.01)

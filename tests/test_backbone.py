@@ -53,10 +53,11 @@ def test_forward_with_each_reference_mixer(name):
     tokens = torch.randint(0, 64, (2, 40))
     logits = model(tokens)
     assert logits.shape == (2, 40, 64) and torch.isfinite(logits).all()
-    # freshly initialised: near-uniform predictions of other tokens
+    # freshly initialised: logits of std about 1 (a tied embedding of std 1/sqrt(d) after the
+    # final RMSNorm), so random targets cost about log V + 1/2 nats
     targets = torch.randint(0, 64, (2, 40))
     loss = nn.functional.cross_entropy(logits.reshape(-1, 64), targets.reshape(-1))
-    assert abs(loss.item() - math.log(64)) < 0.5
+    assert abs(loss.item() - (math.log(64) + 0.5)) < 0.5
     loss.backward()
     # causal end to end
     t2 = tokens.clone()
@@ -65,15 +66,20 @@ def test_forward_with_each_reference_mixer(name):
         torch.testing.assert_close(model(t2)[:, :25], logits[:, :25].detach(), atol=1e-5, rtol=0)
 
 
-def test_init_small_std_and_residual_scaling():
+def test_init_width_scaled_std_and_residual_scaling():
     torch.manual_seed(0)
     model = LanguageModel(reference_mixer_class("deltanet"), 256, 128, 4, 4)
-    assert abs(model.embed.weight.std().item() - 0.02) < 0.002
+    std = 1 / math.sqrt(128)
+    assert model.init_std == std
+    assert abs(model.embed.weight.std().item() - std) < 0.1 * std
     up = model.layers[0].mlp.up_proj.weight.std().item()
     down = model.layers[0].mlp.down_proj.weight.std().item()
     o = model.layers[0].mixer.o_proj.weight.std().item()
-    assert abs(up - 0.02) < 0.002
-    assert abs(down - 0.02 / math.sqrt(8)) < 0.001 and abs(o - 0.02 / math.sqrt(8)) < 0.001
+    assert abs(up - std) < 0.05 * std
+    assert abs(down - std / math.sqrt(8)) < 0.05 * std and abs(o - std / math.sqrt(8)) < 0.05 * std
+    # an explicit std (GPT-2's 0.02) is kept
+    fixed = LanguageModel(reference_mixer_class("deltanet"), 256, 128, 4, 4, init_std=0.02)
+    assert abs(fixed.layers[0].mlp.up_proj.weight.std().item() - 0.02) < 0.002
     # parameters outside Linear/Embedding keep the mixer's own init
     assert torch.all(model.layers[0].mixer.o_norm.weight == 1)
 
@@ -96,15 +102,16 @@ def test_no_reinit_opt_out():
 
 @pytest.mark.parametrize("name", list(REFERENCE_MIXERS))
 def test_each_reference_mixer_learns_a_periodic_sequence(name):
-    """60 AdamW steps on sequences that repeat their first 4 random tokens: predicting the next
-    token needs the mixer to look back 3 positions. Loss must fall well below chance."""
+    """80 AdamW steps on sequences that repeat their first 4 random tokens: predicting the next
+    token needs the mixer to look back 3 positions. Loss must fall well below chance. (Width 64,
+    the probe models': with the width-scaled init the gated mixers learn this more slowly at 32.)"""
     V = 16
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = LanguageModel(reference_mixer_class(name), V, 32, 1, 2, mixer_kwargs={"chunk_size": 16})
+    model = LanguageModel(reference_mixer_class(name), V, 64, 1, 2, mixer_kwargs={"chunk_size": 16})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(80):
         x = torch.randint(0, V, (16, 4), generator=gen).repeat(1, 9)
         logits = model(x[:, :-1])
         loss = nn.functional.cross_entropy(logits[:, 4:].reshape(-1, V), x[:, 5:].reshape(-1))
@@ -112,6 +119,6 @@ def test_each_reference_mixer_learns_a_periodic_sequence(name):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert abs(losses[0] - math.log(V)) < 0.3
+    assert abs(losses[0] - (math.log(V) + 0.5)) < 0.4  # chance, plus the logits' spread at init
     assert sum(losses[-5:]) / 5 < 0.55 * math.log(V), losses[::10]
 

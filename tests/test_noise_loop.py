@@ -17,10 +17,11 @@ from archive.lab import Lab
 from archive.record import ExperimentRecord
 from archive.synth import BASE_CODE
 from tests.loop_helpers import FakeExecutor, make_lab
+from training.evaluate import EVAL_VERSION
 
 
 def _run(seed: int, pm: float, status: str = "ok") -> dict:
-    return {"seed": seed, "status": status, "probe_mean": pm, "probes": {"mqar": pm}, "val_loss": None,
+    return {"seed": seed, "eval_version": EVAL_VERSION, "status": status, "probe_mean": pm, "probes": {"mqar": pm}, "val_loss": None,
             "cpu_seconds": 10.0 + seed, "mixer_params": 100, "loss_curve": [[1, 2.0]]}
 
 

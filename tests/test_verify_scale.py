@@ -20,6 +20,7 @@ from agents.fitness import benchmark_of, compute_fitness
 from asiarch_tui.cli import app
 from tests.cli_helpers import cli_text
 from tests.loop_helpers import make_lab
+from training.evaluate import EVAL_VERSION
 from training.lm_eval_bridge import DEFAULT_TASKS, LMEvalError, harness_version, score_tasks
 from training.scales import SCALES, get_scale
 
@@ -110,7 +111,8 @@ class VerifyExecutor:
         self.calls.append((code[:40], seed))
         good = 0.1 if "GOOD" in code else 0.0
         tasks = {"shakespeare_cloze": 0.25 + good + 0.01 * seed, "probe_noisy_recall": 0.05 + good}
-        m = {"status": "ok", "partial": False, "seed": seed, "scale": "verify-mini", "val_loss": 2.5 - good,
+        m = {"status": "ok", "partial": False, "seed": seed, "eval_version": EVAL_VERSION, "scale": "verify-mini",
+             "val_loss": 2.5 - good,
              "val_bpb": (2.5 - good) / math.log(2), "probe_mean": 0.2, "probes": {"noisy_recall": 0.2},
              "probes_total": 1, "benchmark_kind": "lm_eval", "lm_eval_tasks": list(tasks),
              "benchmark": sum(tasks.values()) / 2,

@@ -16,15 +16,18 @@ from agents.yardstick import lab_yardstick, make_yardstick, rescore_lab, score, 
 from archive.lab import Lab
 from archive.record import ExperimentRecord
 from loop_helpers import FakeExecutor, make_lab
+from training.evaluate import EVAL_VERSION
 
-SEED = {"scale": "probe", "seed": 0, "status": "ok", "partial": False, "probes": {"mqar": 0.3, "noisy_recall": 0.3},
+SEED = {"scale": "probe", "seed": 0, "eval_version": EVAL_VERSION, "status": "ok", "partial": False,
+        "probes": {"mqar": 0.3, "noisy_recall": 0.3},
         "probe_mean": 0.3, "val_loss": None, "cpu_seconds": 40.0, "wall_seconds": 50.0}
 HIGH_JUDGE = {"performance": 9, "innovation": 9, "complexity": 10}
 LOW_JUDGE = {"performance": 2, "innovation": 2, "complexity": 2}
 
 
 def _metrics(pm: float, **kw) -> dict:
-    return {"scale": "probe", "seed": 0, "status": "ok", "partial": False, "probes": {"mqar": pm, "noisy_recall": pm},
+    return {"scale": "probe", "seed": 0, "eval_version": EVAL_VERSION, "status": "ok", "partial": False,
+            "probes": {"mqar": pm, "noisy_recall": pm},
             "probe_mean": pm, "val_loss": None, **kw}
 
 
@@ -71,6 +74,30 @@ def test_score_needs_a_complete_yardstick_and_complete_metrics():
     # the version moves with the seed's metrics and the scale
     assert yardstick_version({**SEED, "probe_mean": 0.31}, "probe") != ys.version
     assert yardstick_version(SEED, "explore") != ys.version
+
+
+def test_measurements_of_another_evaluation_protocol_are_not_compared(tmp_path: Path):
+    """A seed measured before the evaluation changed (no eval_version: protocol 1) is no
+    yardstick, the loop measures it again, and a candidate of another protocol is not scored."""
+    import json
+
+    from agents.yardstick import baselines_path, missing_reason
+
+    old = {k: v for k, v in SEED.items() if k != "eval_version"}
+    assert make_yardstick(old, "probe") is None and "protocol 1" in missing_reason(old, "probe")
+    ys = make_yardstick(SEED, "probe")
+    f, comps = score({**_metrics(0.5), "eval_version": 1}, HIGH_JUDGE, ys)
+    assert f is None and "protocol 1" in comps["unscored"]
+    lab = make_lab(tmp_path / "lab")
+    path = baselines_path(lab.path, "probe")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stale = {**old, "seeds": [{**{k: old[k] for k in ("status", "probe_mean", "probes")}, "seed": sd} for sd in range(3)]}
+    path.write_text(json.dumps({"deltanet": stale}))
+    ex = Recording()
+    Loop(lab, llm="builtin", executor=ex, experiments=1, baselines=("deltanet",)).run()
+    assert ex.dirs.count("deltanet") == 3  # all three seeds measured again
+    assert json.loads(path.read_text())["deltanet"]["eval_version"] == EVAL_VERSION
+    lab.close()
 
 
 def test_lab_without_a_seed_measurement_scores_nothing_and_says_why(tmp_path: Path):

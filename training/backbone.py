@@ -3,10 +3,16 @@
     tokens -> embedding -> N x [ x + Mixer(RMSNorm(x)); x + SwiGLU(RMSNorm(x)) ] -> RMSNorm -> tied LM head
 
 Only the mixer varies between experiments, so differences in loss are the mixer's. Initialisation
-follows GPT-2 / fla: every ``nn.Linear`` and ``nn.Embedding`` (the mixer's included) is drawn from
-N(0, 0.02^2) with zero biases, and the projections that write into the residual stream (the MLP's
-``down_proj`` and any mixer submodule named ``o_proj`` or ``out_proj``) are further divided by
-sqrt(2 * n_layers). Parameters that are not in a Linear/Embedding (decay parameters, convolution
+follows GPT-2 / fla with the standard deviation scaled to the width: every ``nn.Linear`` and
+``nn.Embedding`` (the mixer's included) is drawn from N(0, 1/d_model) with zero biases, and the
+projections that write into the residual stream (the MLP's ``down_proj`` and any mixer submodule
+named ``o_proj`` or ``out_proj``) are further divided by sqrt(2 * n_layers). GPT-2 and fla use a
+fixed 0.02, which is 1/sqrt(d_model) at the widths they are used at (d = 2048: 0.022); at the
+widths asiarch trains (64 for the probe models, 128 at explore) a fixed 0.02 is 4-6x smaller than
+that, and a multiplicative gate (``silu(W_g x)``, the output gates of GLA, RetNet and Gated
+DeltaNet) then starts near zero and scales the mixer's output and gradients down with it, a
+handicap of small width, not of the design (docs/NOISE.md, "Proxy validity": with 0.02 the gated
+mixers fell to the bottom of the probe ranking). Parameters that are not in a Linear/Embedding (decay parameters, convolution
 taps, norm gains) keep the mixer's own initialisation; a mixer module with ``_no_reinit = True``
 (on itself or a submodule) keeps its own initialisation entirely.
 """
@@ -78,7 +84,8 @@ class LanguageModel(nn.Module):
         n_heads: passed to the mixer.
         mixer_kwargs: extra keyword arguments for every mixer.
         mlp_ratio: SwiGLU size, see :func:`swiglu_hidden_size`.
-        init_std: standard deviation of the Linear / Embedding initialisation.
+        init_std: standard deviation of the Linear / Embedding initialisation (default
+            ``1 / sqrt(d_model)``).
 
     ``forward(tokens: LongTensor [B, L]) -> logits [B, L, vocab_size]``.
     """
@@ -92,11 +99,11 @@ class LanguageModel(nn.Module):
         n_heads: int,
         mixer_kwargs: dict[str, Any] | None = None,
         mlp_ratio: float = 4.0,
-        init_std: float = 0.02,
+        init_std: float | None = None,
     ):
         super().__init__()
         self.vocab_size, self.d_model, self.n_layers, self.n_heads = vocab_size, d_model, n_layers, n_heads
-        self.init_std = init_std
+        self.init_std = float(init_std) if init_std is not None else 1.0 / math.sqrt(d_model)
         kwargs = dict(mixer_kwargs or {})
         hidden = swiglu_hidden_size(d_model, mlp_ratio)
         self.embed = nn.Embedding(vocab_size, d_model)
@@ -110,7 +117,7 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 / fla initialisation (see the module docstring)."""
+        """GPT-2 / fla initialisation at std ``init_std`` (see the module docstring)."""
         keep = set()
         for module in self.modules():
             if getattr(module, "_no_reinit", False):

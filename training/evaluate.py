@@ -26,6 +26,17 @@ from training.scales import Scale, get_scale
 from training.trainer import TrainConfig, evaluate_loss, seed_everything, torch_threads, train
 
 LN2 = math.log(2.0)
+#: The evaluation protocol (recorded in every metrics dict as ``eval_version``): bump it when a
+#: change makes new numbers incomparable with earlier ones. 1: the backbone's Linear/Embedding
+#: init was N(0, 0.02^2) at every width; 2: N(0, 1/d_model) (``training.backbone``).
+EVAL_VERSION = 2
+
+
+def eval_version(metrics: dict | None) -> int:
+    """The evaluation protocol ``metrics`` were measured under (1 for dicts made before it was
+    recorded)."""
+    v = (metrics or {}).get("eval_version")
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else 1
 #: ``progress(fraction_done, description)``
 ProgressFn = Callable[[float, str], None]
 #: ``checkpoint(step, model) -> reason to stop, or None``: asked at the LM run's half-way checkpoint
@@ -92,7 +103,7 @@ def check_mixer_shape(mixer_cls: type, d_model: int, n_heads: int, mixer_kwargs:
 
 def _empty_metrics(scale: Scale, seed: int) -> dict:
     return {
-        "scale": scale.name, "seed": seed, "params": None, "mixer_params": None, "val_loss": None,
+        "scale": scale.name, "seed": seed, "eval_version": EVAL_VERSION, "params": None, "mixer_params": None, "val_loss": None,
         "val_bpb": None, "train_loss": None, "tokens_per_s": None, "train_seconds": 0.0, "probes": {},
         "probe_mean": None, "probe_mean_partial": None, "probes_done": 0, "probes_total": len(scale.probes),
         "probe_seconds": {}, "loss_curve": [], "status": "ok", "stop_reason": None, "error": None,
