@@ -119,6 +119,23 @@ def test_cpu_limit_gives_a_clear_reason(tmp_path):
         res.reason
 
 
+def test_cpu_limit_is_the_workers_and_the_harness_has_a_start_up_allowance():
+    """The harness's own import of torch and its verdicts must not eat the worker's CPU seconds:
+    on a loaded machine a 4 s limit used to kill the harness before the worker existed. The
+    harness's limit is ``cpu_s`` + HARNESS_CPU_S; the worker sets ``cpu_s`` itself after the fork."""
+    import subprocess
+
+    from training.sandbox_child import HARNESS_CPU_S
+
+    code = ("import resource; from training.sandbox_child import apply_limits; "
+            "apply_limits({'cpu_s': 4, 'address_space_gib': 8, 'file_size_mib': 16}); "
+            "print(resource.getrlimit(resource.RLIMIT_CPU))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parent.parent)).stdout
+    assert out.strip() == str((4 + HARNESS_CPU_S, 4 + HARNESS_CPU_S + 5))
+    # that the worker holds the 4 s itself: test_cpu_limit_gives_a_clear_reason
+
+
 def test_memory_bomb_exceeds_the_address_space(tmp_path):
     res = run_sandboxed("check", {"path": str(HOSTILE / "memory_bomb.py"), "scale": SCALE},
                         tmp_path / "run", limits=Limits(address_space_gib=2, wall_s=90))

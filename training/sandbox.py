@@ -90,7 +90,9 @@ INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `sudo apt-get install bubble
 class Limits:
     """Resource limits of one sandboxed run.
 
-    ``threads``: torch/OpenMP threads in the child. ``scratch_mib``: size of the only writable
+    ``cpu_s``: CPU seconds of the worker, the process that alone runs candidate code (the
+    harness above it may use ``training.sandbox_child.HARNESS_CPU_S`` more for its own start-up
+    and verdicts). ``threads``: torch/OpenMP threads in the child. ``scratch_mib``: size of the only writable
     folder (a tmpfs) inside the sandbox. ``max_events`` / ``max_message_kib``: bounds on the
     result channel (more is a flood: the run fails). ``unsafe_no_sandbox``: run untrusted code
     without bubblewrap when it is unavailable (rlimits and the in-process guard only - no OS
@@ -628,7 +630,12 @@ def run_sandboxed(task: str, payload: dict, run_dir: str | Path, limits: Limits 
             except ValueError:
                 signame = f"signal {sig}"
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= limits.cpu_s - 1):
-                reason = f"exceeded {_fmt_s(limits.cpu_s)} s CPU time"
+                # the worker's own CPU limit is reported by the harness (with the check that was
+                # running); a signal here means the harness itself ran out of its allowance
+                from training.sandbox_child import HARNESS_CPU_S
+
+                reason = (f"exceeded {_fmt_s(limits.cpu_s + HARNESS_CPU_S)} s CPU time in the harness "
+                          f"(the worker's {_fmt_s(limits.cpu_s)} s plus its start-up allowance)")
             elif sig == signal.SIGXFSZ:
                 reason = f"exceeded the {_fmt_s(limits.file_size_mib)} MiB written-file size limit"
             elif near_mem:

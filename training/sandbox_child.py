@@ -3,7 +3,8 @@
 Started only by :func:`training.sandbox.run_sandboxed`. It reads its request (JSON) from stdin or
 ``--request FILE``, then, in this order:
 
-1. applies its resource limits (address space, CPU seconds, written-file size, no core files),
+1. applies its resource limits (address space, CPU seconds: the worker's ``cpu_s`` plus
+   :data:`HARNESS_CPU_S` for the harness, written-file size, no core files),
    ignores SIGXFSZ (an oversized write fails with an error instead of killing), enters the run
    folder;
 2. pre-imports torch and every allowed module (so the guard never has to let candidate code load
@@ -75,10 +76,19 @@ def _json_default(o: Any) -> Any:
         return str(o)
 
 
+#: CPU seconds the harness may use beyond the worker's limit: its own interpreter start-up and
+#: torch import (2-5 s, more on a loaded machine), the static check and the verdicts it computes.
+#: ``cpu_s`` bounds the worker, which alone runs candidate code (it sets its own, lower, limit
+#: after the fork: a forked process starts at zero CPU seconds).
+HARNESS_CPU_S = 120
+
+
 def apply_limits(limits: dict[str, Any]) -> None:
-    """Set this process's rlimits (soft = hard where raising back must be impossible)."""
+    """Set this process's rlimits (soft = hard where raising back must be impossible).
+
+    The CPU limit here is the harness's: the worker's ``cpu_s`` plus :data:`HARNESS_CPU_S`."""
     as_bytes = int(float(limits["address_space_gib"]) * GIB)
-    cpu = max(1, int(float(limits["cpu_s"])))
+    cpu = max(1, int(float(limits["cpu_s"]))) + HARNESS_CPU_S
     fsize = int(float(limits["file_size_mib"]) * 1024 * 1024)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if not limits.get("gpu"):  # a GPU sandbox: the parent bounds resident memory instead

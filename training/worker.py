@@ -498,6 +498,10 @@ def serve(sock: socket.socket, request: dict[str, Any]) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         cap = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
+        # the CPU limit is the worker's own (the harness above it has a start-up allowance more);
+        # soft -> SIGXCPU (the harness names the check that was running), hard a little later
+        cpu = max(1, int(float(request.get("limits", {}).get("cpu_s", 240))))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         threads = max(1, int(request.get("limits", {}).get("threads", 1)))
         torch.set_num_threads(threads)
         why = install_seccomp()
