@@ -55,10 +55,27 @@ def test_complexity_from_parameters_and_speed_relative_to_the_seed():
     big_slow = _rec("0005", SEED_GENOME.with_(expand_k=2.0).to_dict(), mixer_params=32000, cpu_seconds=100.0)
     c1 = j.judge(small_fast, None, BASE, history=[seed])["complexity"]
     c2 = j.judge(big_slow, None, BASE, history=[seed])["complexity"]
-    assert c1 == 10.0 and c2 == 1.0
-    # LM scales: tokens/s is the speed
+    # half/double the parameters: +-2.25; half/double the CPU seconds: +-2.25 x (1 - log2 1.25)
+    assert c1 == 9.3 and c2 == 1.7
+    # without CPU seconds on both sides, tokens/s is the speed: twice the seed's counts
+    # log2(2) - log2(1.25) = 0.68 (the timing-noise band is taken out)
     lm = _rec("0006", SEED_GENOME.with_(expand_k=2.0).to_dict(), tokens_per_s=2000.0)
-    assert j.judge(lm, None, {**BASE, "tokens_per_s": 1000.0}, history=[seed])["complexity"] == 7.8
+    no_cpu = {k: v for k, v in BASE.items() if k != "cpu_seconds"}
+    assert j.judge(lm, None, {**no_cpu, "tokens_per_s": 1000.0}, history=[seed])["complexity"] == 7.0
+
+
+def test_speed_within_timing_noise_counts_as_equal():
+    """A loaded machine makes the same work take 10-15% more CPU seconds; that must not move the
+    complexity score (a loaded machine may make things slower, never different)."""
+    j = BuiltinJudge()
+    seed = _rec("0000", SEED_GENOME.to_dict())
+    g = SEED_GENOME.with_(conv_size=2).to_dict()
+    base_cpu = float(BASE["cpu_seconds"])
+    scores = {j.judge(_rec("0010", g, cpu_seconds=base_cpu * f), None, BASE, history=[seed])["complexity"]
+              for f in (0.85, 1.0, 1.12, 1.2)}
+    assert len(scores) == 1
+    slower = j.judge(_rec("0011", g, cpu_seconds=base_cpu * 2.0), None, BASE, history=[seed])["complexity"]
+    assert slower < scores.pop()
 
 
 def test_performance_is_run_health_and_spread():
