@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_json_flag, json_output  # noqa: E402
 from agents.events import Event, StageChanged  # noqa: E402
 from agents.loop import Loop  # noqa: E402
-from agents.standin import HYPERPARAMETERS, set_default  # noqa: E402
+from tests.standin import HYPERPARAMETERS, set_default  # noqa: E402
 from tests.fake_llm_server import FakeLLMServer, ScriptedResponder  # noqa: E402
 
 OVERHEAD_STAGES = ("sample", "research", "novelty", "analyse", "judge", "score", "commit", "engineer_overhead")

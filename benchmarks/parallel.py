@@ -82,7 +82,7 @@ def measure(n: int, experiments: int, scale, baselines: dict, root: Path, execut
         executor = SandboxExecutor(scale, _limits())
     kw = {}
     if researcher == "standin":
-        from agents.standin import StandInResearcher
+        from tests.standin import StandInResearcher
 
         kw["researcher"] = StandInResearcher()
     loop = Loop(lab, llm="builtin", scale=scale, experiments=experiments, executor=executor,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.engineer import StepResult
-from agents.standin import set_default
+from tests.standin import set_default
 from training.evaluate import EVAL_VERSION
 
 DELTANET = (Path(__file__).resolve().parent.parent / "training" / "mixers" / "deltanet.py").read_text()

@@ -21,7 +21,7 @@ from agents.events import (
 )
 from agents.fitness import compute_fitness, s_judge, s_loss, s_score
 from agents.loop import Loop
-from agents.standin import StandInResearcher
+from tests.standin import StandInResearcher
 from tests.fake_llm_server import FakeLLMServer, Reply, ScriptedResponder
 from tests.loop_helpers import ANALYSIS, DELTANET, JUDGE, FakeExecutor, broken, make_lab, proposal
 

@@ -1,9 +1,9 @@
-"""A minimal rule-based stand-in researcher, FOR TESTS ONLY (never the product's researcher).
+"""A minimal rule-based stand-in researcher for the tests and benchmarks (never the product's).
 
 It edits one default hyper-parameter of the parent's ``Mixer.__init__`` (``expand_v``,
-``conv_size``, ``chunk_size``, ``expand_k``) and says so in the motivation. It exists so the
-loop can be exercised without an LLM before the built-in evolutionary researcher
-(``agents.builtin``) is available; it implements the same ``propose(ctx) -> Proposal``.
+``conv_size``, ``chunk_size``, ``expand_k``) and says so in the motivation, so the loop can be
+exercised with proposals of a known, small change and without an LLM; it implements the same
+``propose(ctx) -> Proposal`` as the built-in evolutionary researcher (``agents.builtin``).
 """
 
 from __future__ import annotations
