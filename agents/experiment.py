@@ -149,7 +149,7 @@ class ExperimentMixin:
             record.__post_init__()
             record.motivation = proposal.motivation
             record.code = proposal.code
-            self._apply_extra(record, proposal.extra)
+            self._apply_fields(record, proposal)
         if proposal is None or failure:
             status = "rejected" if failure.startswith("not novel") else "failed"
             if proposal is None:
@@ -163,9 +163,7 @@ class ExperimentMixin:
     def _restore_proposal(self, run: ExperimentRun) -> tuple[Proposal, str, str]:
         """The proposal saved before a crash, and the transcript of the calls that made it."""
         saved = run.saved
-        p = saved["proposal"]
-        proposal = Proposal(p["name"], p["motivation"], p["code"], p.get("extra") or {},
-                            trusted=bool(p.get("trusted", False)))
+        proposal = Proposal.from_dict(saved["proposal"])
         researcher_spec = saved.get("researcher", getattr(self.researcher, "spec", "none"))
         run.recorder.transcript.extend(saved.get("transcript") or [])  # the calls before the crash
         run.record.extra["redone_after_crash"] = True

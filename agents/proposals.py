@@ -1,7 +1,7 @@
 """What research draws on and how its proposals are vetted: the researcher's call (with the
 built-in fallback when its LLM is unavailable), the cognition base and its search, the history
 and recent failures, the novelty check against the archive and the proposals in flight, and a
-proposal's typed extras applied to its record. Used by the research and novelty stages of
+proposal's typed fields applied to its record. Used by the research and novelty stages of
 ``agents.experiment``; ``agents.loop.Loop`` mixes this in.
 """
 
@@ -52,18 +52,16 @@ class ProposalsMixin:
                 return other
         return rec
 
-    def _apply_extra(self, record: Any, extra: dict[str, Any]) -> None:
-        extra = dict(extra or {})
-        if "genome" in extra:
-            record.genome = extra.pop("genome")
-        if "operators" in extra:
-            record.operators = list(extra.pop("operators") or [])
-        if "cognition" in extra:
+    def _apply_fields(self, record: Any, proposal: Proposal) -> None:
+        """The proposal's genome, operators, cited cognition entries and notes into ``record``."""
+        if proposal.genome is not None:
+            record.genome = proposal.genome
+        record.operators = list(proposal.operators)
+        if proposal.cognition is not None:
             # what the researcher says it drew on; everything retrieved for it stays in extra
-            cited = [str(c) for c in (extra.pop("cognition") or [])]
             record.extra["retrieved"] = list(record.cognition)
-            record.cognition = list(dict.fromkeys(cited))
-        record.extra.update(extra)
+            record.cognition = list(dict.fromkeys(str(c) for c in proposal.cognition))
+        record.extra.update(proposal.notes)
 
     def _cognition_for(self, parent: Any) -> list[tuple[Any, float]]:
         cb = self.cognition_base()
@@ -86,14 +84,14 @@ class ProposalsMixin:
         genomes' motivations runs at 0.7-0.96 and would reject genuinely new designs. Free-text
         proposals (LLM researchers) are judged by motivation similarity against the threshold.
         Proposals in flight (not in the archive yet; ``concurrency`` > 1) count as earlier ones."""
-        genome = (proposal.extra or {}).get("genome")
+        genome = proposal.genome
         in_flight = list(self._proposals.items())
         if genome:
             for rec in self.lab.store.all():
                 if rec.genome == genome:
                     return False, (rec.id, 1.0)
             for other, p in in_flight:
-                if (p.extra or {}).get("genome") == genome:
+                if p.genome == genome:
                     return False, (other, 1.0)
             return True, None
         with self._novelty_lock:

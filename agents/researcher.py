@@ -37,18 +37,39 @@ class ResearchError(RuntimeError):
 class Proposal:
     """A proposed experiment: ``name``, ``motivation`` (markdown), ``code`` (a mixer file).
 
-    ``extra`` carries anything the record should keep: ``genome``, ``operators``, ``cognition``
-    (ids of cognition entries used) are copied into the record's fields of the same names, the
-    rest into ``record.extra``. ``trusted``: the code is the project's own (rendered by the
-    built-in researcher from a genome), so it may run without the OS sandbox where bubblewrap is
-    unavailable; LLM-written or user-edited code never is.
+    What the record keeps besides: ``genome`` (the design as a ``Genome.to_dict()``, when the
+    code was rendered from one; None otherwise), ``operators`` (the mutation operators that made
+    it), ``cognition`` (ids of the cognition entries the researcher drew on; None: it does not
+    say, and the record keeps everything retrieved for it), copied into the record's fields of
+    the same names; ``notes`` (anything else, merged into ``record.extra``). ``trusted``: the
+    code is the project's own (rendered by the built-in researcher from a genome), so it may run
+    without the OS sandbox where bubblewrap is unavailable; LLM-written or user-edited code
+    never is.
     """
 
     name: str
     motivation: str
     code: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    genome: dict[str, Any] | None = None
+    operators: list[str] = field(default_factory=list)
+    cognition: list[str] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
     trusted: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Proposal:
+        """A proposal from its ``dataclasses.asdict`` form (as the crash journal saves it). A
+        journal written before the typed fields has them in one ``extra`` dict: ``genome``,
+        ``operators`` and ``cognition`` are read from there, the rest becomes ``notes``."""
+        d = dict(data)
+        old = dict(d.pop("extra", None) or {})
+        for key in ("genome", "operators", "cognition"):
+            if key in old:
+                d.setdefault(key, old.pop(key))
+        d.setdefault("notes", old)
+        return cls(name=d["name"], motivation=d["motivation"], code=d["code"], genome=d.get("genome"),
+                   operators=list(d.get("operators") or []), cognition=d.get("cognition"),
+                   notes=dict(d.get("notes") or {}), trusted=bool(d.get("trusted", False)))
 
 
 @dataclass
@@ -131,4 +152,4 @@ class LLMResearcher:
         name = " ".join(str(obj["name"]).split())[:80] or "unnamed"
         cited = [str(e.id) for e, _ in ctx.cognition]
         return Proposal(name=name, motivation=str(obj["motivation"]).strip(), code=str(obj["code"]),
-                        extra={"cognition": cited})
+                        cognition=cited)

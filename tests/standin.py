@@ -55,7 +55,7 @@ class StandInResearcher:
         """Pick an untried (hyper-parameter, value) of the parent; avoid rejected ones."""
         t0 = time.perf_counter()
         code = ctx.parent.code or ""
-        rejected = {(r.proposal.extra.get("hyperparameter"), str(r.proposal.extra.get("value")))
+        rejected = {(r.proposal.notes.get("hyperparameter"), str(r.proposal.notes.get("value")))
                     for r in ctx.rejections}
         tried = {(h.extra.get("hyperparameter"), str(h.extra.get("value")), getattr(h, "parent", None))
                  for h in ctx.history if getattr(h, "extra", None)}
@@ -79,5 +79,5 @@ class StandInResearcher:
         motivation = f"Set {name} from {cur} to {value!r} in {ctx.parent.name}: {why}."
         ctx.recorder.record("researcher", "standin", f"vary a hyper-parameter of {ctx.parent.id}",
                             motivation, time.perf_counter() - t0, None, None)
-        return Proposal(title, motivation, new, extra={"hyperparameter": name, "value": value,
+        return Proposal(title, motivation, new, notes={"hyperparameter": name, "value": value,
                                                         "hyperparameters": hp})

@@ -3,8 +3,8 @@
 It reads the parent's genome from its record (the seed and reference mixers map to known
 genomes; an experiment written by an LLM has no genome and is approached through the nearest
 reference genome), asks :func:`agents.builtin.search.propose` for an untried child, and returns a
-:class:`~agents.researcher.Proposal` whose ``extra`` carries the genome, the operators and the
-cognition entries cited, so the record can be re-rendered and the operator bandit can learn.
+:class:`~agents.researcher.Proposal` that carries the genome, the operators and the cognition
+entries cited, so the record can be re-rendered and the operator bandit can learn.
 """
 
 from __future__ import annotations
@@ -104,9 +104,8 @@ class BuiltinResearcher:
         refs += [g for g in REFERENCE_GENOMES.values() if g != parent_genome][:2]
         tried = {genome_key(g) for g in (record_genome(r) for r in ctx.history) if g is not None}
         for rej in ctx.rejections:
-            data = rej.proposal.extra.get("genome") if rej.proposal.extra else None
-            if data:
-                tried.add(genome_key(Genome.from_dict(dict(data))))
+            if rej.proposal.genome:
+                tried.add(genome_key(Genome.from_dict(dict(rej.proposal.genome))))
         feedback = ctx.rejections[-1].reason if ctx.rejections else ""
         rng = random.Random(f"{self.seed}:{ctx.exp_id}:{len(ctx.rejections)}")
         fits = budget_check(ctx.scale, ctx.param_budget)
@@ -116,8 +115,9 @@ class BuiltinResearcher:
         except RuntimeError as exc:
             raise ResearchError(str(exc)) from exc
         # rendered by this project from a genome: trusted (runs even where bwrap is missing)
-        return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code, extra=prop.extra(),
-                        trusted=True)
+        return Proposal(name=prop.name, motivation=prop.motivation, code=prop.code,
+                        genome=prop.genome.to_dict(), operators=prop.operators, cognition=prop.cited,
+                        notes={"changes": prop.changes}, trusted=True)
 
 
 def builtin_researcher(seed: int = 0) -> BuiltinResearcher:
