@@ -8,7 +8,9 @@
 - ``agents.baselines``: the baselines and the seed (the yardstick), seed scheduling, scoring;
 - ``agents.journal``: the crash journal (``runs/<id>/state.json``) an interrupted experiment is
   redone from;
-- ``agents.roles``: the agents and the executor built from the lab's config.
+- ``agents.roles``: the agents and the executor built from the lab's config;
+- ``agents.loop_settings``: ``LoopSettings``, the lab's config with a command's overrides,
+  resolved once.
 
 This module keeps what ties them together: the constructor, the event bus, the scheduling of
 experiments over worker threads, and the commits (made by the coordinating thread, the one
@@ -45,11 +47,12 @@ from agents.events import Event, EventBus, Warning
 from agents.experiment import STAGES, ExperimentMixin
 from agents.llm import LLMSpec
 from agents.llm_session import LLMSession, tally
+from agents.loop_settings import LoopSettings
 from agents.proposals import ProposalsMixin
 from agents.researcher import Proposal, Researcher
 from agents.yardstick import baseline_key
 
-__all__ = ["Loop", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
+__all__ = ["Loop", "LoopSettings", "LoopStopped", "Command", "LoopSummary", "baseline_key", "STAGES"]
 
 
 @dataclass
@@ -69,67 +72,44 @@ class Loop(ControlMixin, BaselinesMixin, ProposalsMixin, ExperimentMixin):
 
     Args:
         lab: an open ``archive.lab.Lab``.
-        llm: overrides every role's backend: ``builtin``, ``ollama:MODEL[@HOST]`` or
-            ``openai:MODEL@URL`` (default: the lab's ``[llm]`` config).
-        mode: ``autonomous`` or ``supervised`` (default: config).
-        scale: scale name or ``training.scales.Scale`` (default: config ``[loop] scale``).
-        experiments / hours: the budget (None: config; 0: no limit).
+        settings: how the loop runs (``LoopSettings.from_config(lab.config, ...)``); without
+            them, built from the lab's config and ``overrides``.
         researcher: use this researcher instead of the configured one.
         fallback_researcher: the researcher for a step whose LLM is unavailable when the
             built-in one is not installed (tests pass the stand-in here).
         executor: check/evaluate runner (default ``SandboxExecutor(scale)``).
-        baselines: names of ``training.mixers.REFERENCE_MIXERS`` to measure as yardsticks
-            (default: all of them; the seed's is always measured).
-        retries / backoff_s / timeout_s: LLM transport retries, first backoff, request timeout.
-        concurrency: experiments in flight at once (default: the config's ``[executor]
-            concurrency``); each runs in its own worker thread, commits go through the
-            coordinating thread (the one holding the lab lock), one approval at a time.
+        cognition: the cognition base (default: loaded from the corpus when first needed).
+        overrides: keyword arguments of ``LoopSettings.from_config`` (``llm``, ``mode``,
+            ``scale``, ``experiments``, ``hours``, ``concurrency``, ...; None: the config's
+            value), when ``settings`` are not given.
     """
 
     def __init__(
         self,
         lab: Any,
+        settings: LoopSettings | None = None,
         *,
-        llm: str | None = None,
-        mode: str | None = None,
-        scale: Any = None,
-        experiments: int | None = None,
-        hours: float | None = None,
         researcher: Researcher | None = None,
         fallback_researcher: Researcher | None = None,
         executor: Executor | None = None,
-        baselines: tuple[str, ...] | None = None,
-        retries: int = 2,
-        backoff_s: float = 2.0,
-        timeout_s: float = 300.0,
-        seed: int | None = None,
-        debug_rounds: int | None = None,
-        novelty_rounds: int | None = None,
         cognition: Any = None,
-        concurrency: int | None = None,
-        lock_timeout: float = 30.0,
+        **overrides: Any,
     ) -> None:
-        cfg = lab.config
+        if settings is not None and overrides:
+            raise TypeError(f"pass either settings or overrides, not both ({', '.join(overrides)})")
+        s = settings if settings is not None else LoopSettings.from_config(lab.config, **overrides)
+        self.settings = s
         self.lab = lab
         self.path = Path(lab.path)
-        self.mode = mode or cfg.loop.mode
-        if self.mode not in ("autonomous", "supervised"):
-            raise ValueError(f"mode {self.mode!r} is not autonomous or supervised")
-        self.scale = scale if scale is not None else cfg.loop.scale
-        self.budget_experiments = cfg.loop.experiments if experiments is None else experiments
-        self.budget_hours = cfg.loop.hours if hours is None else hours
-        self.seed = cfg.loop.seed if seed is None else seed
-        # noise-aware evaluation (agents.stats): seeds per design entering the top, and the top
-        self.n_seeds = max(1, int(getattr(cfg.loop, "seeds", 1) or 1))
-        self.top_k_seeds = max(1, int(getattr(cfg.loop, "top_k_seeds", 5) or 5))
-        # early stopping of a candidate's first-seed LM run at its half-way checkpoint (the
-        # margin in the seed's seed-to-seed spreads; None: never)
-        self.early_stop = (float(getattr(cfg.loop, "early_stop_spreads", 1.0))
-                           if getattr(cfg.loop, "early_stop", True) else None)
-        self.debug_rounds = int(getattr(cfg.loop, "debug_rounds", 3)) if debug_rounds is None else debug_rounds
-        self.novelty_rounds = cfg.loop.novelty_rounds if novelty_rounds is None else novelty_rounds
-        self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
-        self.baseline_names = baselines
+        # the running state starts from the settings (commands change mode and budget)
+        self.mode = s.mode
+        self.scale = s.scale
+        self.budget_experiments = s.experiments
+        self.budget_hours = s.hours
+        self.seed = s.seed
+        self.n_seeds, self.top_k_seeds, self.early_stop = s.seeds, s.top_k_seeds, s.early_stop
+        self.debug_rounds, self.novelty_rounds = s.debug_rounds, s.novelty_rounds
+        self.baseline_names = s.baselines
         self.rng = random.Random(self.seed)
         self.bus = EventBus(self.path / "events.jsonl")
         self._init_control()  # commands, state, the locks shared by worker threads
@@ -141,9 +121,7 @@ class Loop(ControlMixin, BaselinesMixin, ProposalsMixin, ExperimentMixin):
         self._baselines_tried: set[str] = set()
         self.executor = executor or self._make_executor()
         self.summary = LoopSummary()
-        ex_cfg = getattr(cfg, "executor", None)
-        self.concurrency = max(1, int(concurrency if concurrency is not None
-                                      else getattr(ex_cfg, "concurrency", 1) or 1))
+        self.concurrency = s.concurrency
         # shared between worker threads (concurrency > 1)
         self._started = 0
         self._reserved: set[str] = set()
@@ -154,10 +132,10 @@ class Loop(ControlMixin, BaselinesMixin, ProposalsMixin, ExperimentMixin):
         # one researcher call at a time, each seeing the proposals already in flight)
         self._research_lock = threading.RLock()
         self._proposals: dict[str, Proposal] = {}  # proposals in flight (checked for novelty too)
-        self.lock_timeout = lock_timeout
         # agents per role
-        self.role_specs = self._role_specs(llm)
-        self.llm = LLMSession(self.role_specs, cfg.llm, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+        self.role_specs = self._role_specs(s.llm)
+        self.llm = LLMSession(self.role_specs, lab.config.llm, timeout_s=s.timeout_s, retries=s.retries,
+                              backoff_s=s.backoff_s)
         self.researcher = researcher or self._make_researcher(self.role_specs["researcher"])
         self.fallback_researcher = fallback_researcher
         self.analyst = self._make_role("analyst")
@@ -271,7 +249,7 @@ class Loop(ControlMixin, BaselinesMixin, ProposalsMixin, ExperimentMixin):
         self._t_start = t0
         self._coordinator = threading.get_ident()
         lock = getattr(self.lab, "lock", None)
-        ctx = lock(timeout=self.lock_timeout) if callable(lock) else _NullCtx()
+        ctx = lock(timeout=self.settings.lock_timeout) if callable(lock) else _NullCtx()
         try:
             with ctx:
                 with self._lock:
